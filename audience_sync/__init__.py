@@ -1,0 +1,39 @@
+"""audience-sync: mParticle audiences to Braze attributes, Braze Currents back to mParticle."""
+
+from __future__ import annotations
+
+import typing as t
+
+from flask import Flask
+
+from audience_sync.runtime import Runtime
+from audience_sync.settings import Settings, load_settings
+
+__version__ = "0.1.0"
+
+
+def create_app(
+    test_config: t.Mapping[str, t.Any] | None = None,
+    *,
+    settings: Settings | None = None,
+    runtime: Runtime | None = None,
+) -> Flask:
+    """Build the WSGI application: defaults -> config file -> environment -> ``test_config``.
+
+    The scheduler and the senders are never started here (SPEC §1, STYLE §8.5): ``run``,
+    ``worker`` and ``scheduler`` start them beside the app.
+    """
+    from audience_sync import health, http_errors
+    from audience_sync.firehose.views import bp as firehose_bp
+
+    if runtime is None:
+        settings = settings or load_settings(overrides=test_config)
+        runtime = Runtime.from_settings(settings)
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = runtime.settings.get("firehose.max_body_bytes")
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.extensions["audience_sync"] = runtime
+    http_errors.init_app(app)
+    app.register_blueprint(health.bp)
+    app.register_blueprint(firehose_bp)
+    return app

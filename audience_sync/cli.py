@@ -1,0 +1,127 @@
+"""The ``audience-sync`` command line (SPEC §1). Exit codes: 0 success, 2 usage or
+configuration error, 1 runtime failure."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import typing as t
+
+import click
+
+from audience_sync.errors import ConfigValidationError
+from audience_sync.settings import Settings, load_settings
+
+logger = logging.getLogger(__name__)
+
+CONFIG_HELP = (
+    "TOML configuration file (or set AUDIENCE_SYNC_CONFIG). Any key can be overridden with "
+    "AUDIENCE_SYNC_<SECTION>__<KEY>, e.g. AUDIENCE_SYNC_BRAZE__DRY_RUN=true."
+)
+
+
+class Context:
+    """Lazily loaded settings shared by the subcommands."""
+
+    def __init__(self, config_path: str | None) -> None:
+        self.config_path = config_path
+        self._settings: Settings | None = None
+
+    @property
+    def settings(self) -> Settings:
+        """Validated settings; a configuration error exits with status 2."""
+        if self._settings is None:
+            try:
+                self._settings = load_settings(self.config_path)
+            except ConfigValidationError as exc:
+                click.echo(str(exc), err=True)
+                sys.exit(2)
+        return self._settings
+
+
+pass_context = click.make_pass_decorator(Context)
+
+
+@click.group()
+@click.option(
+    "--config", "config_path", metavar="PATH", envvar="AUDIENCE_SYNC_CONFIG", help=CONFIG_HELP
+)
+@click.version_option(package_name="audience-sync")
+@click.pass_context
+def main(ctx: click.Context, config_path: str | None) -> None:
+    """audience-sync: mParticle audiences to Braze, Braze Currents to mParticle."""
+    ctx.obj = Context(config_path)
+
+
+def _setup(ctx: Context) -> Settings:
+    from audience_sync.logs import configure_logging
+
+    settings = ctx.settings
+    configure_logging(settings.get("log.level"))
+    return settings
+
+
+def _require_current_schema(runtime: t.Any) -> None:
+    from audience_sync.store.migrate import is_current
+
+    if not is_current(runtime.engine):
+        click.echo("the database schema is not current: run `audience-sync db upgrade`", err=True)
+        sys.exit(1)
+
+
+@main.command("run")
+@pass_context
+def run_command(ctx: Context) -> None:
+    """Run everything in one process: HTTP server and delivery workers."""
+    from audience_sync.process import run_all
+
+    settings = _setup(ctx)
+    sys.exit(run_all(settings, http=True, senders=True, check_schema=_require_current_schema))
+
+
+@main.command("serve")
+@pass_context
+def serve_command(ctx: Context) -> None:
+    """Run the HTTP server only (production: gunicorn audience_sync.wsgi:app)."""
+    from audience_sync.process import run_all
+
+    settings = _setup(ctx)
+    sys.exit(run_all(settings, http=True, senders=False, check_schema=_require_current_schema))
+
+
+@main.group("db")
+def db_group() -> None:
+    """Database schema commands."""
+
+
+@db_group.command("upgrade")
+@pass_context
+def db_upgrade_command(ctx: Context) -> None:
+    """Create or migrate the schema to the newest revision."""
+    from audience_sync.runtime import Runtime
+    from audience_sync.store.migrate import current_revision, upgrade
+
+    settings = _setup(ctx)
+    runtime = Runtime.from_settings(settings)
+    try:
+        upgrade(runtime.engine)
+    except Exception as exc:
+        click.echo(f"database upgrade failed: {type(exc).__name__}: {exc}", err=True)
+        sys.exit(1)
+    click.echo(f"database at revision {current_revision(runtime.engine)}")
+
+
+@main.group("config")
+def config_group() -> None:
+    """Configuration commands."""
+
+
+@config_group.command("check")
+@pass_context
+def config_check_command(ctx: Context) -> None:
+    """Validate the configuration and print every problem at once (secrets masked)."""
+    import json
+
+    settings = ctx.settings
+    click.echo(f"configuration OK ({settings.source})")
+    click.echo(json.dumps(settings.redacted(), indent=2, sort_keys=True))

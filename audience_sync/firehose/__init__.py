@@ -1,0 +1,1 @@
+"""The mParticle Firehose endpoint (SPEC §3)."""

@@ -1,0 +1,7 @@
+"""Placeholder blueprint, replaced by the Firehose implementation."""
+
+from __future__ import annotations
+
+from flask import Blueprint
+
+bp = Blueprint("firehose", __name__)

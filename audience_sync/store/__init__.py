@@ -1,0 +1,1 @@
+"""Storage: tables, migrations and the repositories that read and write them (SPEC §9)."""

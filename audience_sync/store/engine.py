@@ -1,0 +1,56 @@
+"""Create the SQLAlchemy engine with the settings each backend needs (SPEC §9)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+
+def create_engine(
+    url: str, *, sqlite_synchronous: str = "NORMAL", pool_size: int = 10
+) -> sa.Engine:
+    """Return an engine for ``url``.
+
+    SQLite runs in WAL mode so readers never block the writer; ``synchronous=NORMAL`` in WAL
+    mode survives a killed process (only an OS crash can lose the last transactions; choose
+    ``FULL`` for that). A busy timeout lets the HTTP server and the sender share the file.
+    """
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database or ""
+        if database and database != ":memory:":
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(
+            url, connect_args={"timeout": 30, "check_same_thread": False}, pool_size=pool_size
+        )
+        sync = sqlite_synchronous.upper()
+
+        @sa.event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_connection, _record):  # type: ignore[no-untyped-def]
+            # pysqlite's own transaction handling is replaced by explicit BEGIN below, so
+            # that BEGIN IMMEDIATE takes the write lock up front (no deadlocking upgrades).
+            dbapi_connection.isolation_level = None
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute(f"PRAGMA synchronous={sync}")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
+        @sa.event.listens_for(engine, "begin")
+        def _sqlite_begin(conn):  # type: ignore[no-untyped-def]
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    if parsed.get_backend_name() == "postgresql":
+        return sa.create_engine(
+            url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
+        )
+    raise ValueError(f"unsupported database URL scheme: {parsed.get_backend_name()}")
+
+
+def is_postgresql(engine: sa.Engine) -> bool:
+    """Whether ``engine`` talks to PostgreSQL (row locking and SKIP LOCKED available)."""
+    return engine.dialect.name == "postgresql"

@@ -1,0 +1,162 @@
+"""All tables, in one MetaData (SPEC §9). Times are epoch seconds (float) so that the pure core
+can do arithmetic on them without time zones; every writer passes ``now`` explicitly.
+
+Vocabulary:
+- a *connection* is one mParticle configuration (``account_id``);
+- a *workspace* is one Braze REST key on one instance; several connections may share one;
+- a *Braze user* is ``(workspace_id, external_id)``: the unit of the outbox and of the
+  acknowledged state, so that a user is never in flight twice even when connections share a
+  workspace (SPEC §4.6, §5.4).
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "pk": "pk_%(table_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    }
+)
+
+# JSON on PostgreSQL is stored as JSONB; SQLite stores text.
+JSONType = sa.JSON().with_variant(sa.dialects.postgresql.JSONB(), "postgresql")
+
+workspaces = sa.Table(
+    "workspaces",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("endpoint", sa.String(512), nullable=False),
+    # sha256 of the REST key: identifies the workspace without storing the key twice.
+    sa.Column("key_fingerprint", sa.String(64), nullable=False),
+    sa.Column("state", sa.String(32), nullable=False, server_default="active"),
+    sa.Column("state_reason", sa.Text),
+    sa.Column("suspended_at", sa.Float),
+    sa.Column("next_probe_at", sa.Float),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.UniqueConstraint("endpoint", "key_fingerprint"),
+)
+
+connections = sa.Table(
+    "connections",
+    metadata,
+    sa.Column("account_id", sa.BigInteger, primary_key=True, autoincrement=False),
+    # account_settings exactly as mParticle last sent them (strings). Never returned by any API
+    # unmasked, never logged.
+    sa.Column("account_settings", JSONType, nullable=False),
+    sa.Column("settings_fingerprint", sa.String(64), nullable=False),
+    sa.Column("state", sa.String(32), nullable=False),  # active | invalid_settings
+    sa.Column("settings_errors", JSONType, nullable=False),
+    sa.Column("workspace_id", sa.Integer, sa.ForeignKey("workspaces.id")),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+
+audiences = sa.Table(
+    "audiences",
+    metadata,
+    sa.Column("account_id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("audience_id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),  # active | removed
+    # Removed with cleanupOnRemove: members' attributes are to be cleared.
+    sa.Column("cleanup", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("cleanup_done_at", sa.Float),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Column("removed_at", sa.Float),
+)
+
+# Desired state, per connection and user.
+users = sa.Table(
+    "users",
+    metadata,
+    sa.Column("account_id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("external_id", sa.String(1024), primary_key=True),
+    sa.Column("email", sa.Text),
+    sa.Column("push_tokens", JSONType),  # ["token", ...] allowed by apiKeyOperatingSystem
+    sa.Column("mpid", sa.String(64)),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+
+memberships = sa.Table(
+    "memberships",
+    metadata,
+    sa.Column("account_id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("external_id", sa.String(1024), primary_key=True),
+    sa.Column("audience_id", sa.BigInteger, primary_key=True, autoincrement=False),
+    # A row stays after the user leaves (is_member false): per-segment mode writes
+    # "In <name>" = false for former members.
+    sa.Column("is_member", sa.Boolean, nullable=False),
+    sa.Column("changed_at", sa.Float, nullable=False),
+    sa.Index("ix_memberships_audience", "account_id", "audience_id"),
+)
+
+# Acknowledged state, per Braze user: the attribute values Braze confirmed (or the audit saw).
+braze_users = sa.Table(
+    "braze_users",
+    metadata,
+    sa.Column("workspace_id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("external_id", sa.String(1024), primary_key=True),
+    sa.Column("attributes", JSONType, nullable=False),
+    sa.Column("flags", JSONType, nullable=False),  # guard reasons, e.g. ["string_too_long"]
+    sa.Column("last_write_at", sa.Float),
+    sa.Column("last_outcome", sa.String(64)),
+    sa.Column("last_outcome_at", sa.Float),
+    sa.Column("verified_at", sa.Float),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+
+# The dirty-user outbox: one row per Braze user, not per change.
+outbox = sa.Table(
+    "outbox",
+    metadata,
+    sa.Column("workspace_id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("external_id", sa.String(1024), primary_key=True),
+    sa.Column("state", sa.String(16), nullable=False),  # pending | dead
+    # Bumped by every change; a sender finishes a row only if it is unchanged since its claim.
+    sa.Column("generation", sa.BigInteger, nullable=False),
+    sa.Column("due_at", sa.Float, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("first_failure_at", sa.Float),
+    sa.Column("last_reason", sa.String(128)),
+    sa.Column("claimed_by", sa.String(128)),
+    sa.Column("claimed_until", sa.Float),
+    sa.Column("claimed_generation", sa.BigInteger),
+    sa.Column("enqueued_at", sa.Float, nullable=False),
+    sa.Index("ix_outbox_state_due", "state", "due_at"),
+)
+
+firehose_messages = sa.Table(
+    "firehose_messages",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("type", sa.String(64), nullable=False),
+    sa.Column("account_id", sa.BigInteger),
+    sa.Column("received_at", sa.Float, nullable=False),
+    sa.Index("ix_firehose_messages_received", "received_at"),
+)
+
+# Per-reason counters (SPEC §5.3 "every outcome is counted by reason").
+counters = sa.Table(
+    "counters",
+    metadata,
+    sa.Column("day", sa.String(10), primary_key=True),
+    sa.Column("scope", sa.String(64), primary_key=True),  # "account:123", "workspace:4", "global"
+    sa.Column("reason", sa.String(64), primary_key=True),
+    sa.Column("count", sa.BigInteger, nullable=False),
+)
+
+# Braze data points spent (SPEC §4.5), per day, connection and audience (0 = not attributable).
+datapoints = sa.Table(
+    "datapoints",
+    metadata,
+    sa.Column("day", sa.String(10), primary_key=True),
+    sa.Column("workspace_id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("account_id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("audience_id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("points", sa.BigInteger, nullable=False),
+)
