@@ -103,7 +103,7 @@ class FeedSettings:
     app_ids: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, repr=False)
 class Settings:
     """The validated configuration. Read with ``settings.get("braze.array_write")`` or the
     typed attributes below; connection overrides are raw strings, as mParticle sends them."""
@@ -121,11 +121,16 @@ class Settings:
         """Local overrides of one connection's account settings (SPEC §2 ``connections.*``)."""
         return self.connections.get(str(account_id), MappingProxyType({}))
 
+    def __repr__(self) -> str:
+        return f"Settings(source={self.source!r}, values={self.redacted()!r})"
+
     def redacted(self) -> dict[str, object]:
-        """A printable view: secrets shown as ``***``."""
+        """A printable view: secrets shown as ``***``, database password masked."""
         out: dict[str, object] = {}
         for key, value in self.values.items():
-            if isinstance(value, Secret):
+            if key == "database.url":
+                out[key] = _mask_url_password(value)
+            elif isinstance(value, Secret):
                 out[key] = "***" if value.reveal() else ""
             elif isinstance(value, tuple) and value and isinstance(value[0], Secret):
                 out[key] = ["***"] * len(value)
@@ -146,6 +151,15 @@ class Settings:
 
 
 CONFIDENTIAL_ACCOUNT_KEYS = frozenset({"restApiKey"})
+
+
+def _mask_url_password(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "***"
 
 
 def _flatten(data: Mapping[str, t.Any], prefix: str = "") -> dict[str, t.Any]:

@@ -1,0 +1,101 @@
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from audience_sync.errors import ConfigValidationError
+from audience_sync.settings import FIELDS, Secret, load_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_defaults_file_matches_the_code():
+    with (ROOT / "config" / "default.toml").open("rb") as fh:
+        data = tomllib.load(fh)
+    flat = {f"{s}.{k}": v for s, section in data.items() for k, v in section.items()}
+    for key, value in flat.items():
+        kind, default = FIELDS[key]
+        assert value == default, key
+    secret_keys = {k for k, (kind, _) in FIELDS.items() if kind.startswith("secret")}
+    assert set(flat) | secret_keys == set(FIELDS)
+
+
+@pytest.mark.parametrize("name", ["local.toml", "production.example.toml"])
+def test_shipped_configs_are_valid(name):
+    load_settings(ROOT / "config" / name, environ={})
+
+
+def test_environment_overrides_with_lists_and_nesting():
+    settings = load_settings(
+        environ={
+            "AUDIENCE_SYNC_BRAZE__DRY_RUN": "true",
+            "AUDIENCE_SYNC_FIREHOSE__TOKENS": "a, b",
+            "AUDIENCE_SYNC_BRAZE__ALLOWED_CUSTOM_ENDPOINTS": "http://127.0.0.1:",
+            "AUDIENCE_SYNC_CONNECTIONS__42__restApiKey": "secret-key",
+            "AUDIENCE_SYNC_CURRENTS__FEEDS__IOS__KEY": "k",
+            "AUDIENCE_SYNC_CURRENTS__FEEDS__IOS__SECRET": "s",
+            "AUDIENCE_SYNC_CURRENTS__FEEDS__IOS__PLATFORM": "ios",
+        }
+    )
+    assert settings.get("braze.dry_run") is True
+    assert settings.get("firehose.tokens") == (Secret("a"), Secret("b"))
+    assert settings.get("braze.allowed_custom_endpoints") == ("http://127.0.0.1:",)
+    assert settings.connection_overrides(42) == {"restApiKey": "secret-key"}
+    assert settings.feeds[0].platform == "ios"
+
+
+def test_every_problem_is_reported_at_once_with_its_key():
+    with pytest.raises(ConfigValidationError) as info:
+        load_settings(
+            environ={
+                "AUDIENCE_SYNC_SERVER__PORT": "eighty",
+                "AUDIENCE_SYNC_BRAZE__ARRAY_WRITE": "sometimes",
+                "AUDIENCE_SYNC_DELIVERY__WORKERS": "0",
+                "AUDIENCE_SYNC_BRAZE__NOPE": "1",
+                "AUDIENCE_SYNC_BRAZE__MAX_OBJECTS_PER_REQUEST": "100",
+            }
+        )
+    keys = {e.split(":")[0] for e in info.value.errors}
+    assert keys == {
+        "server.port",
+        "braze.array_write",
+        "delivery.workers",
+        "braze.nope",
+        "braze.max_objects_per_request",
+    }
+
+
+def test_secrets_never_show_in_repr_or_redacted_view():
+    settings = load_settings(
+        environ={
+            "AUDIENCE_SYNC_FIREHOSE__TOKENS": "tok-123",
+            "AUDIENCE_SYNC_ADMIN__TOKEN": "adm-456",
+            "AUDIENCE_SYNC_CONNECTIONS__7__restApiKey": "rest-789",
+        }
+    )
+    text = repr(settings) + repr(settings.redacted())
+    for secret in ("tok-123", "adm-456", "rest-789"):
+        assert secret not in text
+
+
+def test_config_file_then_environment(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[server]\nport = 9000\n[braze]\narray_write = "full"\n')
+    settings = load_settings(path, environ={"AUDIENCE_SYNC_SERVER__PORT": "9100"})
+    assert settings.get("server.port") == 9100
+    assert settings.get("braze.array_write") == "full"
+
+
+def test_missing_config_file_is_an_error(tmp_path):
+    with pytest.raises(ConfigValidationError, match="not found"):
+        load_settings(tmp_path / "nope.toml", environ={})
+
+
+def test_database_password_is_masked():
+    settings = load_settings(
+        environ={"AUDIENCE_SYNC_DATABASE__URL": "postgresql+psycopg://u:pw-secret@h/db"}
+    )
+    assert "pw-secret" not in repr(settings)
+    assert settings.get("database.url").endswith("pw-secret@h/db")
