@@ -72,7 +72,7 @@ def _require_current_schema(runtime: t.Any) -> None:
 @main.command("run")
 @pass_context
 def run_command(ctx: Context) -> None:
-    """Run everything in one process: HTTP server and delivery workers."""
+    """Run everything in one process: HTTP server and delivery workers (SQLite default)."""
     from audience_sync.process import run_all
 
     settings = _setup(ctx)
@@ -87,6 +87,53 @@ def serve_command(ctx: Context) -> None:
 
     settings = _setup(ctx)
     sys.exit(run_all(settings, http=True, senders=False, check_schema=_require_current_schema))
+
+
+@main.command("worker")
+@pass_context
+def worker_command(ctx: Context) -> None:
+    """Run delivery workers only (several may run against PostgreSQL)."""
+    from audience_sync.process import run_all
+
+    settings = _setup(ctx)
+    if settings.get("database.url").startswith("sqlite"):
+        logger.warning(
+            "worker on SQLite: run only one sending process per database file",
+            extra={"action": "sqlite_single_sender"},
+        )
+    sys.exit(run_all(settings, http=False, senders=True, check_schema=_require_current_schema))
+
+
+@main.command("replay")
+@click.option("--dead", is_flag=True, default=True, help="Re-queue dead-lettered users (default).")
+@click.option("--connection", "account_id", type=int, help="Only this mParticle account id.")
+@pass_context
+def replay_command(ctx: Context, dead: bool, account_id: int | None) -> None:
+    """Re-queue dead-lettered deliveries with a fresh attempt budget."""
+    import time
+
+    import sqlalchemy as sa
+
+    from audience_sync.runtime import Runtime
+    from audience_sync.store import outbox
+    from audience_sync.store.schema import connections
+
+    settings = _setup(ctx)
+    runtime = Runtime.from_settings(settings)
+    _require_current_schema(runtime)
+    with runtime.engine.begin() as conn:
+        workspace_ids = None
+        if account_id is not None:
+            workspace_ids = list(
+                conn.execute(
+                    sa.select(connections.c.workspace_id).where(
+                        connections.c.account_id == account_id,
+                        connections.c.workspace_id.is_not(None),
+                    )
+                ).scalars()
+            )
+        count = outbox.replay(conn, now=time.time(), workspace_ids=workspace_ids)
+    click.echo(f"re-queued {count} dead-lettered user(s)")
 
 
 @main.group("db")

@@ -7,6 +7,9 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
+READ_ONLY = "read_only"
+"""Execution option: this connection only reads (SQLite then takes no write lock)."""
+
 
 def create_engine(
     url: str, *, sqlite_synchronous: str = "NORMAL", pool_size: int = 10
@@ -41,7 +44,12 @@ def create_engine(
 
         @sa.event.listens_for(engine, "begin")
         def _sqlite_begin(conn):  # type: ignore[no-untyped-def]
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # Readers (execution option read_only=True) take no lock: WAL lets them run
+            # beside the writer. Writers lock at BEGIN so two never deadlock upgrading.
+            if conn.get_execution_options().get(READ_ONLY):
+                conn.exec_driver_sql("BEGIN")
+            else:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
     if parsed.get_backend_name() == "postgresql":
@@ -49,6 +57,11 @@ def create_engine(
             url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
         )
     raise ValueError(f"unsupported database URL scheme: {parsed.get_backend_name()}")
+
+
+def read_only(engine: sa.Engine) -> sa.Connection:
+    """A connection for reads only: ``with read_only(engine) as conn: ...``."""
+    return engine.connect().execution_options(**{READ_ONLY: True})
 
 
 def is_postgresql(engine: sa.Engine) -> bool:

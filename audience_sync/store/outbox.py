@@ -1,17 +1,19 @@
 """The dirty-user outbox: one row per Braze user ``(workspace_id, external_id)``.
 
-Verbs: :func:`enqueue` (from the Firehose intake and the jobs), and, for senders, ``claim``,
-``finish``, ``reschedule``, ``bury`` (dead-letter) and ``replay``.
+Verbs: :func:`enqueue` (from the Firehose intake and the jobs), and, for senders,
+:func:`claim`, :func:`finish`, :func:`release` (no attempt spent), :func:`record_failures`
+(retry later or dead-letter) and :func:`replay`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 import sqlalchemy as sa
 
 from audience_sync.store.dialect import insert
-from audience_sync.store.schema import outbox
+from audience_sync.store.schema import outbox, workspaces
 
 PENDING = "pending"
 DEAD = "dead"
@@ -59,3 +61,227 @@ def enqueue(
     )
     conn.execute(stmt, rows)
     return len(rows)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Claim:
+    """One Braze user a sender holds a lease on."""
+
+    workspace_id: int
+    external_id: str
+    generation: int
+    attempts: int
+    first_failure_at: float | None
+
+
+def claim(
+    conn: sa.Connection,
+    *,
+    worker_id: str,
+    now: float,
+    lease_s: float,
+    limit: int,
+    workspace_id: int | None = None,
+    include_suspended: bool = False,
+) -> list[Claim]:
+    """Lease up to ``limit`` due users, oldest due first.
+
+    On PostgreSQL the candidate rows are locked ``FOR UPDATE SKIP LOCKED`` so concurrent senders
+    never pick the same user; the lease (``claimed_until``) makes a crashed sender's users
+    claimable again once it runs out. SQLite serialises writers (``BEGIN IMMEDIATE``), which
+    gives the same exclusivity within its single sending process.
+    """
+    candidates = sa.select(outbox.c.workspace_id, outbox.c.external_id).where(
+        outbox.c.state == PENDING,
+        outbox.c.due_at <= now,
+        sa.or_(outbox.c.claimed_until.is_(None), outbox.c.claimed_until < now),
+    )
+    if workspace_id is not None:
+        candidates = candidates.where(outbox.c.workspace_id == workspace_id)
+    if not include_suspended:
+        active = sa.select(workspaces.c.id).where(workspaces.c.state == "active")
+        candidates = candidates.where(outbox.c.workspace_id.in_(active.scalar_subquery()))
+    candidates = candidates.order_by(outbox.c.due_at).limit(limit)
+    if conn.dialect.name == "postgresql":
+        candidates = candidates.with_for_update(skip_locked=True, of=outbox)
+    stmt = (
+        outbox.update()
+        .where(sa.tuple_(outbox.c.workspace_id, outbox.c.external_id).in_(candidates))
+        .values(
+            claimed_by=worker_id,
+            claimed_until=now + lease_s,
+            claimed_generation=outbox.c.generation,
+        )
+        .returning(
+            outbox.c.workspace_id,
+            outbox.c.external_id,
+            outbox.c.generation,
+            outbox.c.attempts,
+            outbox.c.first_failure_at,
+        )
+    )
+    return [
+        Claim(
+            workspace_id=row.workspace_id,
+            external_id=row.external_id,
+            generation=row.generation,
+            attempts=row.attempts,
+            first_failure_at=row.first_failure_at,
+        )
+        for row in conn.execute(stmt)
+    ]
+
+
+def _mine(worker_id: str, workspace_id: int, external_ids: Sequence[str]) -> sa.ColumnElement[bool]:
+    return sa.and_(
+        outbox.c.workspace_id == workspace_id,
+        outbox.c.external_id.in_(external_ids),
+        outbox.c.claimed_by == worker_id,
+    )
+
+
+def finish(
+    conn: sa.Connection,
+    *,
+    worker_id: str,
+    workspace_id: int,
+    external_ids: Sequence[str],
+    now: float,
+    next_due_at: float,
+) -> None:
+    """The users' writes succeeded (or were not needed): drop their rows, unless a change came
+    in while they were in flight; those stay pending, due at ``next_due_at`` (the minimum
+    resend spacing), with a clean failure record."""
+    if not external_ids:
+        return
+    for chunk in _chunks(external_ids):
+        conn.execute(
+            outbox.update()
+            .where(
+                _mine(worker_id, workspace_id, chunk),
+                outbox.c.generation != outbox.c.claimed_generation,
+            )
+            .values(
+                claimed_by=None,
+                claimed_until=None,
+                due_at=next_due_at,
+                attempts=0,
+                first_failure_at=None,
+                last_reason=None,
+            )
+        )
+        conn.execute(
+            outbox.delete().where(
+                _mine(worker_id, workspace_id, chunk),
+                outbox.c.generation == outbox.c.claimed_generation,
+            )
+        )
+
+
+def release(
+    conn: sa.Connection,
+    *,
+    worker_id: str,
+    workspace_id: int,
+    due_at: Mapping[str, float],
+    reason: str | None = None,
+) -> None:
+    """Give users back without spending an attempt (rate limit, suspension, resend spacing)."""
+    if not due_at:
+        return
+    conn.execute(
+        outbox.update()
+        .where(
+            outbox.c.workspace_id == workspace_id,
+            outbox.c.external_id == sa.bindparam("b_external_id"),
+            outbox.c.claimed_by == worker_id,
+        )
+        .values(
+            claimed_by=None,
+            claimed_until=None,
+            due_at=sa.bindparam("b_due_at"),
+            last_reason=sa.func.coalesce(sa.literal(reason), outbox.c.last_reason),
+        ),
+        [{"b_external_id": e, "b_due_at": d} for e, d in due_at.items()],
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Failure:
+    """A failed attempt for one user: retry at ``retry_at``, or dead-letter if None."""
+
+    external_id: str
+    attempts: int
+    first_failure_at: float
+    retry_at: float | None
+    reason: str
+
+
+def record_failures(
+    conn: sa.Connection, *, worker_id: str, workspace_id: int, failures: Sequence[Failure]
+) -> None:
+    """Persist the retry decision of each failed user (durable ``due_at``), or bury it."""
+    if not failures:
+        return
+    conn.execute(
+        outbox.update()
+        .where(
+            outbox.c.workspace_id == workspace_id,
+            outbox.c.external_id == sa.bindparam("b_external_id"),
+            outbox.c.claimed_by == worker_id,
+        )
+        .values(
+            claimed_by=None,
+            claimed_until=None,
+            attempts=sa.bindparam("b_attempts"),
+            first_failure_at=sa.bindparam("b_first"),
+            due_at=sa.bindparam("b_due"),
+            # A change that arrived while the user was in flight is new work: not buried.
+            state=sa.case(
+                (outbox.c.generation != outbox.c.claimed_generation, PENDING),
+                else_=sa.bindparam("b_state"),
+            ),
+            last_reason=sa.bindparam("b_reason"),
+        ),
+        [
+            {
+                "b_external_id": f.external_id,
+                "b_attempts": f.attempts,
+                "b_first": f.first_failure_at,
+                "b_due": f.retry_at if f.retry_at is not None else f.first_failure_at,
+                "b_state": PENDING if f.retry_at is not None else DEAD,
+                "b_reason": f.reason,
+            }
+            for f in failures
+        ],
+    )
+
+
+def replay(conn: sa.Connection, *, now: float, workspace_ids: Sequence[int] | None = None) -> int:
+    """Re-queue dead-lettered users: pending again, due now, with a fresh attempt budget."""
+    stmt = outbox.update().where(outbox.c.state == DEAD)
+    if workspace_ids is not None:
+        stmt = stmt.where(outbox.c.workspace_id.in_(workspace_ids))
+    result = conn.execute(
+        stmt.values(
+            state=PENDING,
+            due_at=now,
+            attempts=0,
+            first_failure_at=None,
+            claimed_by=None,
+            claimed_until=None,
+            generation=outbox.c.generation + 1,
+        )
+    )
+    return result.rowcount or 0
+
+
+def backlog(conn: sa.Connection) -> dict[str, int]:
+    """Rows per state: ``{"pending": n, "dead": m}``."""
+    rows = conn.execute(sa.select(outbox.c.state, sa.func.count()).group_by(outbox.c.state))
+    return {state: count for state, count in rows}
+
+
+def _chunks(items: Sequence[str], size: int = 500) -> Iterable[Sequence[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

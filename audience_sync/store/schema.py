@@ -12,6 +12,7 @@ Vocabulary:
 from __future__ import annotations
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 
 metadata = sa.MetaData(
     naming_convention={
@@ -23,7 +24,7 @@ metadata = sa.MetaData(
 )
 
 # JSON on PostgreSQL is stored as JSONB; SQLite stores text.
-JSONType = sa.JSON().with_variant(sa.dialects.postgresql.JSONB(), "postgresql")
+JSONType = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
 
 workspaces = sa.Table(
     "workspaces",

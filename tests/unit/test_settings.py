@@ -16,7 +16,7 @@ def test_defaults_file_matches_the_code():
         data = tomllib.load(fh)
     flat = {f"{s}.{k}": v for s, section in data.items() for k, v in section.items()}
     for key, value in flat.items():
-        kind, default = FIELDS[key]
+        _kind, default = FIELDS[key]
         assert value == default, key
     secret_keys = {k for k, (kind, _) in FIELDS.items() if kind.startswith("secret")}
     assert set(flat) | secret_keys == set(FIELDS)

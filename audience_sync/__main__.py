@@ -1,0 +1,5 @@
+"""``python -m audience_sync`` is the ``audience-sync`` command."""
+
+from audience_sync.cli import main
+
+main()

@@ -1,0 +1,237 @@
+"""Braze delivery benchmark (SPEC §10): users/s end to end, request fill ratio, data points,
+peak RSS, against the local fake Braze running in its own process.
+
+    scripts/bench delivery [--users 200000] [--workers 4] [--database-url URL] [--mode MODE]
+
+Users are seeded straight into the tables (one connection, three audiences, every user dirty),
+then this process runs the real senders until the outbox is empty.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from audience_sync.core.account import merge_settings, settings_fingerprint
+from audience_sync.runtime import Runtime
+from audience_sync.settings import load_settings
+from audience_sync.store.engine import create_engine
+from audience_sync.store.migrate import upgrade
+from audience_sync.store.schema import (
+    audiences,
+    connections,
+    memberships,
+    outbox,
+    users,
+    workspaces,
+)
+
+ACCOUNT = 777
+REST_KEY = "bench-key"
+AUDIENCES = {201: "Bench One", 202: "Bench Two", 203: "Bench Three"}
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_fake_braze(extra: list[str]) -> tuple[subprocess.Popen[bytes], str]:
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.fakes.braze_server", "--port", str(port), *extra],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url + "/_state", timeout=1).read()
+            return proc, url
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("fake Braze did not start")
+
+
+def fake_state(url: str) -> dict:
+    with urllib.request.urlopen(url + "/_state", timeout=60) as response:
+        return json.loads(response.read())
+
+
+def seed(engine: sa.Engine, *, url: str, n_users: int, mode: str, now: float) -> None:
+    """One connection writing to the fake Braze; every user in 1-3 audiences and dirty."""
+    account_settings = {
+        "restApiKey": REST_KEY,
+        "brazeInstance": "custom",
+        "customRestEndpoint": url,
+        "sendSegmentsAs": mode,
+    }
+    merged = merge_settings(account_settings, {})
+    with engine.begin() as conn:
+        workspace_id = conn.execute(
+            workspaces.insert()
+            .values(endpoint=url, key_fingerprint="bench", state="active", created_at=now)
+            .returning(workspaces.c.id)
+        ).scalar_one()
+        conn.execute(
+            connections.insert().values(
+                account_id=ACCOUNT,
+                account_settings=account_settings,
+                settings_fingerprint=settings_fingerprint(merged),
+                state="active",
+                settings_errors=[],
+                workspace_id=workspace_id,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        conn.execute(
+            audiences.insert(),
+            [
+                {
+                    "account_id": ACCOUNT,
+                    "audience_id": a,
+                    "name": name,
+                    "state": "active",
+                    "cleanup": False,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                for a, name in AUDIENCES.items()
+            ],
+        )
+    chunk = 20_000
+    ids = list(AUDIENCES)
+    for start in range(0, n_users, chunk):
+        rows = range(start, min(n_users, start + chunk))
+        with engine.begin() as conn:
+            conn.execute(
+                users.insert(),
+                [{"account_id": ACCOUNT, "external_id": f"user-{i}", "updated_at": now} for i in rows],
+            )
+            conn.execute(
+                memberships.insert(),
+                [
+                    {
+                        "account_id": ACCOUNT,
+                        "external_id": f"user-{i}",
+                        "audience_id": ids[j],
+                        "is_member": True,
+                        "changed_at": now,
+                    }
+                    for i in rows
+                    for j in range(1 + i % len(ids))
+                ],
+            )
+            conn.execute(
+                outbox.insert(),
+                [
+                    {
+                        "workspace_id": workspace_id,
+                        "external_id": f"user-{i}",
+                        "state": "pending",
+                        "generation": 1,
+                        "due_at": now,
+                        "attempts": 0,
+                        "enqueued_at": now,
+                    }
+                    for i in rows
+                ],
+            )
+
+
+def pending(engine: sa.Engine) -> int:
+    with engine.connect() as conn:
+        return conn.execute(sa.select(sa.func.count()).select_from(outbox)).scalar_one()
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="bench delivery")
+    parser.add_argument("--users", type=int, default=100_000)
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--mode", default="array+string+per_segment")
+    parser.add_argument("--database-url", default=None)
+    parser.add_argument("--fake-args", default="", help="extra fake Braze flags, e.g. '--rate-429 0.1'")
+    args = parser.parse_args(argv)
+
+    tmp = tempfile.TemporaryDirectory()
+    url = args.database_url or f"sqlite:///{tmp.name}/bench.db"
+    engine = create_engine(url)
+    upgrade(engine)
+    fake, fake_url = start_fake_braze(args.fake_args.split())
+    try:
+        t0 = time.perf_counter()
+        seed(engine, url=fake_url, n_users=args.users, mode=args.mode, now=time.time())
+        print(f"seeded {args.users} dirty users in {time.perf_counter() - t0:.1f}s")
+        engine.dispose()
+
+        settings = load_settings(
+            environ={},
+            overrides={
+                "database.url": url,
+                "braze.allowed_custom_endpoints": ["http://127.0.0.1:"],
+                "delivery.workers": args.workers,
+                "log.level": "WARNING",
+            },
+        )
+        runtime = Runtime.from_settings(settings)
+        from audience_sync.delivery.service import start_senders
+
+        stop = threading.Event()
+        started = time.perf_counter()
+        pool = start_senders(runtime, stop)
+        last = args.users
+        while True:
+            time.sleep(0.5)
+            left = pending(runtime.engine)
+            if left == 0:
+                break
+            if left == last and time.perf_counter() - started > 600:
+                raise RuntimeError(f"stalled with {left} pending")
+            last = left
+        elapsed = time.perf_counter() - started
+        stop.set()
+        pool.join(30)
+        state = fake_state(fake_url)
+        stats = state["stats"]
+        full = stats["full_requests"] / max(1, stats["requests"])
+        rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(
+            json.dumps(
+                {
+                    "suite": "delivery",
+                    "database": runtime.engine.dialect.name,
+                    "users": args.users,
+                    "workers": args.workers,
+                    "mode": args.mode,
+                    "seconds": round(elapsed, 2),
+                    "users_per_s": round(args.users / elapsed),
+                    "requests": stats["requests"],
+                    "full_request_ratio": round(full, 4),
+                    "datapoints": stats["datapoints"],
+                    "violations": stats["violations"],
+                    "braze_users": len(state["users"]),
+                    "peak_rss_mb": round(rss_mb, 1),
+                },
+                indent=2,
+            )
+        )
+    finally:
+        fake.kill()
+        tmp.cleanup()
