@@ -123,7 +123,10 @@ def seed(engine: sa.Engine, *, url: str, n_users: int, mode: str, now: float) ->
         with engine.begin() as conn:
             conn.execute(
                 users.insert(),
-                [{"account_id": ACCOUNT, "external_id": f"user-{i}", "updated_at": now} for i in rows],
+                [
+                    {"account_id": ACCOUNT, "external_id": f"user-{i}", "updated_at": now}
+                    for i in rows
+                ],
             )
             conn.execute(
                 memberships.insert(),
@@ -167,7 +170,9 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--mode", default="array+string+per_segment")
     parser.add_argument("--database-url", default=None)
-    parser.add_argument("--fake-args", default="", help="extra fake Braze flags, e.g. '--rate-429 0.1'")
+    parser.add_argument(
+        "--fake-args", default="", help="extra fake Braze flags, e.g. '--rate-429 0.1'"
+    )
     args = parser.parse_args(argv)
 
     tmp = tempfile.TemporaryDirectory()

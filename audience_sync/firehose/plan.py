@@ -1,0 +1,94 @@
+"""What a membership-change request asks for, per Braze-facing user (pure, no I/O).
+
+Profiles are resolved to users with :func:`audience_sync.core.identity.resolve_user`; several
+profiles of one request may be the same user, and later entries win (SPEC §3.2, §4.1).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from audience_sync.core.account import ConnectionSettings
+from audience_sync.core.identity import ResolvedUser, resolve_user
+from audience_sync.firehose.messages import UserProfile
+
+MAX_PUSH_TOKENS = 10
+"""Push tokens kept per user: the newest ones."""
+
+IS_MEMBER_BY_ACTION = {"add": True, "delete": False}
+"""``attribute_update`` changes no membership."""
+
+
+@dataclass(kw_only=True)
+class UserUpdate:
+    """What the request says about one user: email and mpid if given, new push tokens."""
+
+    external_id: str
+    email: str | None = None
+    mpid: str | None = None
+    push_tokens: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, kw_only=True)
+class MembershipPlan:
+    """Users to upsert, membership states to set, audiences seen, unresolved profiles."""
+
+    users: dict[str, UserUpdate]
+    # (external_id, audience_id) -> is_member, later entries of the request winning.
+    memberships: dict[tuple[str, int], bool]
+    # audience_id -> the first name sent for it in this request.
+    audience_names: dict[int, str]
+    unresolved: Counter[str]
+
+
+def merge_push_tokens(stored: Iterable[str], new: Iterable[str]) -> list[str]:
+    """Stored tokens then new ones, deduplicated (a re-sent token becomes newest), newest 10."""
+    merged = dict.fromkeys(stored)
+    for token in new:
+        merged.pop(token, None)
+        merged[token] = None
+    return list(merged)[-MAX_PUSH_TOKENS:]
+
+
+def plan_membership_changes(
+    settings: ConnectionSettings, profiles: Iterable[UserProfile]
+) -> MembershipPlan:
+    """Resolve each profile and fold the request into one update per user."""
+    users: dict[str, UserUpdate] = {}
+    memberships: dict[tuple[str, int], bool] = {}
+    audience_names: dict[int, str] = {}
+    unresolved: Counter[str] = Counter()
+    for profile in profiles:
+        for audience in profile.audiences:
+            audience_names.setdefault(audience.audience_id, audience.audience_name)
+        resolved = resolve_user(
+            settings,
+            user_identities=profile.user_identities,
+            device_identities=profile.device_identities,
+            mpid=profile.mpid,
+        )
+        if not isinstance(resolved, ResolvedUser):
+            unresolved[resolved.reason] += 1
+            continue
+        external_id = resolved.external_id
+        update = users.get(external_id)
+        if update is None:
+            update = users[external_id] = UserUpdate(external_id=external_id)
+        if resolved.email is not None:
+            update.email = resolved.email
+        if resolved.mpid is not None:
+            update.mpid = resolved.mpid
+        if resolved.push_tokens:
+            update.push_tokens = merge_push_tokens(update.push_tokens, resolved.push_tokens)
+        for audience in profile.audiences:
+            is_member = IS_MEMBER_BY_ACTION.get(audience.action)
+            if is_member is not None:
+                memberships[external_id, audience.audience_id] = is_member
+    return MembershipPlan(
+        users=users,
+        memberships=memberships,
+        audience_names=audience_names,
+        unresolved=unresolved,
+    )

@@ -1,0 +1,54 @@
+"""Per-reason counters by UTC day (SPEC §5.3, STYLE §4.6: drops are counted, never silent).
+
+A scope names what is counted: ``"account:123"`` (a connection), ``"workspace:4"`` or
+``"global"``; a reason is a short stable word such as ``memberships_applied`` or
+``no_external_id``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+
+from audience_sync.store.dialect import insert
+from audience_sync.store.schema import counters
+
+
+def utc_day(now: float) -> str:
+    """``YYYY-MM-DD`` of an epoch second, in UTC."""
+    return datetime.fromtimestamp(now, tz=UTC).strftime("%Y-%m-%d")
+
+
+def increment(conn: sa.Connection, counts: Mapping[tuple[str, str], int], *, now: float) -> None:
+    """Add ``counts`` (``(scope, reason) -> n``) to today's counters, in the caller's
+    transaction. Zero counts are skipped; rows are written in key order so that concurrent
+    writers lock them in the same order."""
+    day = utc_day(now)
+    rows = [
+        {"day": day, "scope": scope, "reason": reason, "count": n}
+        for (scope, reason), n in sorted(counts.items())
+        if n
+    ]
+    if not rows:
+        return
+    stmt = insert(conn, counters)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[counters.c.day, counters.c.scope, counters.c.reason],
+        set_={"count": counters.c["count"] + stmt.excluded["count"]},
+    )
+    conn.execute(stmt, rows)
+
+
+def totals(
+    conn: sa.Connection, *, scope: str | None = None, day: str | None = None
+) -> dict[tuple[str, str], int]:
+    """Summed counts per ``(scope, reason)``, optionally for one scope and/or one day."""
+    query = sa.select(counters.c.scope, counters.c.reason, sa.func.sum(counters.c["count"]))
+    if scope is not None:
+        query = query.where(counters.c.scope == scope)
+    if day is not None:
+        query = query.where(counters.c.day == day)
+    query = query.group_by(counters.c.scope, counters.c.reason)
+    return {(s, r): int(n) for s, r, n in conn.execute(query)}

@@ -1,0 +1,84 @@
+"""Folding a membership request into one update per user (pure)."""
+
+from __future__ import annotations
+
+import pytest
+
+from audience_sync.core.account import parse_connection_settings
+from audience_sync.firehose import testing as ft
+from audience_sync.firehose.plan import merge_push_tokens, plan_membership_changes
+from audience_sync.firehose.validation import load_message
+
+
+def settings(**overrides):
+    return parse_connection_settings(1, ft.account_settings(**overrides))
+
+
+def plan_for(profiles, **setting_overrides):
+    message = load_message(ft.membership_request(1, profiles))
+    return plan_membership_changes(settings(**setting_overrides), message.user_profiles)
+
+
+def test_later_entries_win_and_attribute_update_changes_nothing():
+    plan = plan_for(
+        [
+            ft.profile("u1", [ft.audience_change(10, "add"), ft.audience_change(11, "add")]),
+            ft.profile("u1", [ft.audience_change(10, "delete")], email="u1@example.com"),
+            ft.profile("u2", [ft.audience_change(12, "attribute_update")]),
+        ]
+    )
+    assert plan.memberships == {("u1", 10): False, ("u1", 11): True}
+    assert set(plan.users) == {"u1", "u2"}
+    assert plan.users["u1"].email == "u1@example.com"
+    assert plan.audience_names == {10: "Audience 10", 11: "Audience 11", 12: "Audience 12"}
+
+
+def test_unresolved_profiles_are_counted_by_reason():
+    plan = plan_for(
+        [
+            ft.profile(None, [ft.audience_change(10)], email="only@example.com"),
+            ft.profile(
+                None,
+                [ft.audience_change(10)],
+                extra_identities=[ft.identity("customer", "ab", "md5")],
+            ),
+            ft.profile("x" * 988, [ft.audience_change(10)]),
+            ft.profile("ok", [ft.audience_change(10)]),
+        ]
+    )
+    assert dict(plan.unresolved) == {"no_external_id": 2, "external_id_too_large": 1}
+    assert plan.memberships == {("ok", 10): True}
+
+
+def test_email_is_kept_from_an_earlier_profile_when_a_later_one_has_none():
+    plan = plan_for([ft.profile("u1", [], email="a@example.com", mpid="7"), ft.profile("u1", [])])
+    assert (plan.users["u1"].email, plan.users["u1"].mpid) == ("a@example.com", "7")
+
+
+def test_push_tokens_follow_the_operating_system():
+    profiles = [ft.profile("u1", [], apns_token="apns-1", gcm_token="gcm-1")]
+    assert plan_for(profiles).users["u1"].push_tokens == []
+    assert plan_for(profiles, apiKeyOperatingSystem="ios").users["u1"].push_tokens == ["apns-1"]
+    assert plan_for(profiles, apiKeyOperatingSystem="android").users["u1"].push_tokens == ["gcm-1"]
+
+
+def test_mpid_as_external_identity():
+    plan = plan_for(
+        [ft.profile(None, [ft.audience_change(3)], mpid="42")], externalIdentityType="mpid"
+    )
+    assert plan.memberships == {("42", 3): True}
+
+
+@pytest.mark.parametrize(
+    ("stored", "new", "expected"),
+    [
+        pytest.param([], ["a"], ["a"], id="first"),
+        pytest.param(["a", "b"], ["b", "c"], ["a", "b", "c"], id="re-sent-becomes-newest"),
+        pytest.param(["b", "a"], ["b"], ["a", "b"], id="order"),
+        pytest.param(
+            [str(i) for i in range(10)], ["x"], [*(str(i) for i in range(1, 10)), "x"], id="cap"
+        ),
+    ],
+)
+def test_merge_push_tokens(stored, new, expected):
+    assert merge_push_tokens(stored, new) == expected
