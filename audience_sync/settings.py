@@ -269,6 +269,12 @@ def _check_ranges(values: dict[str, t.Any], errors: list[str]) -> None:
         value = values.get(key)
         if value is not None and value < 0:
             errors.append(f"{key}: must be 0 or more")
+    lease, timeout = values.get("delivery.lease_s"), values.get("braze.timeout_s")
+    if lease is not None and timeout is not None and lease <= timeout:
+        errors.append(
+            "delivery.lease_s: must be longer than braze.timeout_s, so a request always ends "
+            "before its users can be claimed again"
+        )
     port = values.get("server.port")
     if port is not None and port > 65535:
         errors.append("server.port: must be at most 65535")

@@ -211,6 +211,53 @@ def _array_charges(
     return out
 
 
+@dataclass(frozen=True, kw_only=True)
+class Uncertain:
+    """Attributes whose value in Braze is unknown: a write that touched them may or may not
+    have been applied (5xx, dropped connection, timeout, or a crash between send and record).
+
+    ``keys`` are attribute keys; ``values`` are array values added or removed. The next write
+    resends them whatever the acknowledged state says, so an unconfirmed write can never leave
+    Braze wrong once the desired state swings back to the acknowledged one.
+    """
+
+    keys: frozenset[str] = frozenset()
+    values: frozenset[str] = frozenset()
+
+    def __bool__(self) -> bool:
+        return bool(self.keys or self.values)
+
+    def __or__(self, other: Uncertain) -> Uncertain:
+        return Uncertain(keys=self.keys | other.keys, values=self.values | other.values)
+
+    def to_json(self) -> dict[str, list[str]] | None:
+        """Storable form (None when nothing is uncertain)."""
+        if not self:
+            return None
+        return {"keys": sorted(self.keys), "values": sorted(self.values)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Sequence[str]] | None) -> Uncertain:
+        """Inverse of :meth:`to_json`."""
+        if not data:
+            return cls()
+        return cls(keys=frozenset(data.get("keys", ())), values=frozenset(data.get("values", ())))
+
+
+NOTHING_UNCERTAIN: t.Final = Uncertain()
+
+
+def touched(write: Write) -> Uncertain:
+    """What a write changes in Braze: uncertain until Braze confirms it."""
+    keys = {k for k in write.attributes if k not in ("external_id", UPDATE_EXISTING_ONLY_KEY)}
+    values: set[str] = set()
+    array = write.attributes.get(ARRAY_ATTRIBUTE)
+    if isinstance(array, Mapping):
+        values.update(array.get("add", ()))
+        values.update(array.get("remove", ()))
+    return Uncertain(keys=frozenset(keys), values=frozenset(values))
+
+
 def diff(
     external_id: str,
     desired: Desired,
@@ -218,6 +265,7 @@ def diff(
     *,
     array_write: str = ARRAY_WRITE_DELTA,
     audience_accounts: Mapping[int, int] | None = None,
+    uncertain: Uncertain = NOTHING_UNCERTAIN,
 ) -> Write:
     """The minimal write that turns ``acknowledged`` into ``desired`` (SPEC §4.1, §4.5).
 
@@ -227,9 +275,13 @@ def diff(
         acknowledged: what Braze confirmed so far (keys this engine wrote).
         array_write: ``delta`` sends ``{"add", "remove"}``; ``full`` the whole array.
         audience_accounts: audience id -> account id, to charge array values to a connection.
+        uncertain: keys and array values an unconfirmed earlier write may have changed; they
+            are written again whatever ``acknowledged`` says.
 
     Returns:
-        The write; ``Write.is_empty`` when nothing needs sending.
+        The write; ``Write.is_empty`` when nothing needs sending. Its ``acknowledged`` is the
+        state once Braze accepts it; uncertain keys it could not write (a guard holds them
+        back) are dropped from it, so they are written once the guard allows.
     """
     audience_accounts = audience_accounts or {}
     obj: dict[str, t.Any] = {"external_id": external_id}
@@ -239,10 +291,13 @@ def diff(
     def charge(key: str, points: int = 1) -> None:
         charges[desired.charges.get(key, UNATTRIBUTED)] += points
 
-    for key in sorted(set(desired.attributes) | set(acknowledged)):
+    for key in sorted(set(desired.attributes) | set(acknowledged) | uncertain.keys):
         want = desired.attributes.get(key, None)
         have = acknowledged.get(key, None)
+        unsure = key in uncertain.keys
         if want is KEEP:
+            if unsure:
+                new_ack.pop(key, None)
             continue
         if key == PUSH_TOKENS_KEY:
             held = {tuple(p) for p in (have or [])}
@@ -252,17 +307,19 @@ def diff(
                 new_ack[PUSH_TOKENS_KEY] = sorted([list(p) for p in held] + new)
             continue
         if key == EMAIL_KEY:
-            if want is not None and not _same(want, have):
+            if want is not None and (unsure or not _same(want, have)):
                 obj[EMAIL_KEY] = want
                 new_ack[EMAIL_KEY] = want
                 charge(key)
+            elif unsure:
+                new_ack.pop(key, None)
             continue
         if key == ARRAY_ATTRIBUTE and want is not None:
             held_values = list(have) if isinstance(have, list) else []
             if array_write == ARRAY_WRITE_FULL:
-                if set(want) == set(held_values) and have is not None:
+                if set(want) == set(held_values) and have is not None and not unsure:
                     continue
-                if not want and have is None:
+                if not want and have is None and not unsure:
                     continue
                 obj[key] = want if want else None
                 if want:
@@ -273,25 +330,30 @@ def diff(
                 continue
             held_set = set(held_values)
             want_set = set(want)
-            add = sorted(want_set - held_set, key=int)
-            remove = sorted(held_set - want_set, key=int)
+            # An uncertain value is added if wanted, removed if not; an uncertain key (an
+            # unconfirmed whole-array or null write) makes every held or wanted value uncertain.
+            doubtful = set(uncertain.values) | (held_set | want_set if unsure else set())
+            add = sorted((want_set - held_set) | (doubtful & want_set), key=_id_order)
+            remove = sorted((held_set - want_set) | (doubtful - want_set), key=_id_order)
             if not add and not remove:
                 continue
             obj[key] = {**({"add": add} if add else {}), **({"remove": remove} if remove else {})}
             # Braze keeps an empty array after the last value is removed.
-            new_ack[key] = sorted(want_set, key=int)
+            new_ack[key] = sorted(want_set, key=_id_order)
             charges.update(_array_charges(add + remove, desired, audience_accounts))
             continue
-        if want is False and have is None and key.startswith(PER_SEGMENT_PREFIX):
+        if want is False and have is None and not unsure and key.startswith(PER_SEGMENT_PREFIX):
             # Never written as true: "not in" is already what Braze shows (no-op churn is free).
             continue
         if want is None:
-            # Acknowledged but no longer desired: clear it (1 data point, SPEC §4.5).
+            if have is None and not unsure:
+                continue
+            # Acknowledged (or maybe written) but no longer desired: clear it (1 data point).
             obj[key] = None
             new_ack.pop(key, None)
             charge(key)
             continue
-        if not _same(want, have):
+        if unsure or not _same(want, have):
             obj[key] = want
             new_ack[key] = want
             charge(key)
@@ -305,3 +367,11 @@ def diff(
         datapoints=sum(charges.values()),
         charges=dict(charges),
     )
+
+
+def _id_order(value: str) -> tuple[int, int | str]:
+    """Audience ids sort numerically; anything else after them, as text."""
+    try:
+        return (0, int(value))
+    except ValueError:
+        return (1, value)

@@ -42,9 +42,11 @@ from audience_sync.core.account import (
 from audience_sync.core.attributes import (
     Contribution,
     Membership,
+    Uncertain,
     Write,
     desired_attributes,
     diff,
+    touched,
 )
 from audience_sync.core.retry import RetryPolicy, decide_retry
 from audience_sync.settings import Settings
@@ -59,6 +61,7 @@ from audience_sync.store.braze_state import (
 )
 from audience_sync.store.counters import increment
 from audience_sync.store.engine import read_only
+from audience_sync.store.transactions import in_transaction
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +80,21 @@ class PendingWrite:
     claim: outbox.Claim
     write: Write
     flags: frozenset[str]
+    # What earlier unconfirmed writes may have changed (before this attempt).
+    uncertain: Uncertain
+
+    @property
+    def external_id(self) -> str:
+        """The Braze user."""
+        return self.claim.external_id
+
+    def in_flight_before(self) -> dict[str, t.Any] | None:
+        """The write-ahead record to restore when Braze surely applied nothing."""
+        return self.uncertain.to_json()
+
+    def in_flight_during(self) -> dict[str, t.Any] | None:
+        """The write-ahead record while this write is unconfirmed."""
+        return (self.uncertain | touched(self.write)).to_json()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -160,14 +178,17 @@ class Sender:
         if now >= self._next_probe_check:
             self._next_probe_check = now + PROBE_CHECK_INTERVAL_S
             handled += self._probe_suspended(now)
-        with self.engine.begin() as conn:
-            claims = outbox.claim(
+        claims = in_transaction(
+            self.engine,
+            lambda conn: outbox.claim(
                 conn,
                 worker_id=self.worker_id,
                 now=now,
                 lease_s=self.lease_s,
                 limit=self.max_objects * CLAIM_REQUESTS,
-            )
+            ),
+            action="claim",
+        )
         by_workspace: dict[int, list[outbox.Claim]] = defaultdict(list)
         for c in claims:
             by_workspace[c.workspace_id].append(c)
@@ -176,20 +197,26 @@ class Sender:
         return handled + len(claims)
 
     def _probe_suspended(self, now: float) -> int:
-        with self.engine.begin() as conn:
-            due = workspaces.claim_probes(conn, now=now, interval_s=self.probe_interval_s)
+        due = in_transaction(
+            self.engine,
+            lambda conn: workspaces.claim_probes(conn, now=now, interval_s=self.probe_interval_s),
+            action="claim_probes",
+        )
         handled = 0
         for workspace_id in due:
-            with self.engine.begin() as conn:
-                claims = outbox.claim(
+            claims = in_transaction(
+                self.engine,
+                lambda conn, ws=workspace_id: outbox.claim(
                     conn,
                     worker_id=self.worker_id,
                     now=now,
                     lease_s=self.lease_s,
                     limit=1,
-                    workspace_id=workspace_id,
+                    workspace_id=ws,
                     include_suspended=True,
-                )
+                ),
+                action="claim_probe",
+            )
             if claims:
                 logger.info(
                     "probing suspended workspace",
@@ -233,14 +260,17 @@ class Sender:
         }
         active = {a: s for a, s in active.items() if s.is_valid}
         if not active:
-            with self.engine.begin() as conn:
-                outbox.release(
+            in_transaction(
+                self.engine,
+                lambda conn: outbox.release(
                     conn,
                     worker_id=self.worker_id,
                     workspace_id=workspace_id,
                     due_at={i: now + NO_CONNECTION_RETRY_S for i in ids},
                     reason="no_active_connection",
-                )
+                ),
+                action="release",
+            )
             return
         first = next(iter(active.values()))
         target = Target(
@@ -256,34 +286,31 @@ class Sender:
             if ack.last_write_at is not None and now < ack.last_write_at + self.min_resend_s:
                 deferred[claim.external_id] = ack.last_write_at + self.min_resend_s
                 continue
-            write, flags = self._compute(claim.external_id, snapshot, active, ack)
+            uncertain = Uncertain.from_json(claim.in_flight)
+            write, flags = self._compute(claim.external_id, snapshot, active, ack, uncertain)
             for flag in flags - set(ack.flags):
                 new_flags[flag] += 1
             if write.is_empty:
                 unchanged.append(
                     AckRow(
                         external_id=claim.external_id,
-                        attributes=ack.attributes,
+                        attributes=write.acknowledged,
                         flags=sorted(flags),
                         outcome="unchanged",
                         wrote=False,
                     )
                 )
             else:
-                pending.append(PendingWrite(claim=claim, write=write, flags=flags))
+                pending.append(
+                    PendingWrite(claim=claim, write=write, flags=flags, uncertain=uncertain)
+                )
 
-        with self.engine.begin() as conn:
+        def record_unchanged(conn: sa.Connection) -> None:
             outbox.release(
                 conn, worker_id=self.worker_id, workspace_id=workspace_id, due_at=deferred
             )
-            changed_flags = [
-                r
-                for r in unchanged
-                if set(r.flags)
-                != set(snapshot.acknowledged.get(r.external_id, Acknowledged()).flags)
-                or r.external_id not in snapshot.acknowledged
-            ]
-            save_acknowledged(conn, workspace_id=workspace_id, rows=changed_flags, now=now)
+            changed = [r for r in unchanged if self._ack_changed(r, snapshot)]
+            save_acknowledged(conn, workspace_id=workspace_id, rows=changed, now=now)
             outbox.finish(
                 conn,
                 worker_id=self.worker_id,
@@ -298,8 +325,18 @@ class Sender:
             if counts:
                 increment(conn, counts, now=now)
 
+        in_transaction(self.engine, record_unchanged, action="record_unchanged")
         if pending:
             self._send_all(target, pending, probe=probe)
+
+    @staticmethod
+    def _ack_changed(row: AckRow, snapshot: Snapshot) -> bool:
+        before = snapshot.acknowledged.get(row.external_id)
+        if before is None:
+            return True
+        return set(row.flags) != set(before.flags) or dict(row.attributes) != dict(
+            before.attributes
+        )
 
     def _compute(
         self,
@@ -307,6 +344,7 @@ class Sender:
         snapshot: Snapshot,
         active: Mapping[int, ConnectionSettings],
         ack: Acknowledged,
+        uncertain: Uncertain,
     ) -> tuple[Write, frozenset[str]]:
         contributions = []
         for d in snapshot.desired.get(external_id, ()):
@@ -334,6 +372,7 @@ class Sender:
             ack.attributes,
             array_write=self.array_write,
             audience_accounts=snapshot.audience_accounts,
+            uncertain=uncertain,
         )
         return write, desired.flags
 
@@ -350,7 +389,7 @@ class Sender:
             except ObjectTooLargeError as exc:
                 culprit = pending.pop(exc.index)
                 objects.pop(exc.index)
-                self._record(target, [], [(culprit, True, "object_too_large")], Counter())
+                self._record(target, [], [(culprit, True, "object_too_large", False)], Counter())
         for request in requests:
             batch = [pending[i] for i in request.indices]
             if self.stop.is_set():
@@ -368,6 +407,33 @@ class Sender:
     def _send(self, target: Target, batch: list[PendingWrite], body: bytes, *, probe: bool) -> None:
         if not self._wait_for_budget(target):
             self._release(target, batch, self.clock(), reason="shutdown")
+            return
+        held = in_transaction(
+            self.engine,
+            lambda conn: outbox.renew(
+                conn,
+                worker_id=self.worker_id,
+                workspace_id=target.workspace_id,
+                in_flight={p.external_id: p.in_flight_during() for p in batch},
+                until=self.clock() + self.lease_s,
+            ),
+            action="renew",
+        )
+        if len(held) < len(batch):
+            # A lease ran out (the process stalled): another sender owns those users now.
+            lost = len(batch) - len(held)
+            logger.warning(
+                "lease lost before sending; leaving those users to their new sender",
+                extra={"action": "lease_lost", "workspace_id": target.workspace_id, "users": lost},
+            )
+            batch = [p for p in batch if p.claim.external_id in held]
+            if not batch:
+                return
+            objects = [p.write.attributes for p in batch]
+            for request in build_requests(
+                objects, max_objects=self.max_objects, max_bytes=self.max_bytes
+            ):
+                self._send(target, [batch[i] for i in request.indices], request.body, probe=probe)
             return
         started = time.perf_counter()
         response = self.client.track(target.endpoint, target.api_key, body)
@@ -400,22 +466,27 @@ class Sender:
         counts: Counter[str] = Counter()
         kind = outcome.kind
         if kind in (Kind.ACCEPTED, Kind.PARTIAL):
-            if probe:
-                with self.engine.begin() as conn:
-                    if workspaces.resume(conn, workspace_id=target.workspace_id):
-                        logger.info(
-                            "workspace resumed after a successful probe",
-                            extra={"action": "braze_resumed", "workspace_id": target.workspace_id},
-                        )
+            if probe and in_transaction(
+                self.engine,
+                lambda conn: workspaces.resume(conn, workspace_id=target.workspace_id),
+                action="resume",
+            ):
+                logger.info(
+                    "workspace resumed after a successful probe",
+                    extra={"action": "braze_resumed", "workspace_id": target.workspace_id},
+                )
             accepted = [p for i, p in enumerate(batch) if i not in outcome.per_object]
+            # Braze names these objects as not applied: nothing about them became uncertain.
             failed = [
-                (batch[i], o.permanent, o.reason) for i, o in sorted(outcome.per_object.items())
+                (batch[i], o.permanent, o.reason, False)
+                for i, o in sorted(outcome.per_object.items())
             ]
             counts["accepted"] += len(accepted)
             self._record(target, accepted, failed, counts)
             return
         if kind == Kind.RETRY_ALL:
-            self._record(target, [], [(p, False, outcome.reason) for p in batch], counts)
+            # 5xx, timeout, dropped connection: Braze may have applied any of it.
+            self._record(target, [], [(p, False, outcome.reason, True) for p in batch], counts)
             return
         if kind == Kind.RATE_LIMITED:
             retry_at = outcome.retry_at or now + 1.0
@@ -434,10 +505,11 @@ class Sender:
                     )
             return
         if kind in (Kind.SPLIT, Kind.BAD_REQUEST):
-            self._record(target, [], [(p, True, outcome.reason) for p in batch], counts)
+            self._record(target, [], [(p, True, outcome.reason, False) for p in batch], counts)
             return
+
         # SUSPEND, CONFIG_ERROR: the key or URL is wrong for every user of the workspace.
-        with self.engine.begin() as conn:
+        def suspend(conn: sa.Connection) -> bool:
             first = workspaces.suspend(
                 conn,
                 workspace_id=target.workspace_id,
@@ -446,7 +518,9 @@ class Sender:
                 probe_at=now + self.probe_interval_s,
             )
             increment(conn, {(f"workspace:{target.workspace_id}", outcome.reason): 1}, now=now)
-        if first:
+            return first
+
+        if in_transaction(self.engine, suspend, action="suspend"):
             logger.warning(
                 "workspace suspended: Braze refused the key or URL",
                 extra={
@@ -460,33 +534,35 @@ class Sender:
     def _release(
         self, target: Target, batch: Sequence[PendingWrite], due_at: float, *, reason: str
     ) -> None:
-        with self.engine.begin() as conn:
+        """Hand users back without an attempt; Braze surely applied nothing of this write."""
+
+        def release(conn: sa.Connection) -> None:
             outbox.release(
                 conn,
                 worker_id=self.worker_id,
                 workspace_id=target.workspace_id,
-                due_at={p.claim.external_id: due_at for p in batch},
+                due_at={p.external_id: due_at for p in batch},
                 reason=reason,
+                in_flight={p.external_id: p.in_flight_before() for p in batch},
             )
             increment(
                 conn, {(f"workspace:{target.workspace_id}", reason): len(batch)}, now=self.clock()
             )
 
+        in_transaction(self.engine, release, action="release")
+
     def _record(
         self,
         target: Target,
         accepted: Sequence[PendingWrite],
-        failed: Sequence[tuple[PendingWrite, bool, str]],
+        failed: Sequence[tuple[PendingWrite, bool, str, bool]],
         counts: Counter[str],
     ) -> None:
         """Persist one request's outcome for every user in it, in one transaction."""
         now = self.clock()
-        charges: Counter[tuple[int, int]] = Counter()
-        for p in accepted:
-            charges.update(p.write.charges)
         failures = []
         dead = 0
-        for p, permanent, reason in failed:
+        for p, permanent, reason, maybe_applied in failed:
             attempts = p.claim.attempts + 1
             first_failure = p.claim.first_failure_at or now
             retry_at = None
@@ -516,13 +592,28 @@ class Sender:
                     first_failure_at=first_failure,
                     retry_at=retry_at,
                     reason=reason,
+                    in_flight=p.in_flight_during() if maybe_applied else p.in_flight_before(),
                 )
             )
             counts[reason] += 1
         if dead:
             counts["dead_lettered"] += dead
         scope = f"workspace:{target.workspace_id}"
-        with self.engine.begin() as conn:
+
+        def record(conn: sa.Connection) -> None:
+            owned = outbox.finish(
+                conn,
+                worker_id=self.worker_id,
+                workspace_id=target.workspace_id,
+                external_ids=[p.claim.external_id for p in accepted],
+                now=now,
+                next_due_at=now + self.min_resend_s,
+            )
+            # Only the lease holder records what Braze acknowledged (see outbox.renew).
+            mine = [p for p in accepted if p.claim.external_id in owned]
+            charges: Counter[tuple[int, int]] = Counter()
+            for p in mine:
+                charges.update(p.write.charges)
             save_acknowledged(
                 conn,
                 workspace_id=target.workspace_id,
@@ -534,23 +625,15 @@ class Sender:
                         outcome="accepted",
                         wrote=True,
                     )
-                    for p in accepted
+                    for p in mine
                 ],
                 now=now,
-            )
-            outbox.finish(
-                conn,
-                worker_id=self.worker_id,
-                workspace_id=target.workspace_id,
-                external_ids=[p.claim.external_id for p in accepted],
-                now=now,
-                next_due_at=now + self.min_resend_s,
             )
             outbox.record_failures(
                 conn, worker_id=self.worker_id, workspace_id=target.workspace_id, failures=failures
             )
             add_datapoints(conn, workspace_id=target.workspace_id, charges=charges, now=now)
-            spent = sum(charges.values())
-            if spent:
-                counts["datapoints"] += spent
-            increment(conn, {(scope, r): n for r, n in counts.items() if n}, now=now)
+            totals = counts + Counter({"datapoints": sum(charges.values())})
+            increment(conn, {(scope, r): n for r, n in totals.items() if n}, now=now)
+
+        in_transaction(self.engine, record, action="record")

@@ -7,6 +7,7 @@ Verbs: :func:`enqueue` (from the Firehose intake and the jobs), and, for senders
 
 from __future__ import annotations
 
+import typing as t
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -43,7 +44,8 @@ def enqueue(
             "attempts": 0,
             "enqueued_at": now,
         }
-        for workspace_id, external_id in dict.fromkeys(keys)
+        # Sorted: concurrent transactions then lock rows in one order and cannot deadlock.
+        for workspace_id, external_id in sorted(set(keys))
     ]
     if not rows:
         return 0
@@ -72,6 +74,7 @@ class Claim:
     generation: int
     attempts: int
     first_failure_at: float | None
+    in_flight: Mapping[str, t.Any] | None = None
 
 
 def claim(
@@ -118,6 +121,7 @@ def claim(
             outbox.c.generation,
             outbox.c.attempts,
             outbox.c.first_failure_at,
+            outbox.c.in_flight,
         )
     )
     return [
@@ -127,6 +131,7 @@ def claim(
             generation=row.generation,
             attempts=row.attempts,
             first_failure_at=row.first_failure_at,
+            in_flight=row.in_flight,
         )
         for row in conn.execute(stmt)
     ]
@@ -148,19 +153,29 @@ def finish(
     external_ids: Sequence[str],
     now: float,
     next_due_at: float,
-) -> None:
+) -> set[str]:
     """The users' writes succeeded (or were not needed): drop their rows, unless a change came
     in while they were in flight; those stay pending, due at ``next_due_at`` (the minimum
-    resend spacing), with a clean failure record."""
-    if not external_ids:
-        return
+    resend spacing), with a clean failure record.
+
+    Returns the users this sender still held (a lease lost to another sender is left alone).
+    The DELETE goes first: a change committed between the two statements then finds its row
+    still leased by us, and the release below hands it back, instead of matching neither.
+    """
+    owned: set[str] = set()
     for chunk in _chunks(external_ids):
-        conn.execute(
-            outbox.update()
+        deleted = conn.execute(
+            outbox.delete()
             .where(
                 _mine(worker_id, workspace_id, chunk),
-                outbox.c.generation != outbox.c.claimed_generation,
+                outbox.c.generation == outbox.c.claimed_generation,
             )
+            .returning(outbox.c.external_id)
+        )
+        owned.update(deleted.scalars())
+        released = conn.execute(
+            outbox.update()
+            .where(_mine(worker_id, workspace_id, chunk))
             .values(
                 claimed_by=None,
                 claimed_until=None,
@@ -168,14 +183,49 @@ def finish(
                 attempts=0,
                 first_failure_at=None,
                 last_reason=None,
+                in_flight=None,  # Braze confirmed the write: nothing is uncertain any more
             )
+            .returning(outbox.c.external_id)
         )
-        conn.execute(
-            outbox.delete().where(
-                _mine(worker_id, workspace_id, chunk),
-                outbox.c.generation == outbox.c.claimed_generation,
-            )
+        owned.update(released.scalars())
+    return owned
+
+
+def renew(
+    conn: sa.Connection,
+    *,
+    worker_id: str,
+    workspace_id: int,
+    in_flight: Mapping[str, Mapping[str, t.Any] | None],
+    until: float,
+) -> set[str]:
+    """Right before a request: extend this sender's lease on its users and record, write-ahead,
+    what the request may change (``in_flight``, per user). Returns the users still held.
+
+    The request (bounded by ``braze.timeout_s``, shorter than the lease) then always completes
+    inside the lease, so no other sender can claim the same user meanwhile; and if this process
+    dies before recording the answer, the next sender knows which values to write again.
+    """
+    if not in_flight:
+        return set()
+    result = conn.execute(
+        outbox.update()
+        .where(
+            outbox.c.workspace_id == workspace_id,
+            outbox.c.external_id == sa.bindparam("b_external_id"),
+            outbox.c.claimed_by == worker_id,
         )
+        .values(claimed_until=until, in_flight=sa.bindparam("b_in_flight")),
+        [{"b_external_id": e, "b_in_flight": f} for e, f in in_flight.items()],
+    )
+    if result.rowcount == len(in_flight):
+        return set(in_flight)
+    held = conn.execute(
+        sa.select(outbox.c.external_id).where(
+            _mine(worker_id, workspace_id, list(in_flight)), outbox.c.claimed_until == until
+        )
+    )
+    return set(held.scalars())
 
 
 def release(
@@ -185,10 +235,23 @@ def release(
     workspace_id: int,
     due_at: Mapping[str, float],
     reason: str | None = None,
+    in_flight: Mapping[str, Mapping[str, t.Any] | None] | None = None,
 ) -> None:
-    """Give users back without spending an attempt (rate limit, suspension, resend spacing)."""
+    """Give users back without spending an attempt (rate limit, suspension, resend spacing).
+
+    ``in_flight`` restores each user's write-ahead record when Braze certainly applied nothing
+    (a 429 or a refusal); omitted, the record is left as it is.
+    """
     if not due_at:
         return
+    values: dict[str, t.Any] = {
+        "claimed_by": None,
+        "claimed_until": None,
+        "due_at": sa.bindparam("b_due_at"),
+        "last_reason": sa.func.coalesce(sa.literal(reason), outbox.c.last_reason),
+    }
+    if in_flight is not None:
+        values["in_flight"] = sa.bindparam("b_in_flight")
     conn.execute(
         outbox.update()
         .where(
@@ -196,13 +259,12 @@ def release(
             outbox.c.external_id == sa.bindparam("b_external_id"),
             outbox.c.claimed_by == worker_id,
         )
-        .values(
-            claimed_by=None,
-            claimed_until=None,
-            due_at=sa.bindparam("b_due_at"),
-            last_reason=sa.func.coalesce(sa.literal(reason), outbox.c.last_reason),
-        ),
-        [{"b_external_id": e, "b_due_at": d} for e, d in due_at.items()],
+        .values(**values),
+        [
+            {"b_external_id": e, "b_due_at": d}
+            | ({"b_in_flight": in_flight.get(e)} if in_flight is not None else {})
+            for e, d in due_at.items()
+        ],
     )
 
 
@@ -215,6 +277,9 @@ class Failure:
     first_failure_at: float
     retry_at: float | None
     reason: str
+    # The write-ahead record to keep: the union with this attempt when Braze may have applied
+    # it (5xx, timeout, dropped connection), the previous record when it surely did not.
+    in_flight: Mapping[str, t.Any] | None = None
 
 
 def record_failures(
@@ -242,6 +307,7 @@ def record_failures(
                 else_=sa.bindparam("b_state"),
             ),
             last_reason=sa.bindparam("b_reason"),
+            in_flight=sa.bindparam("b_in_flight"),
         ),
         [
             {
@@ -251,6 +317,7 @@ def record_failures(
                 "b_due": f.retry_at if f.retry_at is not None else f.first_failure_at,
                 "b_state": PENDING if f.retry_at is not None else DEAD,
                 "b_reason": f.reason,
+                "b_in_flight": f.in_flight,
             }
             for f in failures
         ],

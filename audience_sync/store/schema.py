@@ -127,6 +127,9 @@ outbox = sa.Table(
     sa.Column("claimed_by", sa.String(128)),
     sa.Column("claimed_until", sa.Float),
     sa.Column("claimed_generation", sa.BigInteger),
+    # Write-ahead record of what a sent-but-unconfirmed write may have changed in Braze
+    # ({"keys": [...], "values": [...]}, core.attributes.Uncertain); resent until confirmed.
+    sa.Column("in_flight", JSONType),
     sa.Column("enqueued_at", sa.Float, nullable=False),
     sa.Index("ix_outbox_state_due", "state", "due_at"),
 )

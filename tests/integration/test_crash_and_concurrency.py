@@ -35,6 +35,7 @@ url = "{database_url}"
 [braze]
 allowed_custom_endpoints = ["http://127.0.0.1:"]
 min_resend_interval_s = 0
+timeout_s = 1
 [delivery]
 workers = 3
 lease_s = 1.5

@@ -300,3 +300,67 @@ def test_one_write_converges_braze_to_desired(before, after, mode_before, mode_a
             continue
         held = braze.get(key)
         assert sorted(held) == sorted(value) if isinstance(value, list) else held == value
+
+
+# --- property: unconfirmed writes (5xx after apply, dropped answers, crashes) ------------------
+
+OUTCOMES = ["confirmed", "applied_unknown", "lost_unknown", "refused"]
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(memberships_strategy, st.sampled_from(OUTCOMES)), min_size=1, max_size=8
+    ),
+    mode=st.sampled_from(ALL_MODES),
+    array_write=st.sampled_from(["delta", "full"]),
+)
+def test_unconfirmed_writes_never_leave_braze_wrong(steps, mode, array_write):
+    """Each step changes the desired state, then one write is attempted with an outcome:
+    confirmed; applied but the answer lost; not applied and the answer lost; refused (4xx/429).
+    Once a write is confirmed with nothing left to send, Braze equals the desired state."""
+    from audience_sync.core.attributes import NOTHING_UNCERTAIN, touched
+
+    braze: dict = {}
+    acknowledged: dict = {}
+    uncertain = NOTHING_UNCERTAIN
+    memberships = []
+    for memberships, outcome in steps:
+        desired = desired_attributes([contribution(mode, *memberships)], array_max_length=500)
+        write = diff("u", desired, acknowledged, array_write=array_write, uncertain=uncertain)
+        if write.is_empty:
+            continue
+        if outcome in ("confirmed", "applied_unknown"):
+            braze = apply_like_braze(braze, write.attributes)
+        if outcome == "confirmed":
+            acknowledged, uncertain = dict(write.acknowledged), NOTHING_UNCERTAIN
+        elif outcome in ("applied_unknown", "lost_unknown"):
+            uncertain = uncertain | touched(write)
+    desired = desired_attributes([contribution(mode, *memberships)], array_max_length=500)
+    final = diff("u", desired, acknowledged, array_write=array_write, uncertain=uncertain)
+    braze = apply_like_braze(braze, final.attributes)
+    assert diff("u", desired, final.acknowledged, array_write=array_write).is_empty
+    want = {k: v for k, v in desired.attributes.items() if v is not KEEP}
+    for key in set(want) | set(braze):
+        held, value = braze.get(key), want.get(key)
+        if isinstance(value, list) or isinstance(held, list):
+            assert set(held or []) == set(value or []), key
+        elif value is False and held is None:
+            continue  # "In X" never written true
+        else:
+            assert held == value, key
+
+
+def test_an_uncertain_value_is_written_again_even_when_acknowledged_says_so():
+    from audience_sync.core.attributes import Uncertain
+
+    desired = desired_attributes([contribution("string+array", member(7))], array_max_length=500)
+    ack = {STRING_ATTRIBUTE: "'7'", ARRAY_ATTRIBUTE: ["7"]}
+    assert diff("u", desired, ack).is_empty
+    unsure = Uncertain(keys=frozenset({STRING_ATTRIBUTE}), values=frozenset({"7", "9"}))
+    write = diff("u", desired, ack, uncertain=unsure)
+    assert write.attributes == {
+        "external_id": "u",
+        STRING_ATTRIBUTE: "'7'",
+        ARRAY_ATTRIBUTE: {"add": ["7"], "remove": ["9"]},
+    }

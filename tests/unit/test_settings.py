@@ -99,3 +99,8 @@ def test_database_password_is_masked():
     )
     assert "pw-secret" not in repr(settings)
     assert settings.get("database.url").endswith("pw-secret@h/db")
+
+
+def test_lease_must_outlast_a_request():
+    with pytest.raises(ConfigValidationError, match=r"delivery\.lease_s"):
+        load_settings(environ={"AUDIENCE_SYNC_DELIVERY__LEASE_S": "10"})
