@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import threading
@@ -11,6 +12,17 @@ from audience_sync.runtime import Runtime
 from audience_sync.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+GC_THRESHOLD = 50_000
+"""Generation-0 threshold of CPython's collector in server processes. A 500-profile Firehose
+body is ~60,000 short-lived containers: at the default (700) the collector runs ~85 times per
+request. Measured with scripts/bench firehose: half the mean latency, most p99 spikes gone."""
+
+
+def tune_gc() -> None:
+    """Freeze the start-up heap out of collections and collect young objects less often."""
+    gc.freeze()
+    gc.set_threshold(GC_THRESHOLD, 20, 20)
 
 
 def run_all(
@@ -44,7 +56,10 @@ def run_all(
             port=settings.get("server.port"),
             threads=settings.get("server.threads"),
             ident="audience-sync",
+            # waitress buffers the whole body before the app sees it: refuse early.
+            max_request_body_size=settings.get("firehose.max_body_bytes"),
         )
+    tune_gc()
 
     def _shutdown(signum: int, _frame: object) -> None:
         logger.info("stopping", extra={"action": "process_stopping", "signal": signum})

@@ -9,10 +9,11 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Sequence
 
-from bench import firehose
+from bench import delivery, firehose
 
 SUITES: dict[str, Callable[[Sequence[str]], int]] = {
     "firehose": firehose.main,
+    "delivery": delivery.main,
 }
 
 

@@ -19,6 +19,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -164,7 +165,7 @@ def pending(engine: sa.Engine) -> int:
         return conn.execute(sa.select(sa.func.count()).select_from(outbox)).scalar_one()
 
 
-def main(argv: list[str]) -> None:
+def main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="bench delivery")
     parser.add_argument("--users", type=int, default=100_000)
     parser.add_argument("--workers", type=int, default=4)
@@ -173,7 +174,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument(
         "--fake-args", default="", help="extra fake Braze flags, e.g. '--rate-429 0.1'"
     )
-    args = parser.parse_args(argv)
+    args = parser.parse_args(list(argv))
 
     tmp = tempfile.TemporaryDirectory()
     url = args.database_url or f"sqlite:///{tmp.name}/bench.db"
@@ -240,3 +241,4 @@ def main(argv: list[str]) -> None:
     finally:
         fake.kill()
         tmp.cleanup()
+    return 0

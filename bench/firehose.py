@@ -27,6 +27,7 @@ from pathlib import Path
 import requests
 
 from audience_sync.firehose import testing as ft
+from audience_sync.process import GC_THRESHOLD
 
 TOKEN = "bench-firehose-token"
 ACCOUNT_ID = 777
@@ -67,10 +68,7 @@ def _serve(database_url: str, port: int, threads: int, log_level: str, gc_thresh
     upgrade(runtime.engine)
     app = create_app(runtime=runtime)
     if gc_threshold:
-        # A 500-profile body is ~60,000 short-lived containers: with CPython's default
-        # threshold (700) the collector runs ~85 times per request and a full collection
-        # walks every long-lived object too. Freezing the start-up heap and collecting less
-        # often halves the mean latency; see the report in bench's docstring.
+        # As `audience-sync run`/`serve` do (audience_sync.process.tune_gc).
         gc.freeze()
         gc.set_threshold(gc_threshold, 20, 20)
     waitress.serve(app, host="127.0.0.1", port=port, threads=threads)
@@ -240,8 +238,9 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument(
         "--gc-threshold",
         type=int,
-        default=0,
-        help="server: gc.freeze() and gc.set_threshold(N, 20, 20); 0 keeps CPython's defaults",
+        default=GC_THRESHOLD,
+        help="server: gc.freeze() and gc.set_threshold(N, 20, 20) as `audience-sync run` does "
+        "(default %(default)s); 0 keeps CPython's defaults",
     )
     args = parser.parse_args(list(argv))
     result = run(

@@ -39,6 +39,9 @@ def create_engine(
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute(f"PRAGMA synchronous={sync}")
             cursor.execute("PRAGMA busy_timeout=30000")
+            # Checkpoint every ~40 MB of WAL instead of every 4 MB: fewer syncs under load.
+            cursor.execute("PRAGMA wal_autocheckpoint=10000")
+            cursor.execute("PRAGMA cache_size=-16384")  # 16 MiB per connection
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
 

@@ -1,0 +1,90 @@
+"""The audience-sync command line, as an operator runs it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import requests
+from click.testing import CliRunner
+
+from audience_sync.cli import main
+
+
+def test_config_check_reports_every_problem_and_exits_2(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text('[server]\nport = "eighty"\n[braze]\narray_write = "sometimes"\nnope = 1\n')
+    result = CliRunner().invoke(main, ["--config", str(path), "config", "check"])
+    assert result.exit_code == 2
+    for key in ("server.port", "braze.array_write", "braze.nope"):
+        assert key in result.output
+
+
+def test_config_check_masks_secrets(tmp_path):
+    path = tmp_path / "ok.toml"
+    path.write_text(
+        '[firehose]\ntokens = ["very-secret-token"]\n[connections.42]\nrestApiKey = "rk-123"\n'
+    )
+    result = CliRunner().invoke(main, ["--config", str(path), "config", "check"])
+    assert result.exit_code == 0, result.output
+    assert "configuration OK" in result.output
+    assert "very-secret-token" not in result.output
+    assert "rk-123" not in result.output
+
+
+def test_db_upgrade_creates_the_schema_and_is_repeatable(tmp_path):
+    env = {"AUDIENCE_SYNC_DATABASE__URL": f"sqlite:///{tmp_path}/cli.db"}
+    runner = CliRunner()
+    for _ in range(2):
+        result = runner.invoke(main, ["db", "upgrade"], env=env)
+        assert result.exit_code == 0, result.output
+        assert "database at revision 0002" in result.output
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_run_serves_until_sigterm_and_refuses_an_unmigrated_database(tmp_path):
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AUDIENCE_SYNC_")}
+    env |= {
+        "AUDIENCE_SYNC_DATABASE__URL": f"sqlite:///{tmp_path}/run.db",
+        "AUDIENCE_SYNC_SERVER__PORT": str(port),
+        "AUDIENCE_SYNC_FIREHOSE__TOKENS": "t",
+    }
+    cmd = [sys.executable, "-m", "audience_sync"]
+    refused = subprocess.run([*cmd, "run"], env=env, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 1
+    assert "db upgrade" in refused.stderr
+
+    subprocess.run([*cmd, "db", "upgrade"], env=env, check=True, capture_output=True, timeout=60)
+    proc = subprocess.Popen([*cmd, "run"], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                ready = requests.get(f"http://127.0.0.1:{port}/readyz", timeout=1)
+                break
+            except requests.ConnectionError:
+                assert time.monotonic() < deadline, "server did not start"
+                time.sleep(0.1)
+        assert ready.json() == {"status": "ok"}
+        answer = requests.post(
+            f"http://127.0.0.1:{port}/firehose",
+            json={"type": "module_registration_request", "id": "r1"},
+            timeout=5,
+        )
+        assert answer.json()["type"] == "module_registration_response"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    assert '"action": "process_started"' in stderr
+    assert '"action": "senders_started"' in stderr
