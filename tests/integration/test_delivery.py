@@ -431,3 +431,41 @@ def test_a_refused_key_does_not_hold_up_another_workspace(fast_runtime, auth_hea
             )
         assert sorted(states.values()) == ["active", "suspended"]
         assert pending_count(runtime.engine) == 1  # a1 waits for a probe or new settings
+
+
+def test_configurations_sharing_a_workspace_write_the_union(fast_runtime, braze, auth_headers):
+    """SPEC §4.6: two mParticle configurations on one REST key no longer overwrite each other."""
+    from audience_sync import create_app
+
+    runtime = fast_runtime()
+    client = create_app(runtime=runtime).test_client()
+    sender = make_sender(runtime)
+    first = connection_settings(braze, "string+array")
+    second = connection_settings(braze, "string+per_segment")
+    post(
+        client, membership(8001, [profile("u1", [(11034, "Ibiza", "add")])], **first), auth_headers
+    )
+    post(
+        client,
+        membership(8002, [profile("u1", [(11036, "Athens", "add")])], **second),
+        auth_headers,
+    )
+    drain(sender, runtime.engine)
+    assert braze.users["u1"] == {
+        "SegmentMembership": "'11034','11036'",
+        "SegmentMembershipArray": ["11034"],
+        "In Athens": True,
+    }
+    post(
+        client,
+        membership(8001, [profile("u1", [(11034, "Ibiza", "delete")])], **first),
+        auth_headers,
+    )
+    drain(sender, runtime.engine)
+    assert braze.users["u1"] == {
+        "SegmentMembership": "'11036'",
+        "SegmentMembershipArray": [],
+        "In Athens": True,
+    }
+    with runtime.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(workspaces)).scalar_one() == 1
