@@ -18,6 +18,7 @@ the same values (idempotent).
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import threading
@@ -82,6 +83,8 @@ class PendingWrite:
     flags: frozenset[str]
     # What earlier unconfirmed writes may have changed (before this attempt).
     uncertain: Uncertain
+    # ``(uncertain | touched(write)).to_json()``, when the caller already has it.
+    during: dict[str, t.Any] | None = None
 
     @property
     def external_id(self) -> str:
@@ -94,6 +97,8 @@ class PendingWrite:
 
     def in_flight_during(self) -> dict[str, t.Any] | None:
         """The write-ahead record while this write is unconfirmed."""
+        if self.during is not None:
+            return self.during
         return (self.uncertain | touched(self.write)).to_json()
 
 
@@ -250,7 +255,7 @@ class Sender:
         now = self.clock()
         ids = [c.external_id for c in claims]
         with read_only(self.engine) as conn:
-            snapshot = load_snapshot(conn, workspace_id, ids)
+            snapshot = load_snapshot(conn, workspace_id, ids, all_connections=True)
         active = {
             c.account_id: self._settings_of(
                 c.account_id, c.account_settings, c.settings_fingerprint
@@ -277,17 +282,29 @@ class Sender:
             workspace_id=workspace_id, endpoint=first.rest_endpoint, api_key=first.rest_api_key
         )
 
+        # A connection whose settings are invalid still owns attributes in this workspace: its
+        # users wait until it is fixed (SPEC §3.4), instead of having those attributes cleared.
+        blocked = {c.account_id for c in snapshot.connections} - set(active)
+        held_back: dict[str, float] = {}
         deferred: dict[str, float] = {}
         unchanged: list[AckRow] = []
         pending: list[PendingWrite] = []
         new_flags: Counter[str] = Counter()
+        memo: dict[tuple[t.Any, ...], tuple[Write, frozenset[str], dict[str, t.Any] | None]] = {}
         for claim in claims:
+            if blocked and any(
+                d.account_id in blocked for d in snapshot.desired.get(claim.external_id, ())
+            ):
+                held_back[claim.external_id] = now + NO_CONNECTION_RETRY_S
+                continue
             ack = snapshot.acknowledged.get(claim.external_id, Acknowledged())
             if ack.last_write_at is not None and now < ack.last_write_at + self.min_resend_s:
                 deferred[claim.external_id] = ack.last_write_at + self.min_resend_s
                 continue
             uncertain = Uncertain.from_json(claim.in_flight)
-            write, flags = self._compute(claim.external_id, snapshot, active, ack, uncertain)
+            write, flags, during = self._compute_memo(
+                memo, claim.external_id, snapshot, active, ack, uncertain
+            )
             for flag in flags - set(ack.flags):
                 new_flags[flag] += 1
             if write.is_empty:
@@ -302,12 +319,21 @@ class Sender:
                 )
             else:
                 pending.append(
-                    PendingWrite(claim=claim, write=write, flags=flags, uncertain=uncertain)
+                    PendingWrite(
+                        claim=claim, write=write, flags=flags, uncertain=uncertain, during=during
+                    )
                 )
 
         def record_unchanged(conn: sa.Connection) -> None:
             outbox.release(
                 conn, worker_id=self.worker_id, workspace_id=workspace_id, due_at=deferred
+            )
+            outbox.release(
+                conn,
+                worker_id=self.worker_id,
+                workspace_id=workspace_id,
+                due_at=held_back,
+                reason="connection_invalid",
             )
             changed = [r for r in unchanged if self._ack_changed(r, snapshot)]
             save_acknowledged(conn, workspace_id=workspace_id, rows=changed, now=now)
@@ -337,6 +363,48 @@ class Sender:
         return set(row.flags) != set(before.flags) or dict(row.attributes) != dict(
             before.attributes
         )
+
+    def _compute_memo(
+        self,
+        memo: dict[tuple[t.Any, ...], tuple[Write, frozenset[str], dict[str, t.Any] | None]],
+        external_id: str,
+        snapshot: Snapshot,
+        active: Mapping[int, ConnectionSettings],
+        ack: Acknowledged,
+        uncertain: Uncertain,
+    ) -> tuple[Write, frozenset[str], dict[str, t.Any] | None]:
+        """:meth:`_compute`, once per distinct input within one batch.
+
+        The write depends on the user only through its desired rows, acknowledged attributes
+        and uncertain keys (``active`` and ``snapshot.audience_accounts`` are the batch's);
+        users sharing all three (say, new users in the same audiences) get the same write
+        with their own ``external_id``. Also returns the write-ahead record of the write
+        (:meth:`PendingWrite.in_flight_during`).
+        """
+        desired = snapshot.desired.get(external_id, ())
+        acknowledged = (
+            json.dumps(ack.attributes, sort_keys=True, separators=(",", ":"))
+            if ack.attributes
+            else ""
+        )
+        key = (desired, acknowledged, uncertain)
+        hit = memo.get(key)
+        if hit is None:
+            write, flags = self._compute(external_id, snapshot, active, ack, uncertain)
+            during = (uncertain | touched(write)).to_json()
+            memo[key] = (write, flags, during)
+            return write, flags, during
+        template, flags, during = hit
+        attributes = dict(template.attributes)
+        attributes["external_id"] = external_id
+        write = Write(
+            external_id=external_id,
+            attributes=attributes,
+            acknowledged=dict(template.acknowledged),
+            datapoints=template.datapoints,
+            charges=template.charges,
+        )
+        return write, flags, during
 
     def _compute(
         self,

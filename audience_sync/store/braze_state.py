@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 
-from audience_sync.store.dialect import insert
+from audience_sync.store.dialect import cached_statement, insert
 from audience_sync.store.schema import (
     audiences,
     braze_users,
@@ -89,98 +89,127 @@ def load_connections(conn: sa.Connection, workspace_id: int) -> tuple[Connection
     )
 
 
+_ACCOUNTS = sa.bindparam("b_accounts", expanding=True)
+_IDS = sa.bindparam("b_ids", expanding=True)
+# Built once with expanding IN parameters: a batch's hundreds of ids are then neither coerced
+# into the statement nor part of its cache key.
+_SELECT_USERS = sa.select(
+    users.c.account_id,
+    users.c.external_id,
+    users.c.email,
+    users.c.push_tokens,
+    users.c.updated_at,
+).where(users.c.account_id.in_(_ACCOUNTS), users.c.external_id.in_(_IDS))
+_SELECT_MEMBERSHIPS = sa.select(
+    memberships.c.account_id,
+    memberships.c.external_id,
+    memberships.c.audience_id,
+    memberships.c.is_member,
+).where(memberships.c.account_id.in_(_ACCOUNTS), memberships.c.external_id.in_(_IDS))
+_SELECT_AUDIENCES = sa.select(
+    audiences.c.account_id,
+    audiences.c.audience_id,
+    audiences.c.name,
+    audiences.c.state,
+    audiences.c.cleanup,
+).where(
+    audiences.c.account_id.in_(_ACCOUNTS),
+    audiences.c.audience_id.in_(sa.bindparam("b_audience_ids", expanding=True)),
+)
+_SELECT_ACKNOWLEDGED = sa.select(
+    braze_users.c.external_id,
+    braze_users.c.attributes,
+    braze_users.c.flags,
+    braze_users.c.last_write_at,
+).where(
+    braze_users.c.workspace_id == sa.bindparam("b_workspace_id"),
+    braze_users.c.external_id.in_(_IDS),
+)
+
+
 def load_snapshot(
     conn: sa.Connection,
     workspace_id: int,
     external_ids: Sequence[str],
     *,
     account_ids: Sequence[int] | None = None,
+    all_connections: bool = False,
 ) -> Snapshot:
-    """Desired rows of ``account_ids`` (default: the workspace's active connections) and the
-    acknowledged attributes for ``external_ids``."""
+    """Desired rows of ``account_ids`` (default: the workspace's active connections, or all of
+    them with ``all_connections``) and the acknowledged attributes for ``external_ids``."""
     conns = load_connections(conn, workspace_id)
     if account_ids is None:
-        account_ids = [c.account_id for c in conns if c.state == "active"]
+        account_ids = [c.account_id for c in conns if all_connections or c.state == "active"]
     accounts = list(account_ids)
     ids = list(external_ids)
 
-    user_rows: dict[tuple[int, str], t.Any] = {}
-    member_rows: dict[tuple[int, str], list[tuple[int, bool]]] = defaultdict(list)
+    user_rows: dict[tuple[int, str], tuple[t.Any, t.Any, t.Any]] = {}
+    member_rows: dict[tuple[int, str], list[tuple[int, bool]]] = {}
     names: dict[tuple[int, int], tuple[str, bool]] = {}
     if accounts and ids:
-        for r in conn.execute(
-            sa.select(
-                users.c.account_id,
-                users.c.external_id,
-                users.c.email,
-                users.c.push_tokens,
-                users.c.updated_at,
-            ).where(users.c.account_id.in_(accounts), users.c.external_id.in_(ids))
+        params = {"b_accounts": accounts, "b_ids": ids}
+        for account_id, external_id, email, push_tokens, updated_at in conn.execute(
+            _SELECT_USERS, params
         ):
-            user_rows[(r.account_id, r.external_id)] = r
+            user_rows[(account_id, external_id)] = (email, push_tokens, updated_at)
         audience_ids: set[int] = set()
-        for r in conn.execute(
-            sa.select(
-                memberships.c.account_id,
-                memberships.c.external_id,
-                memberships.c.audience_id,
-                memberships.c.is_member,
-            ).where(memberships.c.account_id.in_(accounts), memberships.c.external_id.in_(ids))
+        for account_id, external_id, audience_id, is_member in conn.execute(
+            _SELECT_MEMBERSHIPS, params
         ):
-            member_rows[(r.account_id, r.external_id)].append((r.audience_id, r.is_member))
-            audience_ids.add(r.audience_id)
+            key = (account_id, external_id)
+            held = member_rows.get(key)
+            if held is None:
+                member_rows[key] = [(audience_id, is_member)]
+            else:
+                held.append((audience_id, is_member))
+            audience_ids.add(audience_id)
         if audience_ids:
-            for r in conn.execute(
-                sa.select(
-                    audiences.c.account_id,
-                    audiences.c.audience_id,
-                    audiences.c.name,
-                    audiences.c.state,
-                    audiences.c.cleanup,
-                ).where(
-                    audiences.c.account_id.in_(accounts),
-                    audiences.c.audience_id.in_(sorted(audience_ids)),
-                )
+            for account_id, audience_id, name, state, cleanup in conn.execute(
+                _SELECT_AUDIENCES,
+                {"b_accounts": accounts, "b_audience_ids": sorted(audience_ids)},
             ):
-                cleaned = r.state == "removed" and bool(r.cleanup)
-                names[(r.account_id, r.audience_id)] = (r.name, cleaned)
+                cleaned = state == "removed" and bool(cleanup)
+                names[(account_id, audience_id)] = (name, cleaned)
 
     desired: dict[str, list[UserDesired]] = defaultdict(list)
     audience_accounts: dict[int, int] = {}
+    # Many users share one membership pattern: build each pattern's tuple once.
+    patterns: dict[tuple[int, tuple[tuple[int, bool], ...]], tuple[tuple[int, str, bool], ...]]
+    patterns = {}
     for key in set(user_rows) | set(member_rows):
         account_id, external_id = key
         row = user_rows.get(key)
-        kept = []
-        for audience_id, is_member in member_rows.get(key, ()):
-            name, cleaned = names.get((account_id, audience_id), (str(audience_id), False))
-            if cleaned:
-                continue
-            kept.append((audience_id, name, bool(is_member)))
-            audience_accounts.setdefault(audience_id, account_id)
+        held_memberships = tuple(member_rows.get(key, ()))
+        pattern = (account_id, held_memberships)
+        kept = patterns.get(pattern)
+        if kept is None:
+            kept_list = []
+            for audience_id, is_member in held_memberships:
+                name, cleaned = names.get((account_id, audience_id), (str(audience_id), False))
+                if cleaned:
+                    continue
+                kept_list.append((audience_id, name, bool(is_member)))
+                audience_accounts.setdefault(audience_id, account_id)
+            kept = patterns[pattern] = tuple(sorted(kept_list))
         desired[external_id].append(
             UserDesired(
                 account_id=account_id,
-                email=row.email if row is not None else None,
-                email_updated_at=row.updated_at if row is not None else 0.0,
-                push_tokens=tuple(row.push_tokens or ()) if row is not None else (),
-                memberships=tuple(sorted(kept)),
+                email=row[0] if row is not None else None,
+                email_updated_at=row[2] if row is not None else 0.0,
+                push_tokens=tuple(row[1] or ()) if row is not None else (),
+                memberships=kept,
             )
         )
 
     acknowledged: dict[str, Acknowledged] = {}
     if ids:
-        for r in conn.execute(
-            sa.select(
-                braze_users.c.external_id,
-                braze_users.c.attributes,
-                braze_users.c.flags,
-                braze_users.c.last_write_at,
-            ).where(braze_users.c.workspace_id == workspace_id, braze_users.c.external_id.in_(ids))
+        for external_id, attributes, flags, last_write_at in conn.execute(
+            _SELECT_ACKNOWLEDGED, {"b_workspace_id": workspace_id, "b_ids": ids}
         ):
-            acknowledged[r.external_id] = Acknowledged(
-                attributes=r.attributes or {},
-                flags=tuple(r.flags or ()),
-                last_write_at=r.last_write_at,
+            acknowledged[external_id] = Acknowledged(
+                attributes=attributes or {},
+                flags=tuple(flags or ()),
+                last_write_at=last_write_at,
             )
     return Snapshot(
         connections=conns,
@@ -201,15 +230,10 @@ class AckRow:
     wrote: bool
 
 
-def save_acknowledged(
-    conn: sa.Connection, *, workspace_id: int, rows: Sequence[AckRow], now: float
-) -> None:
-    """Upsert acknowledged attributes, guard flags and the last outcome of each user."""
-    if not rows:
-        return
+def _upsert_acknowledged(conn: sa.Connection) -> t.Any:
     stmt = insert(conn, braze_users)
     wrote = stmt.excluded.last_write_at.is_not(None)
-    stmt = stmt.on_conflict_do_update(
+    return stmt.on_conflict_do_update(
         index_elements=[braze_users.c.workspace_id, braze_users.c.external_id],
         set_={
             "attributes": stmt.excluded.attributes,
@@ -222,8 +246,16 @@ def save_acknowledged(
             "updated_at": stmt.excluded.updated_at,
         },
     )
+
+
+def save_acknowledged(
+    conn: sa.Connection, *, workspace_id: int, rows: Sequence[AckRow], now: float
+) -> None:
+    """Upsert acknowledged attributes, guard flags and the last outcome of each user."""
+    if not rows:
+        return
     conn.execute(
-        stmt,
+        cached_statement(conn, "upsert_acknowledged", lambda: _upsert_acknowledged(conn)),
         [
             {
                 "workspace_id": workspace_id,
@@ -240,6 +272,19 @@ def save_acknowledged(
     )
 
 
+def _upsert_datapoints(conn: sa.Connection) -> t.Any:
+    stmt = insert(conn, datapoints)
+    return stmt.on_conflict_do_update(
+        index_elements=[
+            datapoints.c.day,
+            datapoints.c.workspace_id,
+            datapoints.c.account_id,
+            datapoints.c.audience_id,
+        ],
+        set_={"points": datapoints.c.points + stmt.excluded.points},
+    )
+
+
 def add_datapoints(
     conn: sa.Connection,
     *,
@@ -251,18 +296,8 @@ def add_datapoints(
     if not charges:
         return
     day = time.strftime("%Y-%m-%d", time.gmtime(now))
-    stmt = insert(conn, datapoints)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=[
-            datapoints.c.day,
-            datapoints.c.workspace_id,
-            datapoints.c.account_id,
-            datapoints.c.audience_id,
-        ],
-        set_={"points": datapoints.c.points + stmt.excluded.points},
-    )
     conn.execute(
-        stmt,
+        cached_statement(conn, "upsert_datapoints", lambda: _upsert_datapoints(conn)),
         [
             {
                 "day": day,

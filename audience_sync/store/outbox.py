@@ -145,6 +145,34 @@ def _mine(worker_id: str, workspace_id: int, external_ids: Sequence[str]) -> sa.
     )
 
 
+# finish() runs once per request: its statements are built once, with an expanding IN, so
+# neither building nor compiling them costs anything per call.
+_MINE_BOUND = sa.and_(
+    outbox.c.workspace_id == sa.bindparam("b_workspace_id"),
+    outbox.c.external_id.in_(sa.bindparam("b_external_ids", expanding=True)),
+    outbox.c.claimed_by == sa.bindparam("b_worker_id"),
+)
+_FINISH_DELETE = (
+    outbox.delete()
+    .where(_MINE_BOUND, outbox.c.generation == outbox.c.claimed_generation)
+    .returning(outbox.c.external_id)
+)
+_FINISH_RELEASE = (
+    outbox.update()
+    .where(_MINE_BOUND)
+    .values(
+        claimed_by=None,
+        claimed_until=None,
+        due_at=sa.bindparam("b_next_due_at"),
+        attempts=0,
+        first_failure_at=None,
+        last_reason=None,
+        in_flight=None,  # Braze confirmed the write: nothing is uncertain any more
+    )
+    .returning(outbox.c.external_id)
+)
+
+
 def finish(
     conn: sa.Connection,
     *,
@@ -164,29 +192,13 @@ def finish(
     """
     owned: set[str] = set()
     for chunk in _chunks(external_ids):
-        deleted = conn.execute(
-            outbox.delete()
-            .where(
-                _mine(worker_id, workspace_id, chunk),
-                outbox.c.generation == outbox.c.claimed_generation,
-            )
-            .returning(outbox.c.external_id)
-        )
-        owned.update(deleted.scalars())
-        released = conn.execute(
-            outbox.update()
-            .where(_mine(worker_id, workspace_id, chunk))
-            .values(
-                claimed_by=None,
-                claimed_until=None,
-                due_at=next_due_at,
-                attempts=0,
-                first_failure_at=None,
-                last_reason=None,
-                in_flight=None,  # Braze confirmed the write: nothing is uncertain any more
-            )
-            .returning(outbox.c.external_id)
-        )
+        mine = {
+            "b_workspace_id": workspace_id,
+            "b_external_ids": list(chunk),
+            "b_worker_id": worker_id,
+        }
+        owned.update(conn.execute(_FINISH_DELETE, mine).scalars())
+        released = conn.execute(_FINISH_RELEASE, mine | {"b_next_due_at": next_due_at})
         owned.update(released.scalars())
     return owned
 
