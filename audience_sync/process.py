@@ -65,7 +65,9 @@ def run_all(
         logger.info("stopping", extra={"action": "process_stopping", "signal": signum})
         stop.set()
         if server is not None:
-            server.close()
+            # waitress's loop serves until every keep-alive channel is gone; SystemExit is its
+            # own way out: it stops accepting, lets running requests finish, and returns.
+            raise SystemExit(0)
 
     signal.signal(signal.SIGTERM, _shutdown)
     signal.signal(signal.SIGINT, _shutdown)
@@ -84,12 +86,12 @@ def run_all(
             server.run()
         else:
             stop.wait()
-    except OSError:
-        if not stop.is_set():
-            raise
     finally:
         stop.set()
+        if server is not None:
+            server.close()
         for part in background:
             part.join(timeout=30)
         runtime.engine.dispose()
+    logger.info("stopped", extra={"action": "process_stopped"})
     return 0

@@ -7,12 +7,13 @@ A scope names what is counted: ``"account:123"`` (a connection), ``"workspace:4"
 
 from __future__ import annotations
 
+import typing as t
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
 
-from audience_sync.store.dialect import insert
+from audience_sync.store.dialect import cached_statement, insert
 from audience_sync.store.schema import counters
 
 
@@ -33,12 +34,15 @@ def increment(conn: sa.Connection, counts: Mapping[tuple[str, str], int], *, now
     ]
     if not rows:
         return
+    conn.execute(cached_statement(conn, "upsert_counters", lambda: _upsert(conn)), rows)
+
+
+def _upsert(conn: sa.Connection) -> t.Any:
     stmt = insert(conn, counters)
-    stmt = stmt.on_conflict_do_update(
+    return stmt.on_conflict_do_update(
         index_elements=[counters.c.day, counters.c.scope, counters.c.reason],
         set_={"count": counters.c["count"] + stmt.excluded["count"]},
     )
-    conn.execute(stmt, rows)
 
 
 def totals(

@@ -469,3 +469,47 @@ def test_configurations_sharing_a_workspace_write_the_union(fast_runtime, braze,
     }
     with runtime.engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(workspaces)).scalar_one() == 1
+
+
+def test_invalid_settings_hold_back_shared_users_instead_of_clearing_them(
+    fast_runtime, braze, auth_headers
+):
+    """SPEC §3.4: deliveries wait until invalid settings are fixed, even in a shared workspace."""
+    from audience_sync import create_app
+
+    runtime = fast_runtime()
+    client = create_app(runtime=runtime).test_client()
+    sender = make_sender(runtime)
+    a = connection_settings(braze, "string")
+    b = connection_settings(braze, "per_segment")
+    post(client, membership(8001, [profile("both", [(1, "One", "add")])], **a), auth_headers)
+    post(client, membership(8002, [profile("both", [(2, "Two", "add")])], **b), auth_headers)
+    drain(sender, runtime.engine)
+    assert braze.users["both"] == {"SegmentMembership": "'1'", "In Two": True}
+
+    broken = {**b, "sendSegmentsAs": "everything"}
+    post(client, membership(8002, [], **broken), auth_headers)  # B is now invalid_settings
+    post(
+        client,
+        membership(
+            8001,
+            [profile("both", [(3, "Three", "add")]), profile("only-a", [(1, "One", "add")])],
+            **a,
+        ),
+        auth_headers,
+    )
+    for _ in range(3):
+        sender.run_once()
+    assert braze.users["only-a"] == {"SegmentMembership": "'1'"}
+    assert braze.users["both"] == {"SegmentMembership": "'1'", "In Two": True}  # untouched
+    with runtime.engine.connect() as conn:
+        reason = conn.execute(
+            sa.select(outbox.c.last_reason).where(outbox.c.external_id == "both")
+        ).scalar_one()
+    assert reason == "connection_invalid"
+
+    post(client, membership(8002, [], **b), auth_headers)  # fixed
+    with runtime.engine.begin() as conn:
+        conn.execute(outbox.update().values(due_at=0))
+    drain(sender, runtime.engine)
+    assert braze.users["both"] == {"SegmentMembership": "'1','3'", "In Two": True}
