@@ -107,34 +107,52 @@ def claim(
     candidates = candidates.order_by(outbox.c.due_at).limit(limit)
     if conn.dialect.name == "postgresql":
         candidates = candidates.with_for_update(skip_locked=True, of=outbox)
-    stmt = (
-        outbox.update()
-        .where(sa.tuple_(outbox.c.workspace_id, outbox.c.external_id).in_(candidates))
-        .values(
-            claimed_by=worker_id,
-            claimed_until=now + lease_s,
-            claimed_generation=outbox.c.generation,
+    by_workspace: dict[int, list[str]] = {}
+    for ws, external_id in conn.execute(candidates):
+        by_workspace.setdefault(ws, []).append(external_id)
+    # Then lease them by primary key, in the same transaction (the candidates are locked on
+    # PostgreSQL). One UPDATE with a row-value IN (subquery) made SQLite walk the whole
+    # workspace's primary-key index: with a million dirty users, most of a sender's time.
+    claims: list[Claim] = []
+    for ws, external_ids in by_workspace.items():
+        rows = conn.execute(
+            _CLAIM_BY_KEY,
+            {"b_ws": ws, "b_ids": external_ids, "b_worker": worker_id, "b_until": now + lease_s},
         )
-        .returning(
-            outbox.c.workspace_id,
-            outbox.c.external_id,
-            outbox.c.generation,
-            outbox.c.attempts,
-            outbox.c.first_failure_at,
-            outbox.c.in_flight,
+        claims.extend(
+            Claim(
+                workspace_id=row.workspace_id,
+                external_id=row.external_id,
+                generation=row.generation,
+                attempts=row.attempts,
+                first_failure_at=row.first_failure_at,
+                in_flight=row.in_flight,
+            )
+            for row in rows
         )
+    return claims
+
+
+_CLAIM_BY_KEY = (
+    outbox.update()
+    .where(
+        outbox.c.workspace_id == sa.bindparam("b_ws"),
+        outbox.c.external_id.in_(sa.bindparam("b_ids", expanding=True)),
     )
-    return [
-        Claim(
-            workspace_id=row.workspace_id,
-            external_id=row.external_id,
-            generation=row.generation,
-            attempts=row.attempts,
-            first_failure_at=row.first_failure_at,
-            in_flight=row.in_flight,
-        )
-        for row in conn.execute(stmt)
-    ]
+    .values(
+        claimed_by=sa.bindparam("b_worker"),
+        claimed_until=sa.bindparam("b_until"),
+        claimed_generation=outbox.c.generation,
+    )
+    .returning(
+        outbox.c.workspace_id,
+        outbox.c.external_id,
+        outbox.c.generation,
+        outbox.c.attempts,
+        outbox.c.first_failure_at,
+        outbox.c.in_flight,
+    )
+)
 
 
 def _mine(worker_id: str, workspace_id: int, external_ids: Sequence[str]) -> sa.ColumnElement[bool]:
