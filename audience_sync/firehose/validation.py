@@ -175,13 +175,15 @@ _ENCODING_SET = frozenset(ENCODINGS)
 _MEMBERSHIP_ACTION_SET = frozenset(MEMBERSHIP_ACTIONS)
 
 
-def _identities(value: object) -> tuple[Identity, ...]:
-    # The hottest loop of a request: checks are inlined.
+def _identities(value: object, clean_types: set[str]) -> tuple[Identity, ...]:
+    # The hottest loop of a request: checks are inlined. ``clean_types`` remembers the
+    # identity types already checked in this request (a handful, repeated on every profile).
     if value is None:
         return ()
     if type(value) is not list:
         raise _Decline
-    out = []
+    out: list[Identity] = []
+    append = out.append
     for item in value:
         if type(item) is not dict:
             raise _Decline
@@ -191,11 +193,14 @@ def _identities(value: object) -> tuple[Identity, ...]:
             or type(text) is not str
             or type(encoding) is not str
             or encoding not in _ENCODING_SET
-            or not _clean(kind)
-            or not _clean(text)
+            or not ((text.isascii() and "\x00" not in text) or is_storable_text(text))
         ):
             raise _Decline
-        out.append(Identity(type=kind, encoding=encoding, value=text))
+        if kind not in clean_types:
+            if not _clean(kind):
+                raise _Decline
+            clean_types.add(kind)
+        append(Identity(type=kind, encoding=encoding, value=text))
     return tuple(out)
 
 
@@ -216,50 +221,92 @@ def _user_attributes(value: object) -> tuple[UserAttribute, ...]:
     return tuple(a for a in map(user_attribute_or_none, value) if a is not None)
 
 
-def _audiences(value: object) -> tuple[AudienceChange, ...]:
+def _audience(item: object) -> AudienceChange:
+    if type(item) is not dict:
+        raise _Decline
+    audience_id, name, action = (
+        item.get("audience_id"),
+        item.get("audience_name"),
+        item.get("action"),
+    )
+    if (
+        type(audience_id) is not int
+        or not INT64_MIN <= audience_id <= INT64_MAX
+        or type(name) is not str
+        or not _clean(name)
+        or type(action) is not str
+        or action not in _MEMBERSHIP_ACTION_SET
+    ):
+        raise _Decline
+    attributes = item.get("user_attributes")
+    return AudienceChange(
+        audience_id=audience_id,
+        audience_name=name,
+        action=action,
+        user_attributes=_user_attributes(attributes) if attributes else (),
+    )
+
+
+_AudienceKey = tuple[int, str, str]
+
+
+def _audiences(
+    value: object, seen: dict[_AudienceKey, AudienceChange]
+) -> tuple[AudienceChange, ...]:
+    """The entries; ``seen`` shares one (immutable) value between the profiles of a request
+    that name the same audience, name and action without user attributes, so those are
+    checked and built once."""
     if value is None:
         return ()
     if type(value) is not list:
         raise _Decline
-    out = []
+    out: list[AudienceChange] = []
+    append = out.append
     for item in value:
-        if type(item) is not dict:
-            raise _Decline
-        audience_id, name, action = (
-            item.get("audience_id"),
-            item.get("audience_name"),
-            item.get("action"),
-        )
-        if (
-            type(audience_id) is not int
-            or not INT64_MIN <= audience_id <= INT64_MAX
-            or type(name) is not str
-            or not _clean(name)
-            or type(action) is not str
-            or action not in _MEMBERSHIP_ACTION_SET
-        ):
-            raise _Decline
-        attributes = item.get("user_attributes")
-        out.append(
-            AudienceChange(
-                audience_id=audience_id,
-                audience_name=name,
-                action=action,
-                user_attributes=_user_attributes(attributes) if attributes else (),
+        if type(item) is dict and not item.get("user_attributes"):
+            audience_id, name, action = (
+                item.get("audience_id"),
+                item.get("audience_name"),
+                item.get("action"),
             )
-        )
+            # Exact types first: True == 1 and would otherwise hit the entry of 1.
+            if type(audience_id) is int and type(name) is str and type(action) is str:
+                key = (audience_id, name, action)
+                change = seen.get(key)
+                if change is None:
+                    change = seen[key] = _audience(item)
+                append(change)
+                continue
+        append(_audience(item))
     return tuple(out)
 
 
-def _profile(value: object) -> UserProfile:
-    profile = _object(value)
-    _identities(profile.get("partner_identities"))
-    return UserProfile(
-        user_identities=_identities(profile.get("user_identities")),
-        device_identities=_identities(profile.get("device_identities")),
-        mpid=_mpid(profile.get("mpid")),
-        audiences=_audiences(profile.get("audiences")),
-    )
+def _profiles(value: object) -> tuple[UserProfile, ...]:
+    clean_types: set[str] = set()
+    seen: dict[_AudienceKey, AudienceChange] = {}
+    out: list[UserProfile] = []
+    append = out.append
+    for profile in _list(value):
+        if type(profile) is not dict:
+            raise _Decline
+        get = profile.get
+        partner, user, device, mpid = (
+            get("partner_identities"),
+            get("user_identities"),
+            get("device_identities"),
+            get("mpid"),
+        )
+        if partner is not None:
+            _identities(partner, clean_types)
+        append(
+            UserProfile(
+                user_identities=() if user is None else _identities(user, clean_types),
+                device_identities=() if device is None else _identities(device, clean_types),
+                mpid=None if mpid is None else _mpid(mpid),
+                audiences=_audiences(get("audiences"), seen),
+            )
+        )
+    return tuple(out)
 
 
 def fast_load(data: dict[str, t.Any]) -> Message | None:
@@ -280,7 +327,7 @@ def fast_load(data: dict[str, t.Any]) -> Message | None:
             return MembershipChangeRequest(
                 **_envelope(data),
                 account=_account(data.get("account")),
-                user_profiles=tuple(_profile(p) for p in _list(data.get("user_profiles"))),
+                user_profiles=_profiles(data.get("user_profiles")),
             )
     except _Decline:
         return None

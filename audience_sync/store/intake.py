@@ -11,6 +11,7 @@ never undoes a newer one.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import operator
@@ -38,8 +39,8 @@ from audience_sync.firehose.messages import (
 from audience_sync.firehose.plan import MembershipPlan, merge_push_tokens, plan_membership_changes
 from audience_sync.settings import Settings
 from audience_sync.store import counters
-from audience_sync.store.dialect import insert
-from audience_sync.store.outbox import DEAD, PENDING
+from audience_sync.store.dialect import cached_statement, insert
+from audience_sync.store.outbox import PENDING, on_conflict_requeue
 from audience_sync.store.schema import (
     audiences,
     connections,
@@ -234,14 +235,18 @@ def _record_message(
     conn: sa.Connection, message_id: str, message_type: str, account_id: int, now: float
 ) -> bool:
     """Insert the message id; False when it was seen before (a retry by mParticle)."""
-    stmt = (
-        insert(conn, firehose_messages)
-        .values(id=message_id, type=message_type, account_id=account_id, received_at=now)
-        .on_conflict_do_nothing(index_elements=[firehose_messages.c.id])
-        # RETURNING rather than rowcount, which psycopg reports as -1 here.
-        .returning(firehose_messages.c.id)
+    stmt = cached_statement(
+        conn,
+        "intake.firehose_messages",
+        lambda: (
+            insert(conn, firehose_messages)
+            .on_conflict_do_nothing(index_elements=[firehose_messages.c.id])
+            # RETURNING rather than rowcount, which psycopg reports as -1 here.
+            .returning(firehose_messages.c.id)
+        ),
     )
-    return conn.execute(stmt).first() is not None
+    row = {"id": message_id, "type": message_type, "account_id": account_id, "received_at": now}
+    return conn.execute(stmt, row).first() is not None
 
 
 def _is_recorded(engine: sa.Engine, message_id: str) -> bool:
@@ -302,7 +307,7 @@ def _prepare_settings(
     )
 
 
-def _select_connection(account_id: int) -> sa.Select[t.Any]:
+def _select_connection(account_id: int | sa.BindParameter[t.Any]) -> sa.Select[t.Any]:
     return (
         sa.select(
             connections.c.settings_fingerprint,
@@ -314,6 +319,10 @@ def _select_connection(account_id: int) -> sa.Select[t.Any]:
         .select_from(connections.outerjoin(workspaces))
         .where(connections.c.account_id == account_id)
     )
+
+
+# Built once, with a bound parameter: the hot path neither rebuilds it nor recomputes its key.
+_SELECT_CONNECTION = _select_connection(sa.bindparam("b_account_id"))
 
 
 def _sync_connection(
@@ -331,7 +340,7 @@ def _sync_connection(
     update-existing-only flag changed.
     """
     parsed = prepared.parsed
-    row = conn.execute(_select_connection(account_id)).first()
+    row = conn.execute(_SELECT_CONNECTION, {"b_account_id": account_id}).first()
     if row is not None and row.settings_fingerprint == prepared.fingerprint:
         return _Connection(
             account_id=account_id,
@@ -511,22 +520,6 @@ def _log_settings_change(
 # --- outbox, set-based ------------------------------------------------------------------------
 
 
-def _outbox_upsert(stmt: t.Any) -> t.Any:
-    """:func:`audience_sync.store.outbox.enqueue`'s conflict rule: bump the generation; a
-    pending row keeps its due time and attempts, a dead row comes back to life."""
-    was_dead = outbox.c.state == DEAD
-    return stmt.on_conflict_do_update(
-        index_elements=[outbox.c.workspace_id, outbox.c.external_id],
-        set_={
-            "generation": outbox.c.generation + 1,
-            "state": PENDING,
-            "due_at": sa.case((was_dead, stmt.excluded.due_at), else_=outbox.c.due_at),
-            "attempts": sa.case((was_dead, 0), else_=outbox.c.attempts),
-            "first_failure_at": sa.case((was_dead, None), else_=outbox.c.first_failure_at),
-        },
-    )
-
-
 _OUTBOX_COLUMNS = (
     "workspace_id",
     "external_id",
@@ -557,7 +550,7 @@ def _enqueue_select(
         sa.literal(0, sa.Integer),
         sa.literal(now, sa.Float),
     ).where(sa.true())  # SQLite needs a WHERE before ON CONFLICT in INSERT ... SELECT
-    stmt = _outbox_upsert(insert(conn, outbox).from_select(list(_OUTBOX_COLUMNS), rows))
+    stmt = on_conflict_requeue(insert(conn, outbox).from_select(list(_OUTBOX_COLUMNS), rows))
     return max(conn.execute(stmt).rowcount, 0)
 
 
@@ -566,19 +559,10 @@ def _enqueue_keys(
 ) -> None:
     """:func:`audience_sync.store.outbox.enqueue` for one workspace, via :func:`_executemany`."""
     due_at = now + delay_s
-    rows = [
-        {
-            "workspace_id": workspace_id,
-            "external_id": external_id,
-            "state": PENDING,
-            "generation": 1,
-            "due_at": due_at,
-            "attempts": 0,
-            "enqueued_at": now,
-        }
-        for external_id in external_ids
-    ]
-    _executemany(conn, "outbox", lambda: _outbox_upsert(insert(conn, outbox)), rows)
+    rows = [(workspace_id, external_id, PENDING, 1, due_at, 0, now) for external_id in external_ids]
+    _executemany(
+        conn, "outbox", lambda: on_conflict_requeue(insert(conn, outbox)), _OUTBOX_COLUMNS, rows
+    )
 
 
 SQLITE_MAX_VARIABLES = 32766
@@ -635,12 +619,17 @@ def _compile(
 
 
 def _executemany(
-    conn: sa.Connection, key: str, build: Callable[[], t.Any], rows: list[dict[str, t.Any]]
+    conn: sa.Connection,
+    key: str,
+    build: Callable[[], t.Any],
+    columns: tuple[str, ...],
+    rows: list[tuple[t.Any, ...]],
 ) -> None:
     """Insert many rows with an INSERT built by ``build`` (compiled once per dialect under
     ``key``), without SQLAlchemy's per-row parameter processing, which took a third of a
-    500-profile request. Rows must hold every column the statement inserts, with JSON values
-    already encoded as text.
+    500-profile request. Rows are tuples of the values of ``columns`` (every column the
+    statement inserts, always the same for one ``key``), with JSON values already encoded as
+    text.
 
     On SQLite the rows go as multi-row ``VALUES`` lists: ``executemany`` releases and retakes
     the GIL around every row, and with other request threads busy in Python each retake waits
@@ -648,30 +637,27 @@ def _executemany(
     """
     if not rows:
         return
-    compiled = _compile(conn, key, build, list(rows[0]))
-    getter = operator.itemgetter(*compiled.columns)
-    if compiled.head is not None and compiled.group is not None:
+    compiled = _compile(conn, key, build, list(columns))
+    if compiled.columns != columns:
+        index = [columns.index(c) for c in compiled.columns]
+        rows = [tuple([row[i] for i in index]) for row in rows]
+    if compiled.head is not None and compiled.group is not None and compiled.tail is not None:
         width = len(compiled.columns)
         per_statement = max(1, (SQLITE_MAX_VARIABLES - len(compiled.constants)) // width)
         for start in range(0, len(rows), per_statement):
             chunk = rows[start : start + per_statement]
-            values: list[t.Any] = []
-            if width == 1:
-                values.extend(getter(row) for row in chunk)
-            else:
-                for row in chunk:
-                    values.extend(getter(row))
+            values = list(itertools.chain.from_iterable(chunk))
             values.extend(compiled.constants)
             groups = ", ".join([compiled.group] * len(chunk))
             conn.exec_driver_sql(compiled.head + groups + compiled.tail, tuple(values))
         return
-    if compiled.constant_names:
-        rows = [{**compiled.constant_names, **row} for row in rows]
+    names = compiled.columns
+    dict_rows = [{**compiled.constant_names, **dict(zip(names, row, strict=True))} for row in rows]
     if compiled.positions:
         every = operator.itemgetter(*compiled.positions, compiled.positions[0])
-        conn.exec_driver_sql(compiled.sql, [every(row)[:-1] for row in rows])
+        conn.exec_driver_sql(compiled.sql, [every(row)[:-1] for row in dict_rows])
     else:
-        conn.exec_driver_sql(compiled.sql, rows)
+        conn.exec_driver_sql(compiled.sql, dict_rows)
 
 
 # --- subscriptions ----------------------------------------------------------------------------
@@ -774,6 +760,12 @@ def _insert_audiences(
 # --- memberships ------------------------------------------------------------------------------
 
 
+_SELECT_AUDIENCE_STATES = sa.select(audiences.c.audience_id, audiences.c.state).where(
+    audiences.c.account_id == sa.bindparam("b_account_id"),
+    audiences.c.audience_id.in_(sa.bindparam("b_audience_ids", expanding=True)),
+)
+
+
 def _chunks(values: Sequence[t.Any], size: int = IN_CHUNK) -> Iterable[Sequence[t.Any]]:
     for start in range(0, len(values), size):
         yield values[start : start + size]
@@ -797,39 +789,49 @@ def _apply_membership_plan(
     states: dict[int, str] = {}
     audience_ids = sorted(plan.audience_names)
     for chunk in _chunks(audience_ids):
-        query = sa.select(audiences.c.audience_id, audiences.c.state).where(
-            audiences.c.account_id == account_id, audiences.c.audience_id.in_(chunk)
-        )
-        states.update((int(a), s) for a, s in conn.execute(query))
+        params = {"b_account_id": account_id, "b_audience_ids": list(chunk)}
+        states.update((int(a), s) for a, s in conn.execute(_SELECT_AUDIENCE_STATES, params))
     unknown = {a: plan.audience_names[a] for a in audience_ids if a not in states}
     if unknown:
         _insert_audiences(conn, account_id, unknown, now)
     removed = {a for a, s in states.items() if s == AUDIENCE_REMOVED}
 
-    membership_rows = []
-    for (external_id, audience_id), is_member in sorted(plan.memberships.items()):
-        if audience_id in removed:
-            counts[scope, "audience_removed"] += 1
-            continue
-        membership_rows.append(
-            {
-                "account_id": account_id,
-                "external_id": external_id,
-                "audience_id": audience_id,
-                "is_member": is_member,
-                "changed_at": changed_at,
-            }
-        )
+    if removed:
+        changes = sorted(plan.memberships.items())
+        membership_rows = [
+            (account_id, external_id, audience_id, is_member, changed_at)
+            for (external_id, audience_id), is_member in changes
+            if audience_id not in removed
+        ]
+        skipped = len(changes) - len(membership_rows)
+        if skipped:
+            counts[scope, "audience_removed"] += skipped
+    else:
+        membership_rows = [
+            (account_id, external_id, audience_id, is_member, changed_at)
+            for (external_id, audience_id), is_member in sorted(plan.memberships.items())
+        ]
 
-    _upsert_users(conn, account_id, plan, now)
+    external_ids = sorted(plan.users)
+    _upsert_users(conn, account_id, plan, external_ids, now)
     if membership_rows:
-        _executemany(conn, "memberships", lambda: _memberships_upsert(conn), membership_rows)
+        _executemany(
+            conn,
+            "memberships",
+            lambda: _memberships_upsert(conn),
+            _MEMBERSHIP_COLUMNS,
+            membership_rows,
+        )
         counts[scope, "memberships_applied"] += len(membership_rows)
 
     workspace_id = connection.delivery_workspace
-    if workspace_id is not None and plan.users:
-        _enqueue_keys(conn, workspace_id, sorted(plan.users), now, options.coalesce_s)
+    if workspace_id is not None and external_ids:
+        _enqueue_keys(conn, workspace_id, external_ids, now, options.coalesce_s)
     return counts, len(membership_rows)
+
+
+_MEMBERSHIP_COLUMNS = ("account_id", "external_id", "audience_id", "is_member", "changed_at")
+_USER_COLUMNS = ("account_id", "external_id", "email", "push_tokens", "mpid", "updated_at")
 
 
 def _memberships_upsert(conn: sa.Connection) -> t.Any:
@@ -846,8 +848,15 @@ def _memberships_upsert(conn: sa.Connection) -> t.Any:
     )
 
 
-def _upsert_users(conn: sa.Connection, account_id: int, plan: MembershipPlan, now: float) -> None:
-    """Email and mpid are only overwritten by a value; push tokens are the union, newest 10."""
+def _upsert_users(
+    conn: sa.Connection,
+    account_id: int,
+    plan: MembershipPlan,
+    external_ids: Sequence[str],
+    now: float,
+) -> None:
+    """Email and mpid are only overwritten by a value; push tokens are the union, newest 10.
+    ``external_ids``: the plan's users, sorted."""
     with_tokens = sorted(e for e, u in plan.users.items() if u.push_tokens)
     stored: dict[str, list[str]] = {}
     for chunk in _chunks(with_tokens):
@@ -859,24 +868,26 @@ def _upsert_users(conn: sa.Connection, account_id: int, plan: MembershipPlan, no
         stored.update((e, tokens or []) for e, tokens in conn.execute(query))
 
     token_rows, plain_rows = [], []
-    for external_id in sorted(plan.users):
-        update = plan.users[external_id]
-        row = {
-            "account_id": account_id,
-            "external_id": external_id,
-            "email": update.email,
-            "mpid": update.mpid,
-            "updated_at": now,
-        }
+    updates = plan.users
+    for external_id in external_ids:
+        update = updates[external_id]
         if update.push_tokens:
             tokens = merge_push_tokens(stored.get(external_id, []), update.push_tokens)
-            row["push_tokens"] = json.dumps(tokens)
-            token_rows.append(row)
+            token_rows.append(
+                (account_id, external_id, update.email, json.dumps(tokens), update.mpid, now)
+            )
         else:
-            row["push_tokens"] = "[]"
-            plain_rows.append(row)
-    _executemany(conn, "users+tokens", lambda: _users_upsert(conn, push_tokens=True), token_rows)
-    _executemany(conn, "users", lambda: _users_upsert(conn, push_tokens=False), plain_rows)
+            plain_rows.append((account_id, external_id, update.email, "[]", update.mpid, now))
+    _executemany(
+        conn,
+        "users+tokens",
+        lambda: _users_upsert(conn, push_tokens=True),
+        _USER_COLUMNS,
+        token_rows,
+    )
+    _executemany(
+        conn, "users", lambda: _users_upsert(conn, push_tokens=False), _USER_COLUMNS, plain_rows
+    )
 
 
 def _users_upsert(conn: sa.Connection, *, push_tokens: bool) -> t.Any:

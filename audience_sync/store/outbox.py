@@ -49,9 +49,18 @@ def enqueue(
     ]
     if not rows:
         return 0
-    stmt = insert(conn, outbox)
+    conn.execute(on_conflict_requeue(insert(conn, outbox)), rows)
+    return len(rows)
+
+
+def on_conflict_requeue(stmt: t.Any) -> t.Any:
+    """``stmt`` (an INSERT into the outbox, of values or from a SELECT) with the rule for a user
+    already in the outbox: its generation is bumped; a pending row keeps its due time and
+    attempts; a dead row comes back to life, due at the inserted time, with no attempts and no
+    first failure. The one statement of that rule, for :func:`enqueue` and the set-based
+    enqueues of :mod:`audience_sync.store.intake`."""
     was_dead = outbox.c.state == DEAD
-    stmt = stmt.on_conflict_do_update(
+    return stmt.on_conflict_do_update(
         index_elements=[outbox.c.workspace_id, outbox.c.external_id],
         set_={
             "generation": outbox.c.generation + 1,
@@ -61,8 +70,6 @@ def enqueue(
             "first_failure_at": sa.case((was_dead, None), else_=outbox.c.first_failure_at),
         },
     )
-    conn.execute(stmt, rows)
-    return len(rows)
 
 
 @dataclass(frozen=True, kw_only=True)

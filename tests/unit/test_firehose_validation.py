@@ -333,6 +333,9 @@ def mutated_messages(draw):
                     ],
                     timestamp_ms=5,
                 ),
+                # Profiles repeating an audience entry and identity types: the fast path
+                # checks those once per request, so a bad repeat must still be caught.
+                _repeated_membership(),
                 ft.subscription_request(3, 4, "remove"),
                 sample("firehose_AudienceMembershipChangeRequest.json"),
                 sample("firehose_ModuleRegistrationRequest.json"),
@@ -365,6 +368,57 @@ def mutated_messages(draw):
         else:
             node[path[-1]] = draw(json_values)
     return body
+
+
+def _repeated_membership() -> dict:
+    return ft.membership_request(
+        6,
+        [
+            ft.profile(
+                f"c{n}",
+                [ft.audience_change(1), ft.audience_change(2, "delete")],
+                email=f"e{n}",
+                apns_token=f"t{n}",
+            )
+            for n in range(3)
+        ],
+        timestamp_ms=7,
+    )
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        pytest.param(("audiences", 0, "audience_id"), True, id="bool-id"),
+        pytest.param(("audiences", 0, "audience_id"), 2**63, id="id-out-of-range"),
+        pytest.param(("audiences", 0, "audience_id"), "1", id="text-id"),
+        pytest.param(("audiences", 0, "audience_name"), "Audience 1\x00", id="nul-name"),
+        pytest.param(("audiences", 1, "action"), "remove", id="unknown-action"),
+        pytest.param(("user_identities", 0, "type"), "customer\x00", id="nul-type"),
+        pytest.param(("user_identities", 0, "encoding"), "base64", id="unknown-encoding"),
+        pytest.param(("device_identities", 0, "value"), "\ud800", id="surrogate-value"),
+    ],
+)
+def test_fast_path_checks_every_repeat_of_an_entry(path, value):
+    body = _repeated_membership()
+    node = body["user_profiles"][2]
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    assert fast_load(body) is None
+    with pytest.raises(ma.ValidationError):
+        schema_load(body)
+
+
+def test_fast_path_shares_repeated_audience_entries_with_equal_values():
+    body = _repeated_membership()
+    body["user_profiles"][1]["audiences"][0]["user_attributes"] = [{"key": "k", "value": "v"}]
+    fast = fast_load(body)
+    assert fast is not None
+    assert fast == schema_load(body)
+    first, second, third = (p.audiences[0] for p in fast.user_profiles)
+    assert first is third
+    assert second.user_attributes == (UserAttribute(key="k", value="v"),)
 
 
 @settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
