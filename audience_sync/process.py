@@ -33,11 +33,16 @@ def run_all(
     check_schema: t.Callable[[Runtime], None] | None = None,
 ) -> int:
     """Run the selected parts until SIGTERM/SIGINT; return the exit status."""
-    runtime = Runtime.from_settings(settings)
+    sqlite = settings.get("database.url").startswith("sqlite")
+    runtime = Runtime.from_settings(settings, background_checkpoint=sqlite)
     if check_schema is not None:
         check_schema(runtime)
     stop = threading.Event()
     background: list[t.Any] = []
+    if sqlite:
+        from audience_sync.store.checkpoint import WalCheckpointer
+
+        background.append(WalCheckpointer(runtime.engine, stop).start())
     if senders:
         from audience_sync.delivery.service import start_senders
 

@@ -19,12 +19,16 @@ class Runtime:
     engine: sa.Engine
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Runtime:
-        """Open the configured database (no query is run until first use)."""
+    def from_settings(cls, settings: Settings, *, background_checkpoint: bool = False) -> Runtime:
+        """Open the configured database (no query is run until first use).
+
+        ``background_checkpoint``: this process will run a WAL checkpointer (SQLite).
+        """
         engine = create_engine(
             settings.get("database.url"),
             sqlite_synchronous=settings.get("database.sqlite_synchronous"),
             pool_size=max(5, settings.get("server.threads") + settings.get("delivery.workers")),
+            background_checkpoint=background_checkpoint,
         )
         return cls(settings=settings, engine=engine)
 

@@ -64,9 +64,16 @@ def _serve(database_url: str, port: int, threads: int, log_level: str, gc_thresh
             "server.threads": threads,
         },
     )
-    runtime = Runtime.from_settings(settings)
+    sqlite = database_url.startswith("sqlite")
+    runtime = Runtime.from_settings(settings, background_checkpoint=sqlite)
     upgrade(runtime.engine)
     app = create_app(runtime=runtime)
+    if sqlite:  # as `audience-sync run`/`serve` do (audience_sync.process.run_all)
+        import threading
+
+        from audience_sync.store.checkpoint import WalCheckpointer
+
+        WalCheckpointer(runtime.engine, threading.Event()).start()
     if gc_threshold:
         # As `audience-sync run`/`serve` do (audience_sync.process.tune_gc).
         gc.freeze()

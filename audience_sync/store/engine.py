@@ -7,14 +7,23 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
+from audience_sync.store.checkpoint import SAFETY_AUTOCHECKPOINT_PAGES
+
 READ_ONLY = "read_only"
 """Execution option: this connection only reads (SQLite then takes no write lock)."""
 
 
 def create_engine(
-    url: str, *, sqlite_synchronous: str = "NORMAL", pool_size: int = 10
+    url: str,
+    *,
+    sqlite_synchronous: str = "NORMAL",
+    pool_size: int = 10,
+    background_checkpoint: bool = False,
 ) -> sa.Engine:
     """Return an engine for ``url``.
+
+    ``background_checkpoint``: the caller runs a :class:`~audience_sync.store.checkpoint.
+    WalCheckpointer` (long-running processes), so commits need not checkpoint the WAL.
 
     SQLite runs in WAL mode so readers never block the writer; ``synchronous=NORMAL`` in WAL
     mode survives a killed process (only an OS crash can lose the last transactions; choose
@@ -29,6 +38,7 @@ def create_engine(
             url, connect_args={"timeout": 30, "check_same_thread": False}, pool_size=pool_size
         )
         sync = sqlite_synchronous.upper()
+        autocheckpoint = SAFETY_AUTOCHECKPOINT_PAGES
 
         @sa.event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection, _record):  # type: ignore[no-untyped-def]
@@ -39,8 +49,9 @@ def create_engine(
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute(f"PRAGMA synchronous={sync}")
             cursor.execute("PRAGMA busy_timeout=30000")
-            # Checkpoint every ~40 MB of WAL instead of every 4 MB: fewer syncs under load.
-            cursor.execute("PRAGMA wal_autocheckpoint=10000")
+            # Checkpoint every ~40 MB of WAL instead of every 4 MB: fewer syncs under load; with
+            # a background checkpointer (store/checkpoint.py) commits only keep a safety limit.
+            cursor.execute(f"PRAGMA wal_autocheckpoint={autocheckpoint}")
             cursor.execute("PRAGMA cache_size=-16384")  # 16 MiB per connection
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
