@@ -196,10 +196,14 @@ def main(argv: Sequence[str]) -> int:
                 "log.level": "WARNING",
             },
         )
-        runtime = Runtime.from_settings(settings)
+        sqlite = url.startswith("sqlite")
+        runtime = Runtime.from_settings(settings, background_checkpoint=sqlite)
         from audience_sync.delivery.service import start_senders
+        from audience_sync.store.checkpoint import WalCheckpointer
 
         stop = threading.Event()
+        if sqlite:  # as `audience-sync worker` does on SQLite
+            WalCheckpointer(runtime.engine, stop).start()
         started = time.perf_counter()
         pool = start_senders(runtime, stop)
         last = args.users
