@@ -111,6 +111,32 @@ def make_settings(database_url: str, tmp_path: Path):
 
 
 @pytest.fixture
+def make_runtime(make_settings):
+    """Factory: a runtime on the test database with settings ``**overrides``; engines are
+    disposed at teardown."""
+    runtimes: list[Runtime] = []
+
+    def factory(**overrides):
+        rt = Runtime.from_settings(make_settings(**overrides))
+        runtimes.append(rt)
+        return rt
+
+    yield factory
+    for rt in runtimes:
+        rt.engine.dispose()
+
+
+@pytest.fixture
+def make_client(make_runtime):
+    """Factory: a test client on an app built with settings ``**overrides``."""
+
+    def factory(**overrides):
+        return create_app(runtime=make_runtime(**overrides)).test_client()
+
+    return factory
+
+
+@pytest.fixture
 def runtime(make_settings) -> Iterator[Runtime]:
     rt = Runtime.from_settings(make_settings())
     yield rt

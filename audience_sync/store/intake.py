@@ -50,6 +50,7 @@ from audience_sync.store.schema import (
     users,
     workspaces,
 )
+from audience_sync.store.transactions import TRANSIENT_SQLSTATES
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +66,6 @@ MAX_ATTEMPTS = 3
 requests is resolved by running the message again (a repeated id is then a duplicate)."""
 IN_CHUNK = 500
 """Values per ``IN (...)`` list, well under SQLite's bound-parameter limit."""
-_TRANSIENT_SQLSTATES = frozenset({"40001", "40P01"})  # serialization failure, deadlock
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -221,7 +221,7 @@ def _run(
             raise
         except sa.exc.OperationalError as exc:
             sqlstate = getattr(exc.orig, "sqlstate", None)
-            if sqlstate not in _TRANSIENT_SQLSTATES or attempt == MAX_ATTEMPTS:
+            if sqlstate not in TRANSIENT_SQLSTATES or attempt == MAX_ATTEMPTS:
                 raise
             logger.info(
                 "firehose transaction aborted by the database (attempt %d), running it again",

@@ -65,12 +65,11 @@ def make_sender(runtime, settings=None, worker_id="test-sender", budget=None, st
 
 
 @pytest.fixture
-def fast_runtime(make_settings):
-    from audience_sync.runtime import Runtime
+def fast_runtime(make_runtime):
+    """Runtimes with no coalescing, no resend spacing and millisecond backoff."""
 
     def factory(**overrides):
-        rt = Runtime.from_settings(make_settings(**{**FAST, **overrides}))
-        return rt
+        return make_runtime(**{**FAST, **overrides})
 
     return factory
 

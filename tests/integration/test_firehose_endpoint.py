@@ -12,9 +12,7 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from audience_sync import create_app
 from audience_sync.firehose import testing as ft
-from audience_sync.runtime import Runtime
 from audience_sync.store.schema import metadata
 from tests.conftest import SAMPLES
 from tests.unit.test_firehose_validation import mutated_messages
@@ -39,21 +37,6 @@ def assert_error(response, status: int) -> dict:
     assert set(body) == {"code", "status", "message", "errors"}
     assert body["code"] == status
     return body
-
-
-@pytest.fixture
-def make_client(make_settings):
-    """Factory: a test client on an app built with settings overrides."""
-    runtimes = []
-
-    def factory(**overrides):
-        runtime = Runtime.from_settings(make_settings(**overrides))
-        runtimes.append(runtime)
-        return create_app(runtime=runtime).test_client()
-
-    yield factory
-    for runtime in runtimes:
-        runtime.engine.dispose()
 
 
 def assert_envelope(body: dict, response_type: str, request_id: str, version: str) -> None:

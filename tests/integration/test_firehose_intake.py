@@ -10,26 +10,10 @@ import uuid
 import pytest
 import sqlalchemy as sa
 
-from audience_sync import create_app
 from audience_sync.firehose import testing as ft
-from audience_sync.runtime import Runtime
 
 ACCOUNT = 4242
 T0 = 1_714_592_744_000
-
-
-@pytest.fixture
-def make_client(make_settings):
-    runtimes = []
-
-    def factory(**overrides):
-        runtime = Runtime.from_settings(make_settings(**overrides))
-        runtimes.append(runtime)
-        return create_app(runtime=runtime).test_client()
-
-    yield factory
-    for runtime in runtimes:
-        runtime.engine.dispose()
 
 
 @pytest.fixture
