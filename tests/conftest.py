@@ -22,7 +22,9 @@ from audience_sync.store.migrate import upgrade
 from audience_sync.store.schema import metadata
 
 PG_URL_ENV = "AUDIENCE_SYNC_TEST_PG_URL"
-SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "samples"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+"""Vendor samples copied into the repository (see tests/fixtures/README.md)."""
+SAMPLES = FIXTURES
 FIREHOSE_TOKEN = "test-firehose-token"
 
 
