@@ -23,17 +23,17 @@ def create_app(
     The scheduler and the senders are never started here (SPEC §1, STYLE §8.5): ``run``,
     ``worker`` and ``scheduler`` start them beside the app.
     """
-    from audience_sync import health, http_errors
+    from audience_sync import body_limits, health, http_errors
     from audience_sync.firehose.views import bp as firehose_bp
 
     if runtime is None:
         settings = settings or load_settings(overrides=test_config)
         runtime = Runtime.from_settings(settings)
     app = Flask(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = runtime.settings.get("firehose.max_body_bytes")
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["audience_sync"] = runtime
     http_errors.init_app(app)
+    body_limits.init_app(app, body_limits.BodyLimits.from_settings(runtime.settings))
     app.register_blueprint(health.bp)
     app.register_blueprint(firehose_bp)
     return app

@@ -25,6 +25,24 @@ def tune_gc() -> None:
     gc.set_threshold(GC_THRESHOLD, 20, 20)
 
 
+def create_http_server(app: t.Any, settings: Settings, *, port: int | None = None) -> t.Any:
+    """The waitress server of ``run`` and ``serve`` (``port`` overrides ``server.port``)."""
+    from waitress import create_server
+
+    from audience_sync.body_limits import BodyLimits, server_body_limit
+
+    return create_server(
+        app,
+        host=settings.get("server.host"),
+        port=settings.get("server.port") if port is None else port,
+        threads=settings.get("server.threads"),
+        ident="audience-sync",
+        # The app answers oversized bodies (JSON 413, after reading them up to a bound);
+        # waitress must not refuse them first with a text page and a reset connection.
+        max_request_body_size=server_body_limit(BodyLimits.from_settings(settings)),
+    )
+
+
 def run_all(
     settings: Settings,
     *,
@@ -50,20 +68,9 @@ def run_all(
 
     server = None
     if http:
-        from waitress import create_server
-
         from audience_sync import create_app
 
-        app = create_app(runtime=runtime)
-        server = create_server(
-            app,
-            host=settings.get("server.host"),
-            port=settings.get("server.port"),
-            threads=settings.get("server.threads"),
-            ident="audience-sync",
-            # waitress buffers the whole body before the app sees it: refuse early.
-            max_request_body_size=settings.get("firehose.max_body_bytes"),
-        )
+        server = create_http_server(create_app(runtime=runtime), settings)
     tune_gc()
 
     def _shutdown(signum: int, _frame: object) -> None:

@@ -16,7 +16,6 @@ import uuid
 from collections.abc import Iterable
 
 from flask import Blueprint, Response, jsonify, request
-from werkzeug.exceptions import RequestEntityTooLarge
 
 from audience_sync import __version__
 from audience_sync.errors import InvalidPayloadError
@@ -62,15 +61,8 @@ def receive() -> Response | tuple[Response, int]:
         request.headers.get("Authorization", ""), runtime.settings.get("firehose.tokens")
     )
     try:
-        body = _read_body()
-    except RequestEntityTooLarge:
-        # Authentication comes before any complaint about the body.
-        if not authorized:
-            return _unauthorized()
-        _log_rejected(413, "too_large")
-        raise
-    try:
-        data = _decode(body)
+        # Within firehose.max_body_bytes: audience_sync.body_limits answered larger ones.
+        data = _decode(request.get_data(cache=False))
     except _InvalidJSON:
         data = _NOT_JSON
     is_registration = isinstance(data, dict) and data.get("type") == "module_registration_request"
@@ -131,26 +123,6 @@ def receive() -> Response | tuple[Response, int]:
             **content,
         }
     )
-
-
-def _read_body() -> bytes:
-    """The body, up to ``MAX_CONTENT_LENGTH`` (413 beyond).
-
-    Werkzeug refuses a too large ``Content-Length`` up front, but a body without one (chunked,
-    de-chunked by the server, which sets ``wsgi.input_terminated``) is cut silently at the
-    limit; one more byte available means it was too large.
-    """
-    body = request.get_data(cache=False)
-    limit = request.max_content_length
-    if (
-        limit is not None
-        and request.content_length is None
-        and len(body) >= limit
-        and request.environ.get("wsgi.input_terminated")
-        and request.environ["wsgi.input"].read(1)
-    ):
-        raise RequestEntityTooLarge()
-    return body
 
 
 def is_authorized(header: str, tokens: Iterable[Secret]) -> bool:

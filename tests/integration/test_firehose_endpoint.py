@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from audience_sync.body_limits import DRAIN_FACTOR
 from audience_sync.firehose import testing as ft
 from audience_sync.store.schema import metadata
 from tests.conftest import SAMPLES
@@ -246,10 +247,30 @@ def test_oversized_body_is_413(make_client, engine, auth_headers):
     profiles = [ft.profile(f"user-{i}", [ft.audience_change(1)]) for i in range(40)]
     data = json.dumps(ft.membership_request(1, profiles)).encode()
     assert len(data) > 2000
-    body = assert_error(client.post("/firehose", data=data, headers=auth_headers), 413)
+    response = client.post("/firehose", data=data, headers=auth_headers)
+    body = assert_error(response, 413)
     assert body["message"] == "request body too large"
-    # Authentication still comes first.
-    assert_error(client.post("/firehose", data=data), 401)
+    assert "Connection" not in response.headers  # drained: the connection stays usable
+    # The limit is checked before routing, for every endpoint: a 413 tells nothing about tokens.
+    assert_error(client.post("/firehose", data=data), 413)
+    assert sum(table_counts(engine).values()) == 0
+
+
+def test_body_beyond_the_drain_bound_is_413_and_closes_the_connection(
+    make_client, engine, auth_headers
+):
+    client = make_client(**{"firehose.max_body_bytes": 2000})
+    response = client.post("/firehose", data=b"x" * (DRAIN_FACTOR * 2000 + 1), headers=auth_headers)
+    assert_error(response, 413)
+    assert response.headers["Connection"] == "close"
+    chunked = client.post(
+        "/firehose",
+        input_stream=io.BytesIO(b"x" * (DRAIN_FACTOR * 2000 + 1)),
+        headers={**auth_headers, "Transfer-Encoding": "chunked"},
+        environ_overrides={"wsgi.input_terminated": True},
+    )
+    assert_error(chunked, 413)
+    assert chunked.headers["Connection"] == "close"
     assert sum(table_counts(engine).values()) == 0
 
 
