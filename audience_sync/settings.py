@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
+from audience_sync.core import urls
 from audience_sync.errors import ConfigValidationError
 
 ENV_PREFIX = "AUDIENCE_SYNC_"
@@ -292,13 +293,31 @@ def _check_ranges(values: dict[str, t.Any], errors: list[str]) -> None:
     url = values.get("database.url")
     if url is not None and not (url.startswith("sqlite") or url.startswith("postgresql")):
         errors.append("database.url: must be a sqlite:/// or postgresql+psycopg:// URL")
+    _check_outbound_urls(values, errors)
+
+
+def _check_outbound_urls(values: Mapping[str, t.Any], errors: list[str]) -> None:
+    """Allow-list entries parse as URLs by the rules of the guard that uses them (SSRF), and
+    ``currents.mparticle_url`` passes that guard."""
     for key in ("braze.allowed_custom_endpoints", "currents.allowed_mparticle_urls"):
-        for prefix in values.get(key) or ():
-            if not (prefix.startswith("http://") or prefix.startswith("https://")):
-                errors.append(f"{key}: {prefix!r} must start with http:// or https://")
+        for entry in values.get(key) or ():
+            try:
+                urls.parse_allowed(entry)
+            except urls.UnsafeUrlError as exc:
+                errors.append(f"{key}: {entry!r} is not a usable http(s) base URL: {exc}")
     mp_url = values.get("currents.mparticle_url")
-    if mp_url is not None and not mp_url.startswith(("http://", "https://")):
-        errors.append("currents.mparticle_url: must be an http(s) URL")
+    if mp_url is not None:
+        try:
+            urls.guard_url(
+                mp_url,
+                values.get("currents.allowed_mparticle_urls") or (),
+                official_domains=urls.MPARTICLE_DOMAINS,
+            )
+        except urls.UnsafeUrlError as exc:
+            errors.append(
+                "currents.mparticle_url: must be an https URL under mparticle.com or allowed "
+                f"by currents.allowed_mparticle_urls ({exc})"
+            )
 
 
 def _parse_feeds(raw: object, errors: list[str]) -> tuple[FeedSettings, ...]:

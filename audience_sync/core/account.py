@@ -11,6 +11,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from audience_sync.core.urls import UnsafeUrlError, guard_url
+
 PART_STRING = "string"
 PART_ARRAY = "array"
 PART_PER_SEGMENT = "per_segment"
@@ -53,7 +55,8 @@ _INSTANCE_HOSTS = {
     "KR-01": "https://rest.kr-01.braze.com",
 }
 CUSTOM_INSTANCE = "custom"
-_OFFICIAL_HOST = re.compile(r"^https://rest\.[a-z0-9-]+\.braze\.(com|eu)$")
+OFFICIAL_HOSTS = frozenset(url.removeprefix("https://") for url in _INSTANCE_HOSTS.values())
+"""Braze REST hosts a custom endpoint may name without the allow-list (exact names)."""
 
 DEFAULTS: Mapping[str, str] = {
     "apiKeyOperatingSystem": "unselected",
@@ -123,16 +126,11 @@ def parse_instance(raw: str) -> str | None:
 
 
 def custom_endpoint_url(raw: str) -> str:
-    """A host (https assumed) or a URL, without trailing slash."""
-    text = raw.strip().rstrip("/")
+    """A host (https assumed) or a URL, as written: :func:`rest_endpoint_for` checks it."""
+    text = raw.strip()
     if not re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", text):
         text = "https://" + text
     return text
-
-
-def is_official_braze_endpoint(url: str) -> bool:
-    """Whether ``url`` is a Braze REST host (https://rest.<cluster>.braze.com|eu)."""
-    return bool(_OFFICIAL_HOST.match(url))
 
 
 def rest_endpoint_for(
@@ -140,22 +138,26 @@ def rest_endpoint_for(
 ) -> tuple[str, str | None]:
     """The REST base URL of an instance, and an error message (or None).
 
-    A custom endpoint must be an official Braze host or start with one of
-    ``braze.allowed_custom_endpoints`` (guards against SSRF).
+    A custom endpoint must be an official Braze REST host (exact name, https) or match one of
+    ``braze.allowed_custom_endpoints`` as a parsed URL (guards against SSRF); the canonical
+    form of the URL is what requests are sent to.
     """
     if instance != CUSTOM_INSTANCE:
         return _INSTANCE_HOSTS[instance], None
     if not custom.strip():
         return "", "customRestEndpoint: required when brazeInstance is custom"
-    url = custom_endpoint_url(custom)
-    if is_official_braze_endpoint(url):
-        return url, None
-    if any(url.startswith(prefix) for prefix in allowed_custom_endpoints):
-        return url, None
-    return "", (
-        "customRestEndpoint: not an official Braze REST host and not allowed by "
-        "braze.allowed_custom_endpoints"
-    )
+    try:
+        url = guard_url(
+            custom_endpoint_url(custom),
+            allowed_custom_endpoints,
+            official_hosts=OFFICIAL_HOSTS,
+        )
+    except UnsafeUrlError as exc:
+        return "", (
+            "customRestEndpoint: not an official Braze REST host and not allowed by "
+            f"braze.allowed_custom_endpoints ({exc})"
+        )
+    return url, None
 
 
 def _parse_bool(key: str, raw: str, errors: list[str]) -> bool:

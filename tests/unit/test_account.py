@@ -94,9 +94,14 @@ def test_custom_endpoint_must_be_allowed_or_official():
     )
     assert ok.is_valid and ok.rest_endpoint == "http://127.0.0.1:9000"
     official = parse_connection_settings(
+        1, {**VALID, "brazeInstance": "custom", "customRestEndpoint": "REST.iad-05.braze.com"}
+    )
+    assert official.is_valid and official.rest_endpoint == "https://rest.iad-05.braze.com"
+    # Official hosts by exact name: a look-alike under braze.com is not one.
+    unknown = parse_connection_settings(
         1, {**VALID, "brazeInstance": "custom", "customRestEndpoint": "rest.iad-99.braze.com"}
     )
-    assert official.is_valid and official.rest_endpoint == "https://rest.iad-99.braze.com"
+    assert not unknown.is_valid
     refused = parse_connection_settings(
         1, {**VALID, "brazeInstance": "custom", "customRestEndpoint": "http://169.254.169.254"}
     )

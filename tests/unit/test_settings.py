@@ -104,3 +104,40 @@ def test_database_password_is_masked():
 def test_lease_must_outlast_a_request():
     with pytest.raises(ConfigValidationError, match=r"delivery\.lease_s"):
         load_settings(environ={"AUDIENCE_SYNC_DELIVERY__LEASE_S": "10"})
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("braze.allowed_custom_endpoints", ["127.0.0.1:"]),
+        ("braze.allowed_custom_endpoints", ["http://user@127.0.0.1:"]),
+        ("braze.allowed_custom_endpoints", ["http://127.0.0.1.:"]),
+        ("braze.allowed_custom_endpoints", ["http://%31.0.0.1:"]),
+        ("currents.allowed_mparticle_urls", ["http://127.0.0.1:8080\\@x"]),
+        ("currents.allowed_mparticle_urls", ["http://[::ffff:127.0.0.1]:"]),
+        ("currents.mparticle_url", "http://s2s.mparticle.com"),
+        ("currents.mparticle_url", "https://s2s.mparticle.com.evil.example"),
+        ("currents.mparticle_url", "https://x@s2s.mparticle.com"),
+        ("currents.mparticle_url", "http://127.0.0.1:9000"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else repr(v),
+)
+def test_outbound_urls_and_allow_lists_are_checked_as_parsed_urls(key, value):
+    with pytest.raises(ConfigValidationError) as info:
+        load_settings(environ={}, overrides={key: value})
+    assert any(e.startswith(key) for e in info.value.errors)
+
+
+def test_mparticle_url_may_be_a_pod_or_an_allowed_local_server():
+    pod = load_settings(
+        environ={}, overrides={"currents.mparticle_url": "https://s2s.us2.mparticle.com"}
+    )
+    assert pod.get("currents.mparticle_url") == "https://s2s.us2.mparticle.com"
+    local = load_settings(
+        environ={},
+        overrides={
+            "currents.mparticle_url": "http://127.0.0.1:9000",
+            "currents.allowed_mparticle_urls": ["http://127.0.0.1:"],
+        },
+    )
+    assert local.get("currents.mparticle_url") == "http://127.0.0.1:9000"
