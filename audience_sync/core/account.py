@@ -160,6 +160,12 @@ def rest_endpoint_for(
     return url, None
 
 
+def is_header_safe(value: str) -> bool:
+    """Whether ``value`` can be sent in an HTTP header field as it is: Latin-1 (what HTTP/1.1
+    clients encode headers in) and no control characters (C0, DEL, C1)."""
+    return all(" " <= c <= "\xff" and not "\x7f" <= c <= "\x9f" for c in value)
+
+
 def _parse_bool(key: str, raw: str, errors: list[str]) -> bool:
     text = raw.strip().lower()
     if text in ("true", "1", "yes"):
@@ -234,6 +240,10 @@ def parse_connection_settings(
     rest_api_key = settings.get("restApiKey", "").strip()
     if not rest_api_key:
         errors.append("restApiKey: required")
+    elif not is_header_safe(rest_api_key):
+        # It goes into the Authorization header: Braze could never accept it, and the HTTP
+        # client would fail on it for every request. The message never repeats the value.
+        errors.append("restApiKey: must be Latin-1 text without control characters")
 
     return ConnectionSettings(
         account_id=account_id,

@@ -151,3 +151,42 @@ def test_local_overrides_win_key_by_key_and_change_the_fingerprint():
 def test_rest_key_is_not_in_repr():
     s = parse_connection_settings(1, {"restApiKey": "super-secret"})
     assert "super-secret" not in repr(s)
+
+
+@pytest.mark.parametrize(
+    ("key", "valid"),
+    [
+        ("a1b2c3d4-e5f6-7890-abcd-ef1234567890", True),
+        ("clé-latin-1", True),
+        ("  padded-key  ", True),
+        ("key-\u20ac-euro", False),
+        ("key-\U0001f511", False),
+        ("key-\u0100", False),
+        ("key\r\nX-Injected: 1", False),
+        ("key\nvalue", False),
+        ("key\x00", False),
+        ("key\tvalue", False),
+        ("key\x7f", False),
+        ("key\x85x", False),
+    ],
+    ids=[
+        "uuid",
+        "latin-1",
+        "surrounding-space-stripped",
+        "euro-sign",
+        "emoji",
+        "latin-extended",
+        "crlf-injection",
+        "newline",
+        "nul",
+        "tab",
+        "del",
+        "c1-control",
+    ],
+)
+def test_rest_key_must_fit_an_http_header(key, valid):
+    s = parse_connection_settings(1, {**VALID, "restApiKey": key})
+    assert s.is_valid is valid
+    if not valid:
+        assert s.errors == ("restApiKey: must be Latin-1 text without control characters",)
+        assert key.strip() not in " ".join(s.errors)

@@ -1,0 +1,58 @@
+"""One bad connection or user never stops the others (issue 7): settings Braze can never accept
+are refused at intake, and what still fails for one user becomes a counted outcome for it."""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+
+from audience_sync import create_app
+from audience_sync.store.schema import connections
+from tests.fakes.braze_server import FakeBraze
+from tests.integration.test_delivery import FAST, REST_KEY, make_sender
+from tests.support import drain, membership, post, profile, subscription
+
+
+@pytest.fixture
+def braze():
+    with FakeBraze(api_keys={REST_KEY}) as server:
+        yield server
+
+
+def connection(braze, key=REST_KEY):
+    return {"restApiKey": key, "brazeInstance": "custom", "customRestEndpoint": braze.url}
+
+
+def subscribe_one_user(client, auth_headers, account_id, settings, external_id):
+    post(client, subscription(account_id, 1, "Audience", **settings), auth_headers)
+    post(
+        client,
+        membership(account_id, [profile(external_id, [(1, "Audience", "add")])], **settings),
+        auth_headers,
+    )
+
+
+def connection_state(engine, account_id):
+    with engine.connect() as conn:
+        row = conn.execute(
+            sa.select(connections.c.state, connections.c.settings_errors).where(
+                connections.c.account_id == account_id
+            )
+        ).one()
+    return row.state, row.settings_errors
+
+
+def test_rest_key_that_cannot_be_a_header_is_invalid_settings_at_intake(
+    make_runtime, braze, auth_headers
+):
+    runtime = make_runtime(**FAST)
+    client = create_app(runtime=runtime).test_client()
+    subscribe_one_user(client, auth_headers, 1, connection(braze, key="clé-\u20ac"), "bad-user")
+    subscribe_one_user(client, auth_headers, 2, connection(braze), "good-user")
+    state, errors = connection_state(runtime.engine, 1)
+    assert state == "invalid_settings"
+    assert errors == ["restApiKey: must be Latin-1 text without control characters"]
+    assert connection_state(runtime.engine, 2)[0] == "active"
+    drain(make_sender(runtime), runtime.engine, timeout_s=20)
+    assert braze.users["good-user"]["SegmentMembership"] == "'1'"
+    assert "bad-user" not in braze.users
