@@ -70,13 +70,38 @@ class RateBudget:
         if not requests_per_second > 0:
             raise ValueError(f"requests_per_second must be > 0, got {requests_per_second}")
         self.requests_per_second = float(requests_per_second)
-        # N requests per window; below 1 rps the window stretches so N stays 1.
-        self._burst = max(1, math.floor(self.requests_per_second + 1e-9))
-        self._window = max(WINDOW_S, self._burst / self.requests_per_second) * (1 + ARRIVAL_MARGIN)
         self._clock = clock
         self._wall = wall
         self._lock = threading.Lock()
         self._keys: dict[str, _KeyState] = {}
+        self.shares = 1
+        self._set_rate(self.requests_per_second)
+
+    def _set_rate(self, rate: float) -> None:
+        # N requests per window; below 1 rps the window stretches so N stays 1.
+        self._burst = max(1, math.floor(rate + 1e-9))
+        self._window = max(WINDOW_S, self._burst / rate) * (1 + ARRIVAL_MARGIN)
+
+    def share_with(self, processes: int) -> None:
+        """Keep to ``1 / processes`` of the budget: Braze counts requests per key, not per
+        process, and every live sending process may send on every key (SPEC §5.2)."""
+        processes = max(1, processes)
+        with self._lock:
+            if processes == self.shares:
+                return
+            self.shares = processes
+            self._set_rate(self.requests_per_second / processes)
+            for state in self._keys.values():
+                while len(state.slots) > self._burst:
+                    state.slots.popleft()
+        log.info(
+            "rate budget shared",
+            extra={
+                "action": "braze_budget_shared",
+                "processes": processes,
+                "requests_per_second": round(self.requests_per_second / processes, 3),
+            },
+        )
 
     def _state(self, key: str) -> _KeyState:
         state = self._keys.get(key)

@@ -164,3 +164,16 @@ datapoints = sa.Table(
     sa.Column("audience_id", sa.BigInteger, primary_key=True, autoincrement=False),
     sa.Column("points", sa.BigInteger, nullable=False),
 )
+
+# Sending processes and their heartbeats (SPEC §9): the leases of a process whose heartbeat
+# stopped are released by the live ones; the live ones share each REST key's rate budget.
+workers = sa.Table(
+    "workers",
+    metadata,
+    sa.Column("id", sa.String(128), primary_key=True),  # its senders claim as "<id>:<n>"
+    sa.Column("hostname", sa.String(255), nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("senders", sa.Integer, nullable=False),
+    sa.Column("started_at", sa.Float, nullable=False),
+    sa.Column("heartbeat_at", sa.Float, nullable=False),
+)

@@ -227,3 +227,27 @@ def test_thread_safe_reservations_never_exceed_budget():
     assert len(slots) == 200
     # Allow for the microseconds between reading the clock here and inside reserve().
     assert max_in_any_window(slots, window=0.999) <= 50
+
+
+@pytest.mark.parametrize(
+    ("rps", "processes", "per_window"),
+    [(10, 1, 10), (10, 2, 5), (10, 3, 3), (10, 20, 1), (1000, 4, 250)],
+    ids=["alone", "two", "three-rounds-down", "more-than-the-budget", "default-four"],
+)
+def test_a_shared_budget_keeps_to_its_share(clock, rps, processes, per_window):
+    b = budget(clock, rps)
+    b.share_with(processes)
+    slots = [clock.now + b.reserve("k") for _ in range(per_window * 5)]
+    assert max_in_any_window(slots) == per_window
+
+
+def test_sharing_applies_to_keys_already_in_use_and_can_grow_back(clock):
+    b = budget(clock, 10)
+    first = [clock.now + b.reserve("k") for _ in range(10)]
+    b.share_with(2)
+    later = [clock.now + b.reserve("k") for _ in range(10)]
+    assert max_in_any_window(first + later) == 10
+    assert max_in_any_window(later) == 5
+    b.share_with(1)
+    clock.advance(100)
+    assert [b.reserve("k") for _ in range(10)] == [0] * 10

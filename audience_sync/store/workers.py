@@ -1,0 +1,138 @@
+"""The worker registry: which processes send, and whether they are still alive (SPEC §9).
+
+Every process that runs senders registers one row and beats its heartbeat every few seconds.
+Its senders claim outbox rows as ``<worker id>:<n>`` (:func:`sender_ids`). When a worker's
+heartbeat has stopped for ``timeout_s`` (SIGKILL, a lost machine), any live worker
+:func:`reap_stale` its row and **cuts its leases short**: each lease then ends
+``request_timeout_s`` after the dead sender last claimed or renewed it, the latest moment a
+Braze request it started could still be running. A lease is never simply dropped, so a user is
+never in flight twice, even when the "dead" worker was only cut off from the database; its
+senders find out at their next renew, which fails for the users another sender took.
+
+On SQLite one process sends (SPEC §9): at start it cuts every lease of the database short
+(:func:`cut_all_leases`) instead of waiting for a heartbeat to go stale.
+
+The live workers also divide each REST key's rate budget between them (:func:`live_count`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from audience_sync.store.dialect import insert
+from audience_sync.store.schema import outbox, workers
+
+
+@dataclass(frozen=True, kw_only=True)
+class Reaped:
+    """What :func:`reap_stale` did."""
+
+    workers: int = 0
+    leases: int = 0
+
+
+def sender_ids(worker_id: str, senders: int) -> list[str]:
+    """The ``claimed_by`` values of a worker's senders."""
+    return [f"{worker_id}:{n}" for n in range(senders)]
+
+
+def register(
+    conn: sa.Connection, *, worker_id: str, hostname: str, pid: int, senders: int, now: float
+) -> None:
+    """Add (or refresh) this process's row, beating at ``now``."""
+    values = {
+        "id": worker_id,
+        "hostname": hostname,
+        "pid": pid,
+        "senders": senders,
+        "started_at": now,
+        "heartbeat_at": now,
+    }
+    stmt = insert(conn, workers).values(values)
+    conn.execute(
+        stmt.on_conflict_do_update(
+            index_elements=[workers.c.id],
+            set_={"heartbeat_at": stmt.excluded.heartbeat_at, "senders": stmt.excluded.senders},
+        )
+    )
+
+
+def beat(conn: sa.Connection, *, worker_id: str, now: float) -> bool:
+    """Record that the worker is alive; False if its row is gone (it was reaped as stale, and
+    must :func:`register` again)."""
+    result = conn.execute(
+        workers.update().where(workers.c.id == worker_id).values(heartbeat_at=now)
+    )
+    return bool(result.rowcount)
+
+
+def unregister(conn: sa.Connection, *, worker_id: str) -> None:
+    """Remove the row of a worker that stops cleanly (its senders have finished)."""
+    conn.execute(workers.delete().where(workers.c.id == worker_id))
+
+
+def live_count(conn: sa.Connection, *, now: float, timeout_s: float) -> int:
+    """Workers with senders whose heartbeat is at most ``timeout_s`` old."""
+    return conn.execute(
+        sa.select(sa.func.count())
+        .select_from(workers)
+        .where(workers.c.heartbeat_at >= now - timeout_s, workers.c.senders > 0)
+    ).scalar_one()
+
+
+def reap_stale(
+    conn: sa.Connection,
+    *,
+    now: float,
+    timeout_s: float,
+    lease_s: float,
+    request_timeout_s: float,
+) -> Reaped:
+    """Remove the workers whose heartbeat is older than ``timeout_s`` and cut their leases
+    short (see the module docstring). Concurrent reapers skip each other's rows."""
+    stale = sa.select(workers.c.id, workers.c.senders).where(
+        workers.c.heartbeat_at < now - timeout_s
+    )
+    if conn.dialect.name == "postgresql":
+        stale = stale.with_for_update(skip_locked=True)
+    rows = conn.execute(stale).all()
+    if not rows:
+        return Reaped()
+    claimers = [s for row in rows for s in sender_ids(row.id, row.senders)]
+    leases = _cut_leases(conn, claimers, lease_s=lease_s, request_timeout_s=request_timeout_s)
+    conn.execute(workers.delete().where(workers.c.id.in_([row.id for row in rows])))
+    return Reaped(workers=len(rows), leases=leases)
+
+
+def cut_all_leases(conn: sa.Connection, *, lease_s: float, request_timeout_s: float) -> int:
+    """Cut every lease of the database short: the start of the one sending process on SQLite,
+    whose predecessor is gone. Returns the number of leases cut."""
+    return _cut_leases(conn, None, lease_s=lease_s, request_timeout_s=request_timeout_s)
+
+
+def _cut_leases(
+    conn: sa.Connection,
+    claimers: Sequence[str] | None,
+    *,
+    lease_s: float,
+    request_timeout_s: float,
+) -> int:
+    """End each lease ``request_timeout_s`` after it was last taken or renewed, and take it
+    from its holder.
+
+    Every claim and renew sets ``claimed_until = then + lease_s``, so ``claimed_until -
+    lease_s`` is when the holder last took it: a request it started then has ended (or timed
+    out) by ``then + request_timeout_s``. Clearing ``claimed_by`` makes a second cut of the same
+    lease impossible, and the old holder's renew, finish and failure records miss it.
+    """
+    cut_by = max(0.0, lease_s - request_timeout_s)
+    stmt = outbox.update().where(outbox.c.claimed_by.is_not(None))
+    if claimers is not None:
+        stmt = stmt.where(outbox.c.claimed_by.in_(claimers))
+    result = conn.execute(
+        stmt.values(claimed_by=None, claimed_until=outbox.c.claimed_until - cut_by)
+    )
+    return result.rowcount or 0

@@ -1,0 +1,132 @@
+"""The worker registry on SQLite and PostgreSQL: heartbeats, reaping, cutting dead leases."""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+
+from audience_sync.store import outbox, workers
+from audience_sync.store.schema import outbox as outbox_table
+from tests.integration.test_outbox import _workspace
+
+LEASE_S = 120.0
+REQUEST_TIMEOUT_S = 5.0
+TIMEOUT_S = 10.0
+
+
+def _register(engine, worker_id, now, senders=2):
+    with engine.begin() as conn:
+        workers.register(conn, worker_id=worker_id, hostname="h", pid=1, senders=senders, now=now)
+
+
+def _claim(engine, claimer, now, limit=2):
+    with engine.begin() as conn:
+        return outbox.claim(conn, worker_id=claimer, now=now, lease_s=LEASE_S, limit=limit)
+
+
+def _leases(engine):
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(
+                outbox_table.c.external_id,
+                outbox_table.c.claimed_by,
+                outbox_table.c.claimed_until,
+            )
+        )
+        return {r.external_id: (r.claimed_by, r.claimed_until) for r in rows}
+
+
+def _reap(engine, now):
+    with engine.begin() as conn:
+        return workers.reap_stale(
+            conn,
+            now=now,
+            timeout_s=TIMEOUT_S,
+            lease_s=LEASE_S,
+            request_timeout_s=REQUEST_TIMEOUT_S,
+        )
+
+
+@pytest.fixture
+def six_users(engine):
+    ws = _workspace(engine)
+    with engine.begin() as conn:
+        outbox.enqueue(conn, [(ws, f"u{i}") for i in range(6)], now=0)
+    return ws
+
+
+def test_a_stale_workers_leases_end_when_its_requests_must_have(engine, six_users):
+    _register(engine, "dead", now=100)
+    _register(engine, "alive", now=100)
+    dead = _claim(engine, "dead:1", now=100)
+    alive = _claim(engine, "alive:0", now=100)
+    unregistered = _claim(engine, "test-sender", now=100)
+    with engine.begin() as conn:
+        assert workers.beat(conn, worker_id="alive", now=108)
+        assert workers.live_count(conn, now=108, timeout_s=TIMEOUT_S) == 2
+        assert workers.live_count(conn, now=111, timeout_s=TIMEOUT_S) == 1
+    assert _reap(engine, now=109) == workers.Reaped()  # not stale yet
+    assert _reap(engine, now=111) == workers.Reaped(workers=1, leases=2)
+    leases = _leases(engine)
+    for c in dead:
+        # Claimed at 100: a request it started ended by 105, long before the 220 of its lease.
+        assert leases[c.external_id] == (None, pytest.approx(100 + REQUEST_TIMEOUT_S))
+    for c in alive:
+        assert leases[c.external_id] == ("alive:0", 100 + LEASE_S)
+    for c in unregistered:
+        assert leases[c.external_id] == ("test-sender", 100 + LEASE_S)
+    # Cut once only; claimable again by others, and the dead sender's renew misses them.
+    assert _reap(engine, now=112) == workers.Reaped()
+    assert {c.external_id for c in _claim(engine, "alive:1", now=106, limit=10)} == {
+        c.external_id for c in dead
+    }
+    with engine.begin() as conn:
+        held = outbox.renew(
+            conn,
+            worker_id="dead:1",
+            workspace_id=six_users,
+            in_flight={c.external_id: None for c in dead},
+            until=300,
+        )
+    assert held == set()
+
+
+def test_a_renewed_lease_is_cut_to_its_last_renewal(engine, six_users):
+    _register(engine, "dead", now=100)
+    claims = _claim(engine, "dead:0", now=100)
+    with engine.begin() as conn:
+        outbox.renew(
+            conn,
+            worker_id="dead:0",
+            workspace_id=six_users,
+            in_flight={c.external_id: None for c in claims},
+            until=103 + LEASE_S,
+        )
+    _reap(engine, now=200)
+    for c in claims:
+        assert _leases(engine)[c.external_id] == (None, pytest.approx(103 + REQUEST_TIMEOUT_S))
+
+
+def test_a_reaped_worker_that_beats_again_must_register_again(engine):
+    _register(engine, "slow", now=100)
+    assert _reap(engine, now=200).workers == 1
+    with engine.begin() as conn:
+        assert not workers.beat(conn, worker_id="slow", now=201)
+    _register(engine, "slow", now=201)
+    with engine.begin() as conn:
+        assert workers.beat(conn, worker_id="slow", now=202)
+        workers.unregister(conn, worker_id="slow")
+        assert workers.live_count(conn, now=202, timeout_s=TIMEOUT_S) == 0
+
+
+def test_cut_all_leases_at_the_start_of_the_only_sender(engine, six_users):
+    _claim(engine, "old:0", now=100)
+    _claim(engine, "test-sender", now=100)
+    with engine.begin() as conn:
+        assert (
+            workers.cut_all_leases(conn, lease_s=LEASE_S, request_timeout_s=REQUEST_TIMEOUT_S) == 4
+        )
+        assert (
+            workers.cut_all_leases(conn, lease_s=LEASE_S, request_timeout_s=REQUEST_TIMEOUT_S) == 0
+        )
+    assert len(_claim(engine, "new:0", now=106, limit=10)) == 6
