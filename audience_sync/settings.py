@@ -78,6 +78,8 @@ FIELDS: dict[str, tuple[str, object]] = {
     "delivery.backoff_base_s": ("float", 2.0),
     "delivery.backoff_cap_s": ("float", 3600.0),
     "delivery.poll_interval_s": ("float", 0.2),
+    "delivery.heartbeat_s": ("float", 2.0),
+    "delivery.worker_timeout_s": ("float", 10.0),
     "currents.tokens": ("secret_list", []),
     "currents.mparticle_url": ("str", "https://s2s.mparticle.com"),
     "currents.allowed_mparticle_urls": ("list", []),
@@ -258,6 +260,7 @@ def _check_ranges(values: dict[str, t.Any], errors: list[str]) -> None:
         "delivery.backoff_base_s",
         "delivery.backoff_cap_s",
         "delivery.poll_interval_s",
+        "delivery.heartbeat_s",
         "currents.retention_s",
         "currents.dedup_window_s",
         "currents.probe_interval_s",
@@ -275,6 +278,12 @@ def _check_ranges(values: dict[str, t.Any], errors: list[str]) -> None:
         errors.append(
             "delivery.lease_s: must be longer than braze.timeout_s, so a request always ends "
             "before its users can be claimed again"
+        )
+    beat, silence = values.get("delivery.heartbeat_s"), values.get("delivery.worker_timeout_s")
+    if beat is not None and silence is not None and silence < 3 * beat:
+        errors.append(
+            "delivery.worker_timeout_s: must be at least 3 x delivery.heartbeat_s, so a live "
+            "worker that misses a beat is not taken for dead"
         )
     port = values.get("server.port")
     if port is not None and port > 65535:

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
-import uuid
 
 from audience_sync.braze.client import BrazeClient
 from audience_sync.braze.ratelimit import RateBudget
+from audience_sync.delivery.heartbeat import Heartbeat, new_worker_id
 from audience_sync.delivery.sender import Sender
 from audience_sync.runtime import Runtime
 
@@ -30,26 +28,33 @@ class SenderPool:
             dry_run_path=settings.get("braze.dry_run_path"),
         )
         self.budget = RateBudget(settings.get("braze.requests_per_second"))
-        # Unique per process and thread, readable in the outbox's claimed_by column.
-        prefix = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.heartbeat = Heartbeat(
+            engine=runtime.engine,
+            settings=settings,
+            worker_id=new_worker_id(),
+            senders=workers,
+            budget=self.budget,
+            stop=stop,
+        )
         self.senders = [
             Sender(
                 engine=runtime.engine,
                 settings=settings,
                 client=self.client,
                 budget=self.budget,
-                worker_id=f"{prefix}:{n}",
+                worker_id=sender_id,
                 stop=stop,
             )
-            for n in range(workers)
+            for sender_id in self.heartbeat.sender_ids
         ]
         self.threads = [
-            threading.Thread(target=s.run_forever, name=f"sender-{n}", daemon=True)
+            threading.Thread(target=self._run, args=(s,), name=f"sender-{n}", daemon=True)
             for n, s in enumerate(self.senders)
         ]
 
     def start(self) -> SenderPool:
-        """Start every sender thread."""
+        """Join the worker registry, then start every sender thread."""
+        self.heartbeat.start()
         for thread in self.threads:
             thread.start()
         logger.info(
@@ -58,10 +63,15 @@ class SenderPool:
         )
         return self
 
+    def _run(self, sender: Sender) -> None:
+        if self.heartbeat.wait_ready():
+            sender.run_forever()
+
     def join(self, timeout: float | None = None) -> None:
         """Wait for the senders to finish their current batch after ``stop`` is set."""
         for thread in self.threads:
             thread.join(timeout)
+        self.heartbeat.join(timeout)
         self.client.close()
 
 
