@@ -867,15 +867,14 @@ def _upsert_users(
         )
         stored.update((e, tokens or []) for e, tokens in conn.execute(query))
 
-    token_rows, plain_rows = [], []
+    token_rows, new_token_rows, plain_rows = [], [], []
     updates = plan.users
     for external_id in external_ids:
         update = updates[external_id]
         if update.push_tokens:
             tokens = merge_push_tokens(stored.get(external_id, []), update.push_tokens)
-            token_rows.append(
-                (account_id, external_id, update.email, json.dumps(tokens), update.mpid, now)
-            )
+            row = (account_id, external_id, update.email, json.dumps(tokens), update.mpid, now)
+            (token_rows if external_id in stored else new_token_rows).append(row)
         else:
             plain_rows.append((account_id, external_id, update.email, "[]", update.mpid, now))
     _executemany(
@@ -884,6 +883,13 @@ def _upsert_users(
         lambda: _users_upsert(conn, push_tokens=True),
         _USER_COLUMNS,
         token_rows,
+    )
+    # A user that did not exist when its tokens were read (nothing to lock): a plain INSERT, so
+    # that if a concurrent request created it meanwhile this one fails on the primary key and
+    # _run runs it again, then reading (and locking) that row and merging both token sets.
+    # An upsert here would overwrite the other request's tokens.
+    _executemany(
+        conn, "users+new tokens", lambda: insert(conn, users), _USER_COLUMNS, new_token_rows
     )
     _executemany(
         conn, "users", lambda: _users_upsert(conn, push_tokens=False), _USER_COLUMNS, plain_rows
