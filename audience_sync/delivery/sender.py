@@ -72,6 +72,8 @@ PROBE_CHECK_INTERVAL_S = 1.0
 """How often a sender looks for suspended workspaces whose probe is due."""
 NO_CONNECTION_RETRY_S = 60.0
 """Users of a workspace with no active connection are looked at again after this long."""
+INTERNAL_ERROR = "internal_error"
+"""Outcome of a user whose delivery raised an unexpected error."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -198,8 +200,32 @@ class Sender:
         for c in claims:
             by_workspace[c.workspace_id].append(c)
         for workspace_id, group in by_workspace.items():
-            self.deliver(workspace_id, group)
+            self.deliver_isolated(workspace_id, group)
         return handled + len(claims)
+
+    def deliver_isolated(
+        self, workspace_id: int, claims: Sequence[outbox.Claim], *, probe: bool = False
+    ) -> None:
+        """:meth:`deliver`, where an unexpected error is a failed attempt for the users of that
+        workspace (counted, retried, eventually dead-lettered) instead of the end of the
+        iteration for every other workspace of the claim. A database error still ends the
+        iteration: nothing could be recorded, and the leases protect the work."""
+        try:
+            self.deliver(workspace_id, claims, probe=probe)
+        except sa.exc.OperationalError:
+            raise
+        except Exception as exc:
+            logger.error(
+                "delivery failed unexpectedly for a workspace; its users will be retried",
+                exc_info=exc,
+                extra={
+                    "action": "delivery_error",
+                    "workspace_id": workspace_id,
+                    "users": len(claims),
+                    "error": type(exc).__name__,
+                },
+            )
+            self._fail_claims(workspace_id, claims, reason=INTERNAL_ERROR)
 
     def _probe_suspended(self, now: float) -> int:
         due = in_transaction(
@@ -227,7 +253,7 @@ class Sender:
                     "probing suspended workspace",
                     extra={"action": "braze_probe", "workspace_id": workspace_id},
                 )
-                self.deliver(workspace_id, claims, probe=True)
+                self.deliver_isolated(workspace_id, claims, probe=True)
                 handled += len(claims)
         return handled
 
@@ -618,6 +644,57 @@ class Sender:
             )
 
         in_transaction(self.engine, release, action="release")
+
+    def _fail_claims(
+        self, workspace_id: int, claims: Sequence[outbox.Claim], *, reason: str
+    ) -> None:
+        """A failed attempt for each claimed user still held (the others were recorded before
+        the error), under the retry policy. Whether a request went out is unknown: each user's
+        write-ahead record stays as it is."""
+        now = self.clock()
+
+        def record(conn: sa.Connection) -> None:
+            still_held = outbox.held(
+                conn,
+                worker_id=self.worker_id,
+                workspace_id=workspace_id,
+                external_ids=[c.external_id for c in claims],
+            )
+            failures = []
+            for claim in claims:
+                if claim.external_id not in still_held:
+                    continue
+                attempts = claim.attempts + 1
+                first_failure = claim.first_failure_at or now
+                retry_at = decide_retry(
+                    self.policy,
+                    attempts=attempts,
+                    first_failure_at=first_failure,
+                    now=now,
+                    jitter=self.jitter(),
+                ).retry_at
+                failures.append(
+                    outbox.Failure(
+                        external_id=claim.external_id,
+                        attempts=attempts,
+                        first_failure_at=first_failure,
+                        retry_at=retry_at,
+                        reason=reason,
+                    )
+                )
+            outbox.record_failures(
+                conn,
+                worker_id=self.worker_id,
+                workspace_id=workspace_id,
+                failures=failures,
+                keep_in_flight=True,
+            )
+            dead = sum(1 for f in failures if f.retry_at is None)
+            counts = {reason: len(failures), "dead_lettered": dead}
+            scope = f"workspace:{workspace_id}"
+            increment(conn, {(scope, r): n for r, n in counts.items() if n}, now=now)
+
+        in_transaction(self.engine, record, action="record_failures")
 
     def _record(
         self,

@@ -265,6 +265,20 @@ def renew(
     return set(held.scalars())
 
 
+def held(
+    conn: sa.Connection, *, worker_id: str, workspace_id: int, external_ids: Sequence[str]
+) -> set[str]:
+    """The users of ``external_ids`` this sender still holds a lease on."""
+    held: set[str] = set()
+    for chunk in _chunks(external_ids):
+        held.update(
+            conn.execute(
+                sa.select(outbox.c.external_id).where(_mine(worker_id, workspace_id, chunk))
+            ).scalars()
+        )
+    return held
+
+
 def release(
     conn: sa.Connection,
     *,
@@ -320,11 +334,35 @@ class Failure:
 
 
 def record_failures(
-    conn: sa.Connection, *, worker_id: str, workspace_id: int, failures: Sequence[Failure]
+    conn: sa.Connection,
+    *,
+    worker_id: str,
+    workspace_id: int,
+    failures: Sequence[Failure],
+    keep_in_flight: bool = False,
 ) -> None:
-    """Persist the retry decision of each failed user (durable ``due_at``), or bury it."""
+    """Persist the retry decision of each failed user (durable ``due_at``), or bury it.
+
+    ``keep_in_flight``: leave each write-ahead record as it is (the failure's ``in_flight`` is
+    ignored): for a failure whose request may or may not have gone out.
+    """
     if not failures:
         return
+    values: dict[str, t.Any] = {
+        "claimed_by": None,
+        "claimed_until": None,
+        "attempts": sa.bindparam("b_attempts"),
+        "first_failure_at": sa.bindparam("b_first"),
+        "due_at": sa.bindparam("b_due"),
+        # A change that arrived while the user was in flight is new work: not buried.
+        "state": sa.case(
+            (outbox.c.generation != outbox.c.claimed_generation, PENDING),
+            else_=sa.bindparam("b_state"),
+        ),
+        "last_reason": sa.bindparam("b_reason"),
+    }
+    if not keep_in_flight:
+        values["in_flight"] = sa.bindparam("b_in_flight")
     conn.execute(
         outbox.update()
         .where(
@@ -332,20 +370,7 @@ def record_failures(
             outbox.c.external_id == sa.bindparam("b_external_id"),
             outbox.c.claimed_by == worker_id,
         )
-        .values(
-            claimed_by=None,
-            claimed_until=None,
-            attempts=sa.bindparam("b_attempts"),
-            first_failure_at=sa.bindparam("b_first"),
-            due_at=sa.bindparam("b_due"),
-            # A change that arrived while the user was in flight is new work: not buried.
-            state=sa.case(
-                (outbox.c.generation != outbox.c.claimed_generation, PENDING),
-                else_=sa.bindparam("b_state"),
-            ),
-            last_reason=sa.bindparam("b_reason"),
-            in_flight=sa.bindparam("b_in_flight"),
-        ),
+        .values(**values),
         [
             {
                 "b_external_id": f.external_id,
@@ -354,8 +379,8 @@ def record_failures(
                 "b_due": f.retry_at if f.retry_at is not None else f.first_failure_at,
                 "b_state": PENDING if f.retry_at is not None else DEAD,
                 "b_reason": f.reason,
-                "b_in_flight": f.in_flight,
             }
+            | ({} if keep_in_flight else {"b_in_flight": f.in_flight})
             for f in failures
         ],
     )

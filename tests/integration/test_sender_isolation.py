@@ -3,11 +3,14 @@ are refused at intake, and what still fails for one user becomes a counted outco
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import sqlalchemy as sa
 
 from audience_sync import create_app
-from audience_sync.store.schema import connections
+from audience_sync.delivery import sender as sender_module
+from audience_sync.store.schema import connections, counters, outbox
 from tests.fakes.braze_server import FakeBraze
 from tests.integration.test_delivery import FAST, REST_KEY, make_sender
 from tests.support import drain, membership, post, profile, subscription
@@ -55,4 +58,58 @@ def test_rest_key_that_cannot_be_a_header_is_invalid_settings_at_intake(
     assert connection_state(runtime.engine, 2)[0] == "active"
     drain(make_sender(runtime), runtime.engine, timeout_s=20)
     assert braze.users["good-user"]["SegmentMembership"] == "'1'"
+    assert "bad-user" not in braze.users
+
+
+def outbox_row(engine, external_id):
+    with engine.connect() as conn:
+        return conn.execute(
+            sa.select(outbox.c.state, outbox.c.attempts, outbox.c.last_reason).where(
+                outbox.c.external_id == external_id
+            )
+        ).one()
+
+
+def counter(engine, reason):
+    with engine.connect() as conn:
+        return conn.execute(
+            sa.select(sa.func.coalesce(sa.func.sum(counters.c.count), 0)).where(
+                counters.c.reason == reason
+            )
+        ).scalar_one()
+
+
+def test_a_connection_whose_requests_cannot_be_built_fails_alone(
+    make_runtime, braze, auth_headers, monkeypatch
+):
+    runtime = make_runtime(**{**FAST, "delivery.max_attempts": 3})
+    client = create_app(runtime=runtime).test_client()
+    braze.api_keys = frozenset({REST_KEY, "other-key"})
+    subscribe_one_user(client, auth_headers, 1, connection(braze, key="bad-key"), "bad-user")
+    for n, key in enumerate((REST_KEY, "other-key")):
+        subscribe_one_user(client, auth_headers, 2 + n, connection(braze, key=key), f"good-{n}")
+
+    real_build = sender_module.build_requests
+
+    def build_requests(objects, **kwargs):
+        if any(o["external_id"] == "bad-user" for o in objects):
+            raise RuntimeError("cannot build this connection's request")
+        return real_build(objects, **kwargs)
+
+    monkeypatch.setattr(sender_module, "build_requests", build_requests)
+    sender = make_sender(runtime)
+    # One iteration claims all three workspaces: the healthy ones are delivered in it.
+    assert sender.run_once() == 3
+    assert braze.users["good-0"]["SegmentMembership"] == "'1'"
+    assert braze.users["good-1"]["SegmentMembership"] == "'1'"
+    assert outbox_row(runtime.engine, "bad-user") == ("pending", 1, "internal_error")
+    # Retried per policy, then dead-lettered; every attempt counted.
+    for _ in range(200):
+        if outbox_row(runtime.engine, "bad-user").state == "dead":
+            break
+        sender.run_once()
+        time.sleep(0.01)
+    assert outbox_row(runtime.engine, "bad-user") == ("dead", 3, "internal_error")
+    assert counter(runtime.engine, "internal_error") == 3
+    assert counter(runtime.engine, "dead_lettered") == 1
     assert "bad-user" not in braze.users
