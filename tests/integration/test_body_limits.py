@@ -28,14 +28,22 @@ LIMIT = MIB
 
 @pytest.fixture
 def server(make_runtime) -> Iterator[tuple[int, object]]:
-    """A waitress server configured as ``run``/``serve`` configure it, on a free port."""
+    """A waitress server configured as ``run``/``serve`` configure it, on a free port; its loop
+    runs in a thread that also closes it (closing from another thread breaks the loop)."""
     runtime = make_runtime(**{"firehose.max_body_bytes": LIMIT})
     http_server = create_http_server(create_app(runtime=runtime), runtime.settings, port=0)
-    thread = threading.Thread(target=http_server.run, daemon=True)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            wasyncore.loop(timeout=0.05, map=http_server._map, count=1)
+        http_server.task_dispatcher.shutdown()
+        wasyncore.close_all(http_server._map)
+
+    thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     yield http_server.effective_port, runtime.engine
-    http_server.task_dispatcher.shutdown()
-    wasyncore.close_all(http_server._map)
+    stop.set()
     thread.join(10)
 
 
