@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from audience_sync.core.account import PART_ARRAY, PART_PER_SEGMENT, PART_STRING
+from audience_sync.core.connection import PART_ARRAY, PART_PER_SEGMENT, PART_STRING
 
 STRING_ATTRIBUTE = "SegmentMembership"
 ARRAY_ATTRIBUTE = "SegmentMembershipArray"

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from audience_sync.braze.client import BrazeClient
 from audience_sync.braze.ratelimit import RateBudget
 from audience_sync.core.attributes import segment_membership_string
-from audience_sync.delivery.sender import Sender
+from audience_sync.delivery.braze_sender import BrazeSender
 from audience_sync.store.schema import datapoints, outbox, workspaces
 from tests.fakes.braze_server import FakeBraze
 from tests.support import dead_count, drain, membership, pending_count, post, profile, subscription
@@ -54,7 +54,7 @@ def connection_settings(braze, mode="string", **extra):
 
 def make_sender(runtime, settings=None, worker_id="test-sender", budget=None, stop=None):
     settings = settings or runtime.settings
-    return Sender(
+    return BrazeSender(
         engine=runtime.engine,
         settings=settings,
         client=BrazeClient(timeout_s=5),
@@ -333,7 +333,7 @@ def test_dry_run_appends_each_request_as_a_json_line(fast_runtime, braze, auth_h
     post(
         client, membership(ACCOUNT, [profile("u1", [(101, "A", "add")])], **settings), auth_headers
     )
-    sender = Sender(
+    sender = BrazeSender(
         engine=runtime.engine,
         settings=runtime.settings,
         client=BrazeClient(dry_run=True, dry_run_path=str(path)),

@@ -26,7 +26,7 @@ def _claim(engine, worker, now, limit=10, lease_s=10):
 def test_claims_are_exclusive_until_the_lease_runs_out(engine):
     ws = _workspace(engine)
     with engine.begin() as conn:
-        outbox.enqueue(conn, [(ws, f"u{i}") for i in range(5)], now=100)
+        outbox.enqueue(conn, ws, [f"u{i}" for i in range(5)], now=100)
     first = _claim(engine, "a", now=100, limit=3)
     second = _claim(engine, "b", now=101)
     assert len(first) == 3
@@ -41,14 +41,14 @@ def test_claims_are_exclusive_until_the_lease_runs_out(engine):
 def test_suspended_workspaces_are_not_claimed(engine):
     ws = _workspace(engine, state="suspended")
     with engine.begin() as conn:
-        outbox.enqueue(conn, [(ws, "u1")], now=0)
+        outbox.enqueue(conn, ws, ["u1"], now=0)
     assert _claim(engine, "a", now=1) == []
 
 
 def test_renew_keeps_only_users_still_held(engine):
     ws = _workspace(engine)
     with engine.begin() as conn:
-        outbox.enqueue(conn, [(ws, "u1"), (ws, "u2")], now=0)
+        outbox.enqueue(conn, ws, ["u1", "u2"], now=0)
     _claim(engine, "a", now=0, lease_s=5)
     with engine.begin() as conn:  # u2's lease ran out and "b" took it
         conn.execute(
@@ -65,10 +65,10 @@ def test_renew_keeps_only_users_still_held(engine):
 def test_a_change_during_flight_keeps_the_user_pending(engine):
     ws = _workspace(engine)
     with engine.begin() as conn:
-        outbox.enqueue(conn, [(ws, "u1"), (ws, "u2")], now=0)
+        outbox.enqueue(conn, ws, ["u1", "u2"], now=0)
     _claim(engine, "a", now=0)
     with engine.begin() as conn:
-        outbox.enqueue(conn, [(ws, "u2")], now=1)  # changed while in flight
+        outbox.enqueue(conn, ws, ["u2"], now=1)  # changed while in flight
         owned = outbox.finish(
             conn, worker_id="a", workspace_id=ws, external_ids=["u1", "u2"], now=2, next_due_at=5
         )
@@ -83,7 +83,7 @@ def test_a_change_during_flight_keeps_the_user_pending(engine):
 def test_failures_back_off_then_dead_letter_and_replay(engine):
     ws = _workspace(engine)
     with engine.begin() as conn:
-        outbox.enqueue(conn, [(ws, "u1"), (ws, "u2")], now=0)
+        outbox.enqueue(conn, ws, ["u1", "u2"], now=0)
     _claim(engine, "a", now=0)
     with engine.begin() as conn:
         outbox.record_failures(
@@ -116,7 +116,7 @@ def test_failures_back_off_then_dead_letter_and_replay(engine):
 def test_a_new_change_revives_a_dead_letter(engine):
     ws = _workspace(engine)
     with engine.begin() as conn:
-        outbox.enqueue(conn, [(ws, "u1")], now=0)
+        outbox.enqueue(conn, ws, ["u1"], now=0)
     _claim(engine, "a", now=0)
     with engine.begin() as conn:
         outbox.record_failures(
@@ -129,6 +129,6 @@ def test_a_new_change_revives_a_dead_letter(engine):
                 )
             ],
         )
-        outbox.enqueue(conn, [(ws, "u1")], now=100, delay_s=1)
+        outbox.enqueue(conn, ws, ["u1"], now=100, delay_s=1)
         row = conn.execute(sa.select(outbox_table)).one()
     assert (row.state, row.attempts, row.due_at) == ("pending", 0, 101)

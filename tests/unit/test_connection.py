@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from audience_sync.core.account import (
+from audience_sync.core.connection import (
     merge_settings,
     parse_connection_settings,
     parse_instance,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from audience_sync.core.account import parse_connection_settings
+from audience_sync.core.connection import parse_connection_settings
+from audience_sync.core.membership import merge_push_tokens, plan_membership_changes
 from audience_sync.firehose import testing as ft
-from audience_sync.firehose.plan import merge_push_tokens, plan_membership_changes
 from audience_sync.firehose.validation import load_message
 
 
