@@ -17,9 +17,6 @@ from audience_sync.core.states import OutboxState, WorkspaceState
 from audience_sync.store.schema import outbox, workspaces
 from audience_sync.store.statements import chunks, executemany, insert
 
-PENDING = OutboxState.PENDING
-DEAD = OutboxState.DEAD
-
 _COLUMNS = (
     "workspace_id",
     "external_id",
@@ -49,7 +46,7 @@ def enqueue(
     due_at = now + delay_s
     # Sorted: concurrent transactions then lock rows in one order and cannot deadlock.
     rows = [
-        (workspace_id, external_id, PENDING.value, 1, due_at, 0, now)
+        (workspace_id, external_id, OutboxState.PENDING.value, 1, due_at, 0, now)
         for external_id in sorted(set(external_ids))
     ]
     executemany(
@@ -72,7 +69,7 @@ def enqueue_select(
     rows = sa.select(
         sa.literal(workspace_id, sa.Integer),
         subquery.c.external_id,
-        sa.literal(PENDING.value, sa.String),
+        sa.literal(OutboxState.PENDING.value, sa.String),
         sa.literal(1, sa.BigInteger),
         sa.literal(now + delay_s, sa.Float),
         sa.literal(0, sa.Integer),
@@ -88,12 +85,12 @@ def on_conflict_requeue(stmt: t.Any) -> t.Any:
     attempts; a dead row comes back to life, due at the inserted time, with no attempts and no
     first failure. The one statement of that rule, for :func:`enqueue` and
     :func:`enqueue_select`."""
-    was_dead = outbox.c.state == DEAD
+    was_dead = outbox.c.state == OutboxState.DEAD
     return stmt.on_conflict_do_update(
         index_elements=[outbox.c.workspace_id, outbox.c.external_id],
         set_={
             "generation": outbox.c.generation + 1,
-            "state": PENDING,
+            "state": OutboxState.PENDING,
             "due_at": sa.case((was_dead, stmt.excluded.due_at), else_=outbox.c.due_at),
             "attempts": sa.case((was_dead, 0), else_=outbox.c.attempts),
             "first_failure_at": sa.case((was_dead, None), else_=outbox.c.first_failure_at),
@@ -119,7 +116,7 @@ def claim(
     gives the same exclusivity within its single sending process.
     """
     candidates = sa.select(outbox.c.workspace_id, outbox.c.external_id).where(
-        outbox.c.state == PENDING,
+        outbox.c.state == OutboxState.PENDING,
         outbox.c.due_at <= now,
         sa.or_(outbox.c.claimed_until.is_(None), outbox.c.claimed_until < now),
     )
@@ -343,7 +340,7 @@ def record_failures(
             due_at=sa.bindparam("b_due"),
             # A change that arrived while the user was in flight is new work: not buried.
             state=sa.case(
-                (outbox.c.generation != outbox.c.claimed_generation, PENDING.value),
+                (outbox.c.generation != outbox.c.claimed_generation, OutboxState.PENDING.value),
                 else_=sa.bindparam("b_state"),
             ),
             last_reason=sa.bindparam("b_reason"),
@@ -355,7 +352,9 @@ def record_failures(
                 "b_attempts": f.attempts,
                 "b_first": f.first_failure_at,
                 "b_due": f.retry_at if f.retry_at is not None else f.first_failure_at,
-                "b_state": (PENDING if f.retry_at is not None else DEAD).value,
+                "b_state": (
+                    OutboxState.PENDING if f.retry_at is not None else OutboxState.DEAD
+                ).value,
                 "b_reason": f.reason,
                 "b_in_flight": f.in_flight,
             }
@@ -366,12 +365,12 @@ def record_failures(
 
 def replay(conn: sa.Connection, *, now: float, workspace_ids: Sequence[int] | None = None) -> int:
     """Re-queue dead-lettered users: pending again, due now, with a fresh attempt budget."""
-    stmt = outbox.update().where(outbox.c.state == DEAD)
+    stmt = outbox.update().where(outbox.c.state == OutboxState.DEAD)
     if workspace_ids is not None:
         stmt = stmt.where(outbox.c.workspace_id.in_(workspace_ids))
     result = conn.execute(
         stmt.values(
-            state=PENDING,
+            state=OutboxState.PENDING,
             due_at=now,
             attempts=0,
             first_failure_at=None,

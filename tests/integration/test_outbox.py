@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
+from audience_sync.core.states import OutboxState, WorkspaceState
 from audience_sync.store import outbox
 from audience_sync.store.schema import outbox as outbox_table
 from audience_sync.store.schema import workspaces
 
 
-def _workspace(engine, state="active"):
+def _workspace(engine, state=WorkspaceState.ACTIVE):
     with engine.begin() as conn:
         return conn.execute(
             workspaces.insert()
@@ -39,7 +40,7 @@ def test_claims_are_exclusive_until_the_lease_runs_out(engine):
 
 
 def test_suspended_workspaces_are_not_claimed(engine):
-    ws = _workspace(engine, state="suspended")
+    ws = _workspace(engine, state=WorkspaceState.SUSPENDED)
     with engine.begin() as conn:
         outbox.enqueue(conn, ws, ["u1"], now=0)
     assert _claim(engine, "a", now=1) == []
@@ -105,8 +106,12 @@ def test_failures_back_off_then_dead_letter_and_replay(engine):
         )
     with engine.connect() as conn:
         rows = dict((r.external_id, r) for r in conn.execute(sa.select(outbox_table)))
-    assert (rows["u1"].state, rows["u1"].due_at, rows["u1"].attempts) == ("pending", 30, 1)
-    assert (rows["u2"].state, rows["u2"].last_reason) == ("dead", "blacklisted")
+    assert (rows["u1"].state, rows["u1"].due_at, rows["u1"].attempts) == (
+        OutboxState.PENDING,
+        30,
+        1,
+    )
+    assert (rows["u2"].state, rows["u2"].last_reason) == (OutboxState.DEAD, "blacklisted")
     assert _claim(engine, "b", now=31)[0].external_id == "u1"
     with engine.begin() as conn:
         assert outbox.replay(conn, now=40) == 1
@@ -131,4 +136,4 @@ def test_a_new_change_revives_a_dead_letter(engine):
         )
         outbox.enqueue(conn, ws, ["u1"], now=100, delay_s=1)
         row = conn.execute(sa.select(outbox_table)).one()
-    assert (row.state, row.attempts, row.due_at) == ("pending", 0, 101)
+    assert (row.state, row.attempts, row.due_at) == (OutboxState.PENDING, 0, 101)
