@@ -165,6 +165,16 @@ def plan_batch(
     )
 
 
+def fail_all(
+    batch: Iterable[PendingWrite], *, permanent: bool, reason: str, maybe_applied: bool
+) -> list[FailedWrite]:
+    """The same failure for every write of a request."""
+    return [
+        FailedWrite(pending=p, permanent=permanent, reason=reason, maybe_applied=maybe_applied)
+        for p in batch
+    ]
+
+
 def plan_failures(
     failed: Iterable[FailedWrite],
     policy: RetryPolicy,

@@ -19,36 +19,31 @@ import logging
 import random
 import threading
 import time
-import typing as t
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 
 import sqlalchemy as sa
 
 from audience_sync.braze.client import BrazeClient
-from audience_sync.braze.keys import fingerprint
 from audience_sync.braze.outcomes import Kind, TrackOutcome, classify_response
 from audience_sync.braze.ratelimit import RateBudget
 from audience_sync.braze.requests import ObjectTooLargeError, build_requests
-from audience_sync.core.connection import ConnectionSettings, effective_settings
 from audience_sync.core.delivery_plan import (
     WAIT_FOR_CONNECTION_S,
     FailedWrite,
     PendingWrite,
-    accepted_rows,
+    fail_all,
     plan_batch,
 )
 from audience_sync.core.retry import RetryPolicy
 from audience_sync.core.state import Claim
-from audience_sync.core.states import ConnectionState, DeliveryCounter, DeliveryReason
+from audience_sync.core.states import DeliveryCounter, DeliveryReason
+from audience_sync.delivery import braze_record as record
+from audience_sync.delivery.braze_target import ActiveConnections, Target, target_of
 from audience_sync.delivery.loop import SenderLoop
 from audience_sync.settings import Settings
 from audience_sync.store import connections, outbox
-from audience_sync.store.counters import increment
-from audience_sync.store.datapoints import add_datapoints
 from audience_sync.store.engine import read_only
-from audience_sync.store.ledger import save_acknowledged
 from audience_sync.store.snapshot import load_snapshot
 
 logger = logging.getLogger(__name__)
@@ -57,20 +52,6 @@ CLAIM_REQUESTS = 4
 """A sender claims this many full requests' worth of users at a time."""
 PROBE_CHECK_INTERVAL_S = 1.0
 """How often a sender looks for suspended workspaces whose probe is due."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class Target:
-    """Where a workspace's requests go."""
-
-    workspace_id: int
-    endpoint: str
-    api_key: str
-
-    @property
-    def key_id(self) -> str:
-        """The rate-budget key: a fingerprint, so the key itself never sits in memory twice."""
-        return fingerprint(self.api_key)
 
 
 class BrazeSender(SenderLoop[Claim]):
@@ -114,7 +95,9 @@ class BrazeSender(SenderLoop[Claim]):
         self.array_write: str = settings.get("braze.array_write")
         self.lease_s: float = settings.get("delivery.lease_s")
         self.probe_interval_s: float = settings.get("braze.probe_interval_s")
-        self._parsed: dict[tuple[int, str], ConnectionSettings] = {}
+        self.active_connections = ActiveConnections(
+            settings.connection_overrides, tuple(settings.get("braze.allowed_custom_endpoints"))
+        )
         self._next_probe_check = 0.0
 
     # -- claim ---------------------------------------------------------------------------------
@@ -170,21 +153,6 @@ class BrazeSender(SenderLoop[Claim]):
 
     # -- plan ----------------------------------------------------------------------------------
 
-    def _settings_of(
-        self, account_id: int, raw: Mapping[str, t.Any], fp: str
-    ) -> ConnectionSettings:
-        key = (account_id, fp)
-        parsed = self._parsed.get(key)
-        if parsed is None:
-            parsed = effective_settings(
-                account_id,
-                raw,
-                overrides=self.settings.connection_overrides(account_id),
-                allowed_custom_endpoints=tuple(self.settings.get("braze.allowed_custom_endpoints")),
-            ).settings
-            self._parsed[key] = parsed
-        return parsed
-
     def deliver(self, group: int, items: Sequence[Claim], *, probe: bool = False) -> None:
         """Plan and send the writes of claimed users of one workspace."""
         workspace_id, claims = group, items
@@ -192,14 +160,7 @@ class BrazeSender(SenderLoop[Claim]):
         ids = [c.external_id for c in claims]
         with read_only(self.engine) as conn:
             snapshot = load_snapshot(conn, workspace_id, ids, all_connections=True)
-        active = {
-            c.account_id: self._settings_of(
-                c.account_id, c.account_settings, c.settings_fingerprint
-            )
-            for c in snapshot.connections
-            if c.state == ConnectionState.ACTIVE
-        }
-        active = {a: s for a, s in active.items() if s.is_valid}
+        active = self.active_connections.of(snapshot)
         if not active:
             self.transaction(
                 lambda conn: outbox.release(
@@ -212,10 +173,7 @@ class BrazeSender(SenderLoop[Claim]):
                 action="release",
             )
             return
-        first = next(iter(active.values()))
-        target = Target(
-            workspace_id=workspace_id, endpoint=first.rest_endpoint, api_key=first.rest_api_key
-        )
+        target = target_of(workspace_id, active)
         plan = plan_batch(
             claims,
             snapshot,
@@ -226,34 +184,12 @@ class BrazeSender(SenderLoop[Claim]):
             array_write=self.array_write,
         )
 
-        def record_unchanged(conn: sa.Connection) -> None:
-            outbox.release(
-                conn, worker_id=self.worker_id, workspace_id=workspace_id, due_at=plan.deferred
-            )
-            outbox.release(
-                conn,
-                worker_id=self.worker_id,
-                workspace_id=workspace_id,
-                due_at=plan.held_back,
-                reason=DeliveryReason.CONNECTION_INVALID,
-            )
-            save_acknowledged(conn, workspace_id=workspace_id, rows=plan.changed_acks, now=now)
-            outbox.finish(
-                conn,
-                worker_id=self.worker_id,
-                workspace_id=workspace_id,
-                external_ids=[r.external_id for r in plan.unchanged],
-                now=now,
-                next_due_at=now,
-            )
-            scope = f"workspace:{workspace_id}"
-            counts = {(scope, flag): n for flag, n in plan.new_flags.items()}
-            if plan.unchanged:
-                counts[(scope, DeliveryCounter.UNCHANGED)] = len(plan.unchanged)
-            if counts:
-                increment(conn, counts, now=now)
-
-        self.transaction(record_unchanged, action="record_unchanged")
+        self.transaction(
+            lambda conn: record.record_plan(
+                conn, worker_id=self.worker_id, workspace_id=workspace_id, plan=plan, now=now
+            ),
+            action="record_unchanged",
+        )
         if plan.pending:
             self._send_all(target, list(plan.pending), probe=probe)
 
@@ -270,13 +206,13 @@ class BrazeSender(SenderLoop[Claim]):
             except ObjectTooLargeError as exc:
                 culprit = pending.pop(exc.index)
                 objects.pop(exc.index)
-                too_large = FailedWrite(
-                    pending=culprit,
+                too_large = fail_all(
+                    [culprit],
                     permanent=True,
                     reason=DeliveryReason.OBJECT_TOO_LARGE,
                     maybe_applied=False,
                 )
-                self._record(target, [], [too_large], Counter())
+                self._record(target, [], too_large, Counter())
         for request in requests:
             batch = [pending[i] for i in request.indices]
             if self.stop.is_set():
@@ -377,10 +313,7 @@ class BrazeSender(SenderLoop[Claim]):
             return
         if kind == Kind.RETRY_ALL:
             # 5xx, timeout, dropped connection: Braze may have applied any of it.
-            failed = [
-                FailedWrite(pending=p, permanent=False, reason=outcome.reason, maybe_applied=True)
-                for p in batch
-            ]
+            failed = fail_all(batch, permanent=False, reason=outcome.reason, maybe_applied=True)
             self._record(target, [], failed, counts)
             return
         if kind == Kind.RATE_LIMITED:
@@ -394,24 +327,19 @@ class BrazeSender(SenderLoop[Claim]):
                 self._send_packed(target, half, probe=probe)
             return
         if kind in (Kind.SPLIT, Kind.BAD_REQUEST):
-            failed = [
-                FailedWrite(pending=p, permanent=True, reason=outcome.reason, maybe_applied=False)
-                for p in batch
-            ]
+            failed = fail_all(batch, permanent=True, reason=outcome.reason, maybe_applied=False)
             self._record(target, [], failed, counts)
             return
 
         # SUSPEND, CONFIG_ERROR: the key or URL is wrong for every user of the workspace.
         def suspend(conn: sa.Connection) -> bool:
-            first = connections.suspend_workspace(
+            return record.suspend(
                 conn,
                 workspace_id=target.workspace_id,
                 reason=outcome.reason,
                 now=now,
                 probe_at=now + self.probe_interval_s,
             )
-            increment(conn, {(f"workspace:{target.workspace_id}", outcome.reason): 1}, now=now)
-            return first
 
         if self.transaction(suspend, action="suspend"):
             logger.warning(
@@ -429,20 +357,18 @@ class BrazeSender(SenderLoop[Claim]):
     ) -> None:
         """Hand users back without an attempt; Braze surely applied nothing of this write."""
 
-        def release(conn: sa.Connection) -> None:
-            outbox.release(
+        self.transaction(
+            lambda conn: record.release(
                 conn,
                 worker_id=self.worker_id,
                 workspace_id=target.workspace_id,
-                due_at={p.external_id: due_at for p in batch},
+                batch=batch,
+                due_at=due_at,
                 reason=reason,
-                in_flight={p.external_id: p.in_flight_before() for p in batch},
-            )
-            increment(
-                conn, {(f"workspace:{target.workspace_id}", reason): len(batch)}, now=self.clock()
-            )
-
-        self.transaction(release, action="release")
+                now=self.clock(),
+            ),
+            action="release",
+        )
 
     def _record(
         self,
@@ -455,28 +381,16 @@ class BrazeSender(SenderLoop[Claim]):
         now = self.clock()
         failures = self.plan_failures(failed, now=now, workspace_id=target.workspace_id)
         counts = counts + Counter(failures.counts)
-        scope = f"workspace:{target.workspace_id}"
-
-        def record(conn: sa.Connection) -> None:
-            owned = outbox.finish(
+        self.transaction(
+            lambda conn: record.record_request(
                 conn,
                 worker_id=self.worker_id,
                 workspace_id=target.workspace_id,
-                external_ids=[p.claim.external_id for p in accepted],
+                accepted=accepted,
+                failures=failures.failures,
+                counts=counts,
                 now=now,
                 next_due_at=now + self.min_resend_s,
-            )
-            # Only the lease holder records what Braze acknowledged (see outbox.renew).
-            rows, charges = accepted_rows(p for p in accepted if p.claim.external_id in owned)
-            save_acknowledged(conn, workspace_id=target.workspace_id, rows=rows, now=now)
-            outbox.record_failures(
-                conn,
-                worker_id=self.worker_id,
-                workspace_id=target.workspace_id,
-                failures=failures.failures,
-            )
-            add_datapoints(conn, workspace_id=target.workspace_id, charges=charges, now=now)
-            totals = counts + Counter({DeliveryCounter.DATAPOINTS: sum(charges.values())})
-            increment(conn, {(scope, r): n for r, n in totals.items() if n}, now=now)
-
-        self.transaction(record, action="record")
+            ),
+            action="record",
+        )
