@@ -57,6 +57,14 @@ def workspace_state_of_account(conn: sa.Connection, account_id: int) -> str | No
     return conn.execute(query).scalar()
 
 
+def workspace_ids_of_account(conn: sa.Connection, account_id: int) -> list[int]:
+    """The workspace the connection writes to, as a list (empty without one)."""
+    query = sa.select(connections.c.workspace_id).where(
+        connections.c.account_id == account_id, connections.c.workspace_id.is_not(None)
+    )
+    return list(conn.execute(query).scalars())
+
+
 def _select_connection(account_id: int | sa.BindParameter[t.Any]) -> sa.Select[t.Any]:
     return (
         sa.select(
