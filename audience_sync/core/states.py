@@ -71,3 +71,12 @@ class DeliveryCounter(StrEnum):
     UNCHANGED = "unchanged"
     DEAD_LETTERED = "dead_lettered"
     DATAPOINTS = "datapoints"
+
+
+class IntakeCounter(StrEnum):
+    """Per-connection counters the Firehose intake keeps besides the unresolved-profile reasons
+    of :mod:`audience_sync.core.identity` and ``subscription_<action>``."""
+
+    DUPLICATE_MESSAGE = "duplicate_message"
+    MEMBERSHIPS_APPLIED = "memberships_applied"
+    AUDIENCE_REMOVED = "audience_removed"

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 
 from audience_sync.core.connection import EffectiveSettings, effective_settings
 from audience_sync.core.membership import plan_membership_changes
-from audience_sync.core.states import WorkspaceState
+from audience_sync.core.states import IntakeCounter, WorkspaceState
 from audience_sync.firehose.messages import Account, MembershipChangeRequest, SubscriptionRequest
 from audience_sync.settings import Settings
 from audience_sync.store import counters
@@ -189,7 +189,7 @@ def _duplicate(
     conn: sa.Connection, account_id: int, options: IntakeOptions, now: float
 ) -> IntakeResult:
     workspace_state = workspace_state_of_account(conn, account_id)
-    counters.increment(conn, {(_scope(account_id), "duplicate_message"): 1}, now=now)
+    counters.increment(conn, {(_scope(account_id), IntakeCounter.DUPLICATE_MESSAGE): 1}, now=now)
     return IntakeResult(
         duplicate=True, suspend_subscription=_should_suspend(workspace_state, options)
     )

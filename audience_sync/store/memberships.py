@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 
 from audience_sync.core.membership import MembershipPlan, merge_push_tokens
-from audience_sync.core.states import AudienceState
+from audience_sync.core.states import AudienceState, IntakeCounter
 from audience_sync.store.audiences import audience_states, insert_audiences
 from audience_sync.store.outbox import enqueue
 from audience_sync.store.schema import memberships, users
@@ -53,7 +53,7 @@ def apply_membership_plan(
         ]
         skipped = len(changes) - len(membership_rows)
         if skipped:
-            counts["audience_removed"] += skipped
+            counts[IntakeCounter.AUDIENCE_REMOVED] += skipped
     else:
         membership_rows = [
             (account_id, external_id, audience_id, is_member, changed_at)
@@ -70,7 +70,7 @@ def apply_membership_plan(
             _MEMBERSHIP_COLUMNS,
             membership_rows,
         )
-        counts["memberships_applied"] += len(membership_rows)
+        counts[IntakeCounter.MEMBERSHIPS_APPLIED] += len(membership_rows)
 
     if workspace_id is not None and external_ids:
         enqueue(conn, workspace_id, external_ids, now=now, delay_s=coalesce_s)

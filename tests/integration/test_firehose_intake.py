@@ -10,7 +10,13 @@ import uuid
 import pytest
 import sqlalchemy as sa
 
-from audience_sync.core.states import AudienceState, ConnectionState, OutboxState, WorkspaceState
+from audience_sync.core.states import (
+    AudienceState,
+    ConnectionState,
+    IntakeCounter,
+    OutboxState,
+    WorkspaceState,
+)
 from audience_sync.firehose import testing as ft
 
 ACCOUNT = 4242
@@ -123,7 +129,7 @@ def test_generated_membership_stream_leaves_exactly_the_expected_state(engine, p
     ws = workspace_id(engine)
     assert set(outbox(engine)) == {(ws, e) for e in touched}
     assert counter(engine, "no_external_id") == 40
-    assert counter(engine, "duplicate_message") == 10
+    assert counter(engine, IntakeCounter.DUPLICATE_MESSAGE) == 10
     applied = sum(
         len(
             {
@@ -136,7 +142,7 @@ def test_generated_membership_stream_leaves_exactly_the_expected_state(engine, p
         )
         for m in messages
     )
-    assert counter(engine, "memberships_applied") == applied
+    assert counter(engine, IntakeCounter.MEMBERSHIPS_APPLIED) == applied
     assert rows(engine, "SELECT COUNT(*) FROM firehose_messages") == [(40,)]
 
 
@@ -195,8 +201,8 @@ def test_a_repeated_message_id_is_acknowledged_without_being_applied_again(engin
     assert second["id"] != first["id"]
     assert memberships(engine) == {("u1", 7): (True, T0 / 1000)}
     assert outbox(engine) == before
-    assert counter(engine, "memberships_applied") == 1
-    assert counter(engine, "duplicate_message") == 1
+    assert counter(engine, IntakeCounter.MEMBERSHIPS_APPLIED) == 1
+    assert counter(engine, IntakeCounter.DUPLICATE_MESSAGE) == 1
 
 
 def test_verification_noop_is_answered_and_registers_the_connection(engine, post):
@@ -272,7 +278,7 @@ def test_changes_for_a_removed_audience_are_ignored_and_counted(engine, post):
         )
     )
     assert {k: v[0] for k, v in memberships(engine).items()} == {("u1", 7): True, ("u1", 8): True}
-    assert counter(engine, "audience_removed") == 2
+    assert counter(engine, IntakeCounter.AUDIENCE_REMOVED) == 2
 
 
 def test_invalid_settings_store_state_but_mark_nobody_dirty(engine, post):
