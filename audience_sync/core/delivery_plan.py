@@ -5,7 +5,8 @@ settings owns attributes in the workspace, or its resend spacing has not passed)
 write (its acknowledged state is recorded as is), or gets a write (the minimal difference,
 with its write-ahead record). :func:`plan_failures` turns a request's failed users into the
 retry or dead-letter decision of each, from the one retry policy. :func:`accepted_rows` is what
-to record for the users Braze accepted. No I/O, no clock: ``now`` and ``jitter`` are given.
+to record for the users Braze accepted. No I/O, no clock: ``now`` and the jitter values are
+given.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import json
 import typing as t
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from audience_sync.core.attributes import (
@@ -176,17 +177,18 @@ def fail_all(
 
 
 def plan_failures(
-    failed: Iterable[FailedWrite],
+    failed: Sequence[FailedWrite],
     policy: RetryPolicy,
     *,
     now: float,
-    jitter: Callable[[], float],
+    jitters: Sequence[float],
 ) -> FailurePlan:
-    """Each failed user's next attempt (or dead letter) under ``policy``, and the counts."""
+    """Each failed user's next attempt (or dead letter) under ``policy``, and the counts;
+    ``jitters`` holds one random value in [0, 1) per failed write."""
     failures: list[Failure] = []
     dead: list[Failure] = []
     counts: Counter[str] = Counter()
-    for f in failed:
+    for f, jitter in zip(failed, jitters, strict=True):
         p = f.pending
         attempts = p.claim.attempts + 1
         first_failure = p.claim.first_failure_at or now
@@ -197,7 +199,7 @@ def plan_failures(
                 attempts=attempts,
                 first_failure_at=first_failure,
                 now=now,
-                jitter=jitter(),
+                jitter=jitter,
             ).retry_at
         failure = Failure(
             external_id=p.claim.external_id,

@@ -18,7 +18,7 @@ import random
 import threading
 import time
 import typing as t
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 
 import sqlalchemy as sa
 
@@ -114,11 +114,11 @@ class SenderLoop(abc.ABC, t.Generic[Item]):
         return in_transaction(self.engine, work, action=action)
 
     def plan_failures(
-        self, failed: Iterable[FailedWrite], *, now: float, **log: t.Any
+        self, failed: Sequence[FailedWrite], *, now: float, **log: t.Any
     ) -> FailurePlan:
         """Each failed item's retry or dead letter under the one retry policy; logs the
         items given up on."""
-        plan = plan_failures(failed, self.policy, now=now, jitter=self.jitter)
+        plan = plan_failures(failed, self.policy, now=now, jitters=[self.jitter() for _ in failed])
         for failure in plan.dead:
             logger.warning(
                 "delivery gave up for a user",

@@ -149,7 +149,7 @@ def test_failures_follow_the_one_retry_policy(
     failed = FailedWrite(
         pending=pending, permanent=permanent, reason="boom", maybe_applied=maybe_applied
     )
-    result = plan_failures([failed], POLICY, now=NOW, jitter=lambda: 0.999999)
+    result = plan_failures([failed], POLICY, now=NOW, jitters=[0.999999])
     (failure,) = result.failures
     assert failure.attempts == attempts + 1
     assert failure.first_failure_at == (first_failure_at or NOW)
