@@ -103,13 +103,7 @@ def sync_connection(
     parsed = prepared.settings
     row = conn.execute(_SELECT_CONNECTION, {"b_account_id": account_id}).first()
     if row is not None and row.settings_fingerprint == prepared.fingerprint:
-        return Connection(
-            account_id=account_id,
-            settings=parsed,
-            state=row.state,
-            workspace_id=row.workspace_id,
-            workspace_state=row.workspace_state,
-        )
+        return _unchanged(account_id, parsed, row)
     state = ConnectionState.ACTIVE if parsed.is_valid else ConnectionState.INVALID_SETTINGS
     values = {
         "account_settings": dict(prepared.raw),
@@ -141,13 +135,7 @@ def sync_connection(
     # settings apply one after the other.
     row = conn.execute(_select_connection(account_id).with_for_update(of=connections)).one()
     if row.settings_fingerprint == prepared.fingerprint:
-        return Connection(
-            account_id=account_id,
-            settings=parsed,
-            state=row.state,
-            workspace_id=row.workspace_id,
-            workspace_state=row.workspace_state,
-        )
+        return _unchanged(account_id, parsed, row)
     workspace_id = row.workspace_id
     workspace_state = row.workspace_state
     if parsed.is_valid:
@@ -183,6 +171,17 @@ def sync_connection(
         state=state,
         workspace_id=workspace_id,
         workspace_state=workspace_state,
+    )
+
+
+def _unchanged(account_id: int, parsed: ConnectionSettings, row: sa.Row[t.Any]) -> Connection:
+    """The connection as stored: its settings did not change."""
+    return Connection(
+        account_id=account_id,
+        settings=parsed,
+        state=row.state,
+        workspace_id=row.workspace_id,
+        workspace_state=row.workspace_state,
     )
 
 
