@@ -7,8 +7,8 @@ import threading
 
 from audience_sync.braze.client import BrazeClient
 from audience_sync.braze.ratelimit import RateBudget
+from audience_sync.delivery.braze_sender import BrazeSender
 from audience_sync.delivery.heartbeat import Heartbeat, new_worker_id
-from audience_sync.delivery.sender import Sender
 from audience_sync.runtime import Runtime
 
 logger = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ class SenderPool:
             stop=stop,
         )
         self.senders = [
-            Sender(
+            BrazeSender(
                 engine=runtime.engine,
                 settings=settings,
                 client=self.client,
@@ -63,7 +63,7 @@ class SenderPool:
         )
         return self
 
-    def _run(self, sender: Sender) -> None:
+    def _run(self, sender: BrazeSender) -> None:
         if self.heartbeat.wait_ready():
             sender.run_forever()
 

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from audience_sync.store.dialect import insert
 from audience_sync.store.schema import outbox, workers
+from audience_sync.store.statements import insert
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 from audience_sync import create_app
-from audience_sync.delivery import sender as sender_module
+from audience_sync.delivery import braze_sender as sender_module
 from audience_sync.store.schema import connections, counters, outbox
 from tests.fakes.braze_server import FakeBraze
 from tests.integration.test_delivery import FAST, REST_KEY, make_sender

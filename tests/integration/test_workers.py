@@ -51,7 +51,7 @@ def _reap(engine, now):
 def six_users(engine):
     ws = _workspace(engine)
     with engine.begin() as conn:
-        outbox.enqueue(conn, [(ws, f"u{i}") for i in range(6)], now=0)
+        outbox.enqueue(conn, ws, [f"u{i}" for i in range(6)], now=0)
     return ws
 
 
