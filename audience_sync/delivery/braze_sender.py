@@ -194,9 +194,25 @@ class BrazeSender(SenderLoop[Claim]):
             self._send_all(target, list(plan.pending), probe=probe)
 
     def record_error(self, group: int, items: Sequence[Claim], *, reason: str) -> None:
-        """A counted failed attempt for each user of the workspace whose delivery raised:
-        retried under the retry policy, dead-lettered when it gives up."""
+        """After an unexpected error for a workspace: its users still held are delivered one by
+        one, so a user whose own data raises fails alone; a user that fails alone gets a
+        counted failed attempt (retried under the retry policy, dead-lettered when it gives
+        up)."""
         now = self.clock()
+        if len(items) > 1:
+            mine = self.transaction(
+                lambda conn: outbox.held(
+                    conn,
+                    worker_id=self.worker_id,
+                    workspace_id=group,
+                    external_ids=[c.external_id for c in items],
+                ),
+                action="held",
+            )
+            for claim in items:
+                if claim.external_id in mine:
+                    self.deliver_isolated(group, [claim])
+            return
         plan = self.transaction(
             lambda conn: record.record_error(
                 conn,

@@ -113,3 +113,40 @@ def test_a_connection_whose_requests_cannot_be_built_fails_alone(
     assert counter(runtime.engine, "internal_error") == 3
     assert counter(runtime.engine, "dead_lettered") == 1
     assert "bad-user" not in braze.users
+
+
+def test_a_user_whose_write_cannot_be_planned_fails_alone_in_its_workspace(
+    make_runtime, braze, auth_headers, monkeypatch
+):
+    runtime = make_runtime(**{**FAST, "delivery.max_attempts": 2})
+    client = create_app(runtime=runtime).test_client()
+    settings = connection(braze)
+    post(client, subscription(1, 1, "Audience", **settings), auth_headers)
+    users = ["good-a", "bad-user", "good-b"]
+    post(
+        client,
+        membership(1, [profile(u, [(1, "Audience", "add")]) for u in users], **settings),
+        auth_headers,
+    )
+    real_plan = sender_module.plan_batch
+
+    def plan_batch(claims, *args, **kwargs):
+        if any(c.external_id == "bad-user" for c in claims):
+            raise ValueError("this user's data breaks the plan")
+        return real_plan(claims, *args, **kwargs)
+
+    monkeypatch.setattr(sender_module, "plan_batch", plan_batch)
+    sender = make_sender(runtime)
+    assert sender.run_once() == 3
+    # Same workspace, same iteration: the others are delivered, the bad one counted.
+    assert braze.users["good-a"]["SegmentMembership"] == "'1'"
+    assert braze.users["good-b"]["SegmentMembership"] == "'1'"
+    assert outbox_row(runtime.engine, "bad-user") == ("pending", 1, "internal_error")
+    for _ in range(200):
+        if outbox_row(runtime.engine, "bad-user").state == "dead":
+            break
+        sender.run_once()
+        time.sleep(0.01)
+    assert outbox_row(runtime.engine, "bad-user") == ("dead", 2, "internal_error")
+    assert counter(runtime.engine, "internal_error") == 2
+    assert "bad-user" not in braze.users
