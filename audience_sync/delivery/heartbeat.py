@@ -3,8 +3,9 @@
 One thread per process that runs senders:
 
 - at start it registers the process in the worker registry (:mod:`audience_sync.store.workers`);
-  on SQLite, where this is the only sending process, it first cuts every lease of the database
-  short, so what a killed predecessor held is sent again at once;
+  on SQLite, where this is the only sending process (SPEC §9), it then releases every lease of
+  the database at once, so what a killed predecessor held is sent again at once (unless another
+  registered process on this machine is still running: then its leases are kept);
 - every ``delivery.heartbeat_s`` it beats, reaps the workers whose heartbeat is older than
   ``delivery.worker_timeout_s`` (cutting their leases short, so their users are sent again
   within seconds instead of after ``delivery.lease_s``), and divides the rate budget of every
@@ -34,6 +35,20 @@ from audience_sync.store import workers
 from audience_sync.store.transactions import in_transaction
 
 logger = logging.getLogger(__name__)
+
+
+def _is_alive(worker: workers.Worker) -> bool:
+    """Whether a registered process still runs: checked by pid on this machine (SQLite is one
+    machine); a process elsewhere counts as alive."""
+    if worker.hostname != socket.gethostname():
+        return True
+    try:
+        os.kill(worker.pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def new_worker_id() -> str:
@@ -82,11 +97,6 @@ class Heartbeat:
         now = self.clock()
 
         def register(conn: sa.Connection) -> int:
-            cut = 0
-            if conn.dialect.name == "sqlite":
-                cut = workers.cut_all_leases(
-                    conn, lease_s=self.lease_s, request_timeout_s=self.request_timeout_s
-                )
             workers.register(
                 conn,
                 worker_id=self.worker_id,
@@ -95,12 +105,25 @@ class Heartbeat:
                 senders=self.senders,
                 now=now,
             )
-            return cut
+            if conn.dialect.name != "sqlite":
+                return 0
+            alive = [w for w in workers.others(conn, worker_id=self.worker_id) if _is_alive(w)]
+            if alive:
+                logger.warning(
+                    "another process sends on this SQLite database; its leases are kept",
+                    extra={"action": "worker_not_alone", "workers": len(alive)},
+                )
+                return 0
+            return workers.take_over(conn, worker_id=self.worker_id)
 
-        cut = in_transaction(self.engine, register, action="worker_register")
+        released = in_transaction(self.engine, register, action="worker_register")
         logger.info(
             "worker registered",
-            extra={"action": "worker_registered", "worker": self.worker_id, "leases_cut": cut},
+            extra={
+                "action": "worker_registered",
+                "worker": self.worker_id,
+                "leases_released": released,
+            },
         )
         others = self._beat_and_reap() - 1
         self._thread.start()

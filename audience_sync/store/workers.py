@@ -9,8 +9,9 @@ Braze request it started could still be running. A lease is never simply dropped
 never in flight twice, even when the "dead" worker was only cut off from the database; its
 senders find out at their next renew, which fails for the users another sender took.
 
-On SQLite one process sends (SPEC §9): at start it cuts every lease of the database short
-(:func:`cut_all_leases`) instead of waiting for a heartbeat to go stale.
+On SQLite one process sends (SPEC §9): at start, once no other registered process is alive, it
+releases every lease of the database at once (:func:`take_over`) instead of waiting for a
+heartbeat to go stale.
 
 The live workers also divide each REST key's rate budget between them (:func:`live_count`).
 """
@@ -107,15 +108,44 @@ def reap_stale(
     return Reaped(workers=len(rows), leases=leases)
 
 
-def cut_all_leases(conn: sa.Connection, *, lease_s: float, request_timeout_s: float) -> int:
-    """Cut every lease of the database short: the start of the one sending process on SQLite,
-    whose predecessor is gone. Returns the number of leases cut."""
-    return _cut_leases(conn, None, lease_s=lease_s, request_timeout_s=request_timeout_s)
+@dataclass(frozen=True, kw_only=True)
+class Worker:
+    """A registered sending process."""
+
+    id: str
+    hostname: str
+    pid: int
+    heartbeat_at: float
+
+
+def others(conn: sa.Connection, *, worker_id: str) -> list[Worker]:
+    """Every registered worker but ``worker_id``."""
+    rows = conn.execute(
+        sa.select(workers.c.id, workers.c.hostname, workers.c.pid, workers.c.heartbeat_at).where(
+            workers.c.id != worker_id
+        )
+    )
+    return [
+        Worker(id=r.id, hostname=r.hostname, pid=r.pid, heartbeat_at=r.heartbeat_at) for r in rows
+    ]
+
+
+def take_over(conn: sa.Connection, *, worker_id: str) -> int:
+    """Release every lease of the database at once and forget every other worker: the start of
+    the one sending process on SQLite, once its predecessors are known to be gone. Returns the
+    number of leases released."""
+    result = conn.execute(
+        outbox.update()
+        .where(outbox.c.claimed_by.is_not(None))
+        .values(claimed_by=None, claimed_until=None)
+    )
+    conn.execute(workers.delete().where(workers.c.id != worker_id))
+    return result.rowcount or 0
 
 
 def _cut_leases(
     conn: sa.Connection,
-    claimers: Sequence[str] | None,
+    claimers: Sequence[str],
     *,
     lease_s: float,
     request_timeout_s: float,
@@ -129,10 +159,9 @@ def _cut_leases(
     lease impossible, and the old holder's renew, finish and failure records miss it.
     """
     cut_by = max(0.0, lease_s - request_timeout_s)
-    stmt = outbox.update().where(outbox.c.claimed_by.is_not(None))
-    if claimers is not None:
-        stmt = stmt.where(outbox.c.claimed_by.in_(claimers))
     result = conn.execute(
-        stmt.values(claimed_by=None, claimed_until=outbox.c.claimed_until - cut_by)
+        outbox.update()
+        .where(outbox.c.claimed_by.in_(claimers))
+        .values(claimed_by=None, claimed_until=outbox.c.claimed_until - cut_by)
     )
     return result.rowcount or 0

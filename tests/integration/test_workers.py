@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+
 import pytest
 import sqlalchemy as sa
 
+from audience_sync.braze.ratelimit import RateBudget
+from audience_sync.delivery.heartbeat import Heartbeat
 from audience_sync.store import outbox, workers
 from audience_sync.store.schema import outbox as outbox_table
 from tests.integration.test_outbox import _workspace
@@ -119,14 +128,72 @@ def test_a_reaped_worker_that_beats_again_must_register_again(engine):
         assert workers.live_count(conn, now=202, timeout_s=TIMEOUT_S) == 0
 
 
-def test_cut_all_leases_at_the_start_of_the_only_sender(engine, six_users):
-    _claim(engine, "old:0", now=100)
+def test_the_only_sender_takes_over_every_lease_and_forgets_its_predecessors(engine, six_users):
+    _register(engine, "killed", now=100)
+    _register(engine, "me", now=101)
+    _claim(engine, "killed:0", now=100)
     _claim(engine, "test-sender", now=100)
     with engine.begin() as conn:
-        assert (
-            workers.cut_all_leases(conn, lease_s=LEASE_S, request_timeout_s=REQUEST_TIMEOUT_S) == 4
+        assert [w.id for w in workers.others(conn, worker_id="me")] == ["killed"]
+        assert workers.take_over(conn, worker_id="me") == 4
+        assert workers.others(conn, worker_id="me") == []
+        assert workers.take_over(conn, worker_id="me") == 0
+    assert len(_claim(engine, "me:0", now=101, limit=10)) == 6
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def _start_heartbeat(runtime, worker_id):
+    stop = threading.Event()
+    beat = Heartbeat(
+        engine=runtime.engine,
+        settings=runtime.settings,
+        worker_id=worker_id,
+        senders=1,
+        budget=RateBudget(10),
+        stop=stop,
+    ).start()
+    stop.set()
+    beat.join(5)
+
+
+def test_the_sqlite_sender_takes_over_only_from_processes_that_are_gone(runtime, six_users):
+    engine = runtime.engine
+    now = time.time()
+    with engine.begin() as conn:
+        workers.register(
+            conn,
+            worker_id="running",
+            hostname=socket.gethostname(),
+            pid=os.getpid(),
+            senders=1,
+            now=now,
         )
-        assert (
-            workers.cut_all_leases(conn, lease_s=LEASE_S, request_timeout_s=REQUEST_TIMEOUT_S) == 0
+    _claim(engine, "running:0", now=now)
+    _start_heartbeat(runtime, "me")
+    assert {by for by, _ in _leases(engine).values() if by} == {"running:0"}
+
+    with engine.begin() as conn:
+        workers.unregister(conn, worker_id="running")
+        workers.register(
+            conn,
+            worker_id="killed",
+            hostname=socket.gethostname(),
+            pid=_dead_pid(),
+            senders=1,
+            now=now,
         )
-    assert len(_claim(engine, "new:0", now=106, limit=10)) == 6
+    _claim(engine, "killed:0", now=now)
+    _start_heartbeat(runtime, "restarted")
+    held = {by for by, _ in _leases(engine).values() if by}
+    if engine.dialect.name == "sqlite":
+        # The only sender on SQLite: what a gone process held is sent again at once (the
+        # first sender's leases went too: "running" had left the registry).
+        assert held == set()
+    else:
+        # Several processes send on PostgreSQL: a silent one is reaped, a fresh one never.
+        assert held == {"running:0", "killed:0"}
