@@ -150,18 +150,23 @@ def _cut_leases(
     lease_s: float,
     request_timeout_s: float,
 ) -> int:
-    """End each lease ``request_timeout_s`` after it was last taken or renewed, and take it
-    from its holder.
+    """Take each lease from its holder. One that may cover a request in flight ends
+    ``request_timeout_s`` after it was last taken or renewed; the others end now.
 
     Every claim and renew sets ``claimed_until = then + lease_s``, so ``claimed_until -
     lease_s`` is when the holder last took it: a request it started then has ended (or timed
-    out) by ``then + request_timeout_s``. Clearing ``claimed_by`` makes a second cut of the same
-    lease impossible, and the old holder's renew, finish and failure records miss it.
+    out) by ``then + request_timeout_s``. A request is only sent after its renew has recorded,
+    write-ahead, what it may change (``in_flight``, never empty for a write): a lease without
+    that record never covered a request, so its user is free at once. Clearing ``claimed_by``
+    makes a second cut of the same lease impossible, and the old holder's renew, finish and
+    failure records miss it.
     """
     cut_by = max(0.0, lease_s - request_timeout_s)
-    result = conn.execute(
-        outbox.update()
-        .where(outbox.c.claimed_by.in_(claimers))
-        .values(claimed_by=None, claimed_until=outbox.c.claimed_until - cut_by)
+    taken = outbox.update().where(outbox.c.claimed_by.in_(claimers))
+    # No record: SQL NULL, or JSON null (how the JSON type stores Python's None).
+    no_record = sa.or_(outbox.c.in_flight.is_(None), sa.cast(outbox.c.in_flight, sa.Text) == "null")
+    never_sent = conn.execute(taken.where(no_record).values(claimed_by=None, claimed_until=None))
+    maybe_sent = conn.execute(
+        taken.values(claimed_by=None, claimed_until=outbox.c.claimed_until - cut_by)
     )
-    return result.rowcount or 0
+    return (maybe_sent.rowcount or 0) + (never_sent.rowcount or 0)

@@ -78,8 +78,8 @@ def test_a_stale_workers_leases_end_when_its_requests_must_have(engine, six_user
     assert _reap(engine, now=111) == workers.Reaped(workers=1, leases=2)
     leases = _leases(engine)
     for c in dead:
-        # Claimed at 100: a request it started ended by 105, long before the 220 of its lease.
-        assert leases[c.external_id] == (None, pytest.approx(100 + REQUEST_TIMEOUT_S))
+        # Claimed, never renewed for a request (no write-ahead record): free at once.
+        assert leases[c.external_id] == (None, None)
     for c in alive:
         assert leases[c.external_id] == ("alive:0", 100 + LEASE_S)
     for c in unregistered:
@@ -100,20 +100,33 @@ def test_a_stale_workers_leases_end_when_its_requests_must_have(engine, six_user
     assert held == set()
 
 
-def test_a_renewed_lease_is_cut_to_its_last_renewal(engine, six_users):
+RECORD = {"keys": ["SegmentMembership"], "values": []}
+
+
+def test_a_lease_that_may_cover_a_request_ends_when_the_request_must_have(engine, six_users):
     _register(engine, "dead", now=100)
-    claims = _claim(engine, "dead:0", now=100)
+    sent, claimed = _claim(engine, "dead:0", now=100)
     with engine.begin() as conn:
+        # Renewed at 103 right before a request: the write-ahead record says what it may change.
         outbox.renew(
             conn,
             worker_id="dead:0",
             workspace_id=six_users,
-            in_flight={c.external_id: None for c in claims},
+            in_flight={sent.external_id: RECORD},
             until=103 + LEASE_S,
         )
-    _reap(engine, now=200)
-    for c in claims:
-        assert _leases(engine)[c.external_id] == (None, pytest.approx(103 + REQUEST_TIMEOUT_S))
+        # A record stored as JSON null (an earlier hand-back restored "nothing uncertain").
+        outbox.renew(
+            conn,
+            worker_id="dead:0",
+            workspace_id=six_users,
+            in_flight={claimed.external_id: None},
+            until=100 + LEASE_S,
+        )
+    assert _reap(engine, now=200) == workers.Reaped(workers=1, leases=2)
+    leases = _leases(engine)
+    assert leases[sent.external_id] == (None, pytest.approx(103 + REQUEST_TIMEOUT_S))
+    assert leases[claimed.external_id] == (None, None)
 
 
 def test_a_reaped_worker_that_beats_again_must_register_again(engine):
