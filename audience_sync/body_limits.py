@@ -4,11 +4,14 @@ The limit is on *larger* bodies: a body of exactly the limit is accepted. An ove
 gets the one JSON error shape, and its body is read and thrown away up to
 :data:`DRAIN_FACTOR` times the limit first: a client that writes its whole request before it
 reads the reply (mParticle's does) would otherwise see its connection reset, take that for a
-transient failure, and retry the same request forever. Beyond that bound the reply says
-``Connection: close`` and the rest is not read.
+transient failure, and retry the same request forever. Beyond that bound the rest is not read,
+and closing the connection is the WSGI server's business (an application may not send the
+hop-by-hop ``Connection`` header, PEP 3333).
 
 The WSGI server must not answer first: :func:`server_body_limit` is what ``run``/``serve`` give
-waitress as ``max_request_body_size``.
+waitress as ``max_request_body_size``. waitress reads a whole body before calling the app, so
+up to that limit every oversized request gets the JSON 413 on a connection that stays usable;
+beyond it waitress refuses and closes the connection itself.
 """
 
 from __future__ import annotations
@@ -59,8 +62,8 @@ class BodyLimits:
 
 
 def drain_bound(limit: int) -> int:
-    """How many bytes of an oversized body are read (and discarded) before the connection is
-    closed instead."""
+    """How many bytes of an oversized body are read (and discarded); the rest is left to the
+    WSGI server."""
     return DRAIN_FACTOR * limit
 
 
@@ -145,7 +148,4 @@ def _too_large(limit: int, *, complete: bool) -> tuple[Response, int]:
     response, status = error_response(
         413, "request body too large", {"_body": [f"Longer than {limit} bytes."]}
     )
-    if not complete:
-        # The unread rest would be taken for the next request: end the connection instead.
-        response.headers["Connection"] = "close"
     return response, status

@@ -98,6 +98,15 @@ def test_four_times_the_limit_gets_json_413_not_a_reset(server, chunked):
 
 
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+@pytest.mark.parametrize(
+    "size", [LIMIT + 1, 2 * LIMIT, DRAIN_FACTOR * LIMIT + 1, DRAIN_FACTOR * LIMIT + LIMIT // 2]
+)
+def test_every_size_the_server_takes_in_gets_the_json_413(server, chunked, size):
+    port, _ = server
+    assert_json_413(*post(port, "/firehose", b"x" * size, chunked=chunked))
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
 def test_exactly_the_limit_is_accepted_one_more_byte_is_not(server, chunked):
     port, _ = server
     status, _, raw = post(port, "/firehose", registration_of_size(LIMIT), chunked=chunked)
