@@ -201,11 +201,12 @@ def _check_outbound_urls(values: t.Mapping[str, t.Any], errors: list[str]) -> No
     """Allow-list entries parse as URLs by the rules of the guard that uses them (SSRF), and
     ``currents.mparticle_url`` passes that guard."""
     for key in ("braze.allowed_custom_endpoints", "currents.allowed_mparticle_urls"):
-        for entry in values.get(key) or ():
+        for index, entry in enumerate(values.get(key) or ()):
             try:
                 urls.parse_allowed(entry)
             except urls.UnsafeUrlError as exc:
-                errors.append(f"{key}: {entry!r} is not a usable http(s) base URL: {exc}")
+                # By position: the entry itself may hold userinfo, a password among it.
+                errors.append(f"{key}[{index}]: not a usable http(s) base URL: {exc}")
     mp_url = values.get("currents.mparticle_url")
     if mp_url is not None:
         try:

@@ -110,7 +110,7 @@ def test_lease_must_outlast_a_request():
     ("key", "value"),
     [
         ("braze.allowed_custom_endpoints", ["127.0.0.1:"]),
-        ("braze.allowed_custom_endpoints", ["http://user@127.0.0.1:"]),
+        ("braze.allowed_custom_endpoints", ["http://user:hunter2@127.0.0.1:"]),
         ("braze.allowed_custom_endpoints", ["http://127.0.0.1.:"]),
         ("braze.allowed_custom_endpoints", ["http://%31.0.0.1:"]),
         ("currents.allowed_mparticle_urls", ["http://127.0.0.1:8080\\@x"]),
@@ -126,6 +126,7 @@ def test_outbound_urls_and_allow_lists_are_checked_as_parsed_urls(key, value):
     with pytest.raises(ConfigValidationError) as info:
         load_settings(environ={}, overrides={key: value})
     assert any(e.startswith(key) for e in info.value.errors)
+    assert "hunter2" not in str(info.value)
 
 
 def test_mparticle_url_may_be_a_pod_or_an_allowed_local_server():
