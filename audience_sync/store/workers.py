@@ -3,11 +3,11 @@
 Every process that runs senders registers one row and beats its heartbeat every few seconds.
 Its senders claim outbox rows as ``<worker id>:<n>`` (:func:`sender_ids`). When a worker's
 heartbeat has stopped for ``timeout_s`` (SIGKILL, a lost machine), any live worker
-:func:`reap_stale` its row and **cuts its leases short**: each lease then ends
-``request_timeout_s`` after the dead sender last claimed or renewed it, the latest moment a
-Braze request it started could still be running. A lease is never simply dropped, so a user is
-never in flight twice, even when the "dead" worker was only cut off from the database; its
-senders find out at their next renew, which fails for the users another sender took.
+:func:`reap_stale` its row and **cuts its leases short**: a lease that never covered a request
+ends at once; one renewed for a request ends ``request_timeout_s`` after that renewal, the
+latest moment the request could still be running. So a user is never in flight twice, even
+when the "dead" worker was only cut off from the database; its senders find out at their next
+renew, which fails for the users taken from them.
 
 On SQLite one process sends (SPEC §9): at start, once no other registered process is alive, it
 releases every lease of the database at once (:func:`take_over`) instead of waiting for a
