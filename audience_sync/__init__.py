@@ -23,7 +23,7 @@ def create_app(
     The scheduler and the senders are never started here (SPEC §1, STYLE §8.5): ``run``,
     ``worker`` and ``scheduler`` start them beside the app.
     """
-    from audience_sync import health, http_errors
+    from audience_sync import admin, health, http_errors
     from audience_sync.firehose.views import bp as firehose_bp
 
     if runtime is None:
@@ -36,4 +36,5 @@ def create_app(
     http_errors.init_app(app)
     app.register_blueprint(health.bp)
     app.register_blueprint(firehose_bp)
+    admin.init_app(app, runtime)
     return app

@@ -58,6 +58,7 @@ FIELDS: dict[str, tuple[str, object]] = {
     "firehose.max_body_bytes": ("int", 10485760),
     "firehose.suspend_on_auth_failure": ("bool", False),
     "admin.token": ("secret", ""),
+    "admin.session_max_age_s": ("float", 43200.0),
     "braze.dry_run": ("bool", False),
     "braze.dry_run_path": ("str", "var/braze-requests.jsonl"),
     "braze.allowed_custom_endpoints": ("list", []),
@@ -260,6 +261,7 @@ def _check_ranges(values: dict[str, t.Any], errors: list[str]) -> None:
         "currents.retention_s",
         "currents.dedup_window_s",
         "currents.probe_interval_s",
+        "admin.session_max_age_s",
     ]
     for key in positive:
         value = values.get(key)

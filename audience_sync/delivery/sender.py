@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
+from audience_sync import telemetry
 from audience_sync.braze.client import BrazeClient
 from audience_sync.braze.keys import fingerprint
 from audience_sync.braze.outcomes import Kind, TrackOutcome, classify_response
@@ -49,6 +50,7 @@ from audience_sync.core.attributes import (
     diff,
     touched,
 )
+from audience_sync.core.datapoints import datapoints_of
 from audience_sync.core.retry import RetryPolicy, decide_retry
 from audience_sync.settings import Settings
 from audience_sync.store import outbox, workspaces
@@ -348,6 +350,10 @@ class Sender:
             counts = {(f"workspace:{workspace_id}", flag): n for flag, n in new_flags.items()}
             if unchanged:
                 counts[(f"workspace:{workspace_id}", "unchanged")] = len(unchanged)
+                # A resend-everything output would have sent these users whole (SPEC §4.5).
+                counts[(f"workspace:{workspace_id}", "datapoints_full")] = sum(
+                    datapoints_of(r.attributes) for r in unchanged
+                )
             if counts:
                 increment(conn, counts, now=now)
 
@@ -508,6 +514,8 @@ class Sender:
         now = self.clock()
         self.budget.observe(target.key_id, response.headers)
         outcome = classify_response(response, sent=len(batch), now=now)
+        elapsed = time.perf_counter() - started
+        telemetry.braze_request(outcome.kind, objects=len(batch), seconds=elapsed)
         logger.debug(
             "braze request",
             extra={
@@ -668,7 +676,7 @@ class Sender:
             counts["dead_lettered"] += dead
         scope = f"workspace:{target.workspace_id}"
 
-        def record(conn: sa.Connection) -> None:
+        def record(conn: sa.Connection) -> tuple[int, int]:
             owned = outbox.finish(
                 conn,
                 worker_id=self.worker_id,
@@ -701,7 +709,11 @@ class Sender:
                 conn, worker_id=self.worker_id, workspace_id=target.workspace_id, failures=failures
             )
             add_datapoints(conn, workspace_id=target.workspace_id, charges=charges, now=now)
-            totals = counts + Counter({"datapoints": sum(charges.values())})
+            # What a resend-everything output would have spent on the same users (SPEC §4.5).
+            full = sum(datapoints_of(p.write.acknowledged) for p in mine)
+            spent = sum(charges.values())
+            totals = counts + Counter({"datapoints": spent, "datapoints_full": full})
             increment(conn, {(scope, r): n for r, n in totals.items() if n}, now=now)
+            return spent, full
 
-        in_transaction(self.engine, record, action="record")
+        telemetry.datapoints(*in_transaction(self.engine, record, action="record"))

@@ -1,0 +1,189 @@
+"""What the operator's views show, built from the store's read models and the pure core.
+
+Shared by the admin API, the dashboard and ``audience-sync status`` so the three always agree.
+"""
+
+from __future__ import annotations
+
+import typing as t
+from dataclasses import asdict
+
+import sqlalchemy as sa
+
+from audience_sync import __version__
+from audience_sync.core.account import merge_settings, parse_connection_settings
+from audience_sync.core.attributes import (
+    KEEP,
+    PUSH_TOKENS_KEY,
+    UPDATE_EXISTING_ONLY_KEY,
+    Contribution,
+    Membership,
+    desired_attributes,
+    diff,
+)
+from audience_sync.runtime import Runtime
+from audience_sync.store import reads
+from audience_sync.store.engine import read_only
+from audience_sync.store.migrate import is_current
+
+OLD_BACKLOG_S = 300.0
+"""A pending user older than this is worth a look (the normal path takes seconds)."""
+
+
+def status(runtime: Runtime, *, now: float) -> dict[str, t.Any]:
+    """The engine at a glance, with ``healthy`` and the ``problems`` that make it not so."""
+    problems: list[str] = []
+    try:
+        schema_current = is_current(runtime.engine)
+        with read_only(runtime.engine) as conn:
+            summary = reads.status(conn, now=now)
+            feeds = reads.feed_states(conn)
+    except sa.exc.SQLAlchemyError as exc:
+        return {
+            "healthy": False,
+            "version": __version__,
+            "database": runtime.engine.dialect.name,
+            "schema_current": False,
+            "problems": [f"database unavailable ({type(exc).__name__})"],
+        }
+    body: dict[str, t.Any] = asdict(summary)
+    backlog = summary.backlog
+    age = now - backlog.oldest_pending_at if backlog.oldest_pending_at is not None else None
+    body["backlog"]["oldest_pending_age_s"] = round(age, 1) if age is not None else None
+    if not schema_current:
+        problems.append("database schema not current: run `audience-sync db upgrade`")
+    if summary.workspaces_suspended:
+        problems.append(f"{summary.workspaces_suspended} Braze workspace(s) suspended")
+    if summary.connections.get("invalid_settings"):
+        problems.append(f"{summary.connections['invalid_settings']} connection(s) invalid")
+    if backlog.dead:
+        problems.append(f"{backlog.dead} user(s) dead-lettered (replay them)")
+    if age is not None and age > OLD_BACKLOG_S:
+        problems.append(f"oldest pending user waiting {int(age)} s")
+    paused = [f.name for f in feeds if f.state not in ("active", "ok")]
+    if paused:
+        problems.append(f"Currents feed(s) not active: {', '.join(paused)}")
+    body.update(
+        healthy=schema_current and not summary.workspaces_suspended,
+        version=__version__,
+        database=runtime.engine.dialect.name,
+        schema_current=schema_current,
+        feeds=len(feeds),
+        problems=problems,
+    )
+    return body
+
+
+def user_detail(runtime: Runtime, account_id: int, external_id: str) -> dict[str, t.Any] | None:
+    """Desired and acknowledged attributes of one user, the write still pending, and the last
+    outcomes; ``None`` if the connection has no such user.
+
+    Desired is the whole Braze user (every connection sharing the workspace contributes), the
+    same merge the senders do at send time.
+    """
+    settings = runtime.settings
+    with read_only(runtime.engine) as conn:
+        record = reads.user_record(conn, account_id, external_id)
+        if record is None:
+            return None
+        snapshot = (
+            reads.user_snapshot(conn, record.workspace_id, external_id)
+            if record.workspace_id is not None
+            else None
+        )
+    desired_map: dict[str, t.Any] = {}
+    pending: dict[str, t.Any] = {}
+    flags = set(record.flags)
+    if snapshot is not None:
+        contributions = []
+        active = {}
+        for c in snapshot.connections:
+            if c.state != "active":
+                continue
+            parsed = parse_connection_settings(
+                c.account_id,
+                merge_settings(c.account_settings, settings.connection_overrides(c.account_id)),
+                allowed_custom_endpoints=settings.get("braze.allowed_custom_endpoints"),
+            )
+            if parsed.is_valid:
+                active[c.account_id] = parsed
+        for d in snapshot.desired.get(external_id, ()):
+            parsed = active.get(d.account_id)
+            if parsed is None:
+                continue
+            contributions.append(
+                Contribution(
+                    account_id=d.account_id,
+                    parts=parsed.parts,
+                    memberships=[
+                        Membership(audience_id=a, name=n, is_member=m) for a, n, m in d.memberships
+                    ],
+                    api_key=parsed.api_key,
+                    email=d.email,
+                    email_updated_at=d.email_updated_at,
+                    push_tokens=d.push_tokens,
+                    update_existing_only=parsed.update_existing_only,
+                )
+            )
+        desired = desired_attributes(
+            contributions, array_max_length=settings.get("braze.array_max_length")
+        )
+        flags |= desired.flags
+        desired_map = {k: v for k, v in desired.attributes.items() if v is not KEEP}
+        write = diff(
+            external_id,
+            desired,
+            record.acknowledged,
+            array_write=settings.get("braze.array_write"),
+            audience_accounts=snapshot.audience_accounts,
+        )
+        pending = {
+            k: v
+            for k, v in write.attributes.items()
+            if k not in ("external_id", UPDATE_EXISTING_ONLY_KEY)
+        }
+    outcomes: list[dict[str, t.Any]] = []
+    if record.last_outcome is not None:
+        outcomes.append(
+            {"kind": "braze", "outcome": record.last_outcome, "at": record.last_outcome_at}
+        )
+    if record.outbox_state is not None:
+        outcomes.append(
+            {
+                "kind": "outbox",
+                "outcome": record.outbox_state
+                + (f": {record.outbox_reason}" if record.outbox_reason else ""),
+                "attempts": record.outbox_attempts,
+                "due_at": record.outbox_due_at,
+            }
+        )
+    return {
+        "account_id": account_id,
+        "external_id": external_id,
+        "workspace_id": record.workspace_id,
+        "audiences": [
+            {"audience_id": a, "name": n, "is_member": m} for a, n, m in record.audiences
+        ],
+        "desired": _masked(desired_map),
+        "acknowledged": _masked(record.acknowledged),
+        "pending": _masked(pending),
+        "flags": sorted(flags),
+        "outcomes": outcomes,
+    }
+
+
+def _masked(attributes: t.Mapping[str, t.Any]) -> dict[str, t.Any]:
+    """Attributes with the app key of each push token hidden (it comes from ``apiKey``)."""
+    out = dict(attributes)
+    tokens = out.get(PUSH_TOKENS_KEY)
+    if isinstance(tokens, list):
+        out[PUSH_TOKENS_KEY] = [_mask_token(pair) for pair in tokens]
+    return out
+
+
+def _mask_token(pair: t.Any) -> t.Any:
+    if isinstance(pair, list | tuple) and pair:
+        return [reads.MASK, *pair[1:]]
+    if isinstance(pair, dict) and "app_id" in pair:
+        return {**pair, "app_id": reads.MASK}
+    return pair
