@@ -15,8 +15,13 @@ from audience_sync.settings import Settings, load_settings
 logger = logging.getLogger(__name__)
 
 CONFIG_HELP = (
-    "TOML configuration file (or set AUDIENCE_SYNC_CONFIG). Any key can be overridden with "
-    "AUDIENCE_SYNC_<SECTION>__<KEY>, e.g. AUDIENCE_SYNC_BRAZE__DRY_RUN=true."
+    "TOML configuration file. Without it, built-in defaults (config/default.toml). Any key can "
+    "also be set with AUDIENCE_SYNC_<SECTION>__<KEY>, e.g. AUDIENCE_SYNC_BRAZE__DRY_RUN=true "
+    "(lists comma-separated)."
+)
+EPILOG = (
+    "Exit codes: 0 success, 1 runtime failure (or, for status, something needs attention), "
+    "2 usage or configuration error. Run `audience-sync COMMAND --help` for each command."
 )
 
 
@@ -42,9 +47,14 @@ class Context:
 pass_context = click.make_pass_decorator(Context)
 
 
-@click.group()
+@click.group(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
-    "--config", "config_path", metavar="PATH", envvar="AUDIENCE_SYNC_CONFIG", help=CONFIG_HELP
+    "--config",
+    "config_path",
+    metavar="PATH",
+    envvar="AUDIENCE_SYNC_CONFIG",
+    show_envvar=True,
+    help=CONFIG_HELP,
 )
 @click.version_option(package_name="audience-sync")
 @click.pass_context
@@ -105,8 +115,19 @@ def worker_command(ctx: Context) -> None:
 
 
 @main.command("replay")
-@click.option("--dead", is_flag=True, default=True, help="Re-queue dead-lettered users (default).")
-@click.option("--connection", "account_id", type=int, help="Only this mParticle account id.")
+@click.option(
+    "--dead",
+    is_flag=True,
+    default=True,
+    help="Re-queue dead-lettered users (the default and only kind today).",
+)
+@click.option(
+    "--connection",
+    "account_id",
+    type=int,
+    metavar="ACCOUNT_ID",
+    help="Only the dead letters of this mParticle account id (default: all connections).",
+)
 @pass_context
 def replay_command(ctx: Context, dead: bool, account_id: int | None) -> None:
     """Re-queue dead-lettered deliveries with a fresh attempt budget."""
@@ -172,3 +193,36 @@ def config_check_command(ctx: Context) -> None:
     settings = ctx.settings
     click.echo(f"configuration OK ({settings.source})")
     click.echo(json.dumps(settings.redacted(), indent=2, sort_keys=True))
+
+
+@main.command("status")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print one JSON object (the same as GET /api/v1/status plus connections) for scripts.",
+)
+@pass_context
+def status_command(ctx: Context, as_json: bool) -> None:
+    """Summarise connections, audiences, backlog, failures, feeds and jobs.
+
+    Exits 0 when healthy, 1 when something needs attention (suspended workspace, schema not
+    current, database unreachable).
+    """
+    import json
+    import time
+
+    from audience_sync.admin.summary import collect, render
+    from audience_sync.runtime import Runtime
+
+    settings = _setup(ctx)
+    runtime = Runtime.from_settings(settings)
+    try:
+        summary = collect(runtime, now=time.time())
+    finally:
+        runtime.engine.dispose()
+    if as_json:
+        click.echo(json.dumps(summary, indent=2, sort_keys=False, default=str))
+    else:
+        render(summary)
+    sys.exit(0 if summary["status"].get("healthy") else 1)

@@ -99,9 +99,7 @@ def list_connections(args: dict[str, t.Any]) -> dict[str, t.Any]:
     """mParticle connections: settings (secrets masked), state, counts."""
     after = pagination.decode("connections", args["cursor"])
     with _conn() as conn:
-        rows = reads.list_connections(
-            conn, after=_first_int(after), limit=args["limit"] + 1
-        )
+        rows = reads.list_connections(conn, after=_first_int(after), limit=args["limit"] + 1)
     return pagination.page("connections", rows, args["limit"], lambda r: [r.account_id])
 
 

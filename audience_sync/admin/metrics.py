@@ -152,5 +152,3 @@ def init_app(app: Flask, engine: sa.Engine) -> None:
     app.after_request(_finished)
     app.register_blueprint(bp)
     register_collector(engine)
-
-

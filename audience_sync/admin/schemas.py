@@ -49,6 +49,9 @@ class BacklogSchema(ma.Schema):
 
 class StatusSchema(ma.Schema):
     healthy = fields.Boolean(metadata={"description": "Database reachable, nothing suspended."})
+    problems = fields.List(
+        fields.String(), metadata={"description": "What needs attention, in plain words."}
+    )
     version = fields.String()
     database = fields.String(metadata={"description": "sqlite or postgresql"})
     schema_current = fields.Boolean()

@@ -437,9 +437,7 @@ def list_deliveries(
     limit: int = 100,
 ) -> list[DeliveryView]:
     """Outbox rows in ``(workspace_id, external_id)`` order, optionally of one state."""
-    query = (
-        sa.select(outbox).order_by(outbox.c.workspace_id, outbox.c.external_id).limit(limit)
-    )
+    query = sa.select(outbox).order_by(outbox.c.workspace_id, outbox.c.external_id).limit(limit)
     if state is not None:
         query = query.where(outbox.c.state == state)
     if workspace_ids is not None:
@@ -687,9 +685,7 @@ def feed_states(conn: sa.Connection) -> list[FeedState]:
     return []
 
 
-def job_runs(
-    conn: sa.Connection, *, after: int | None = None, limit: int = 100
-) -> list[JobRun]:
+def job_runs(conn: sa.Connection, *, after: int | None = None, limit: int = 100) -> list[JobRun]:
     """Job runs, newest first (``after``: the id of the last run already seen).
 
     Returns ``[]`` until the job-run table exists (the ``jobs`` room builds it); the lead
