@@ -216,6 +216,8 @@ def status_command(ctx: Context, as_json: bool) -> None:
     from audience_sync.runtime import Runtime
 
     settings = _setup(ctx)
+    # Reading the schema revision makes Alembic announce itself: not news for a summary.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     runtime = Runtime.from_settings(settings)
     try:
         summary = collect(runtime, now=time.time())

@@ -13,7 +13,10 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Histogram, disable_created_metrics
+
+# ``*_created`` timestamps double the series count and no dashboard uses them.
+disable_created_metrics()
 
 
 class Action(StrEnum):
@@ -139,7 +142,7 @@ def firehose_message(message_type: str, *, duplicate: bool, memberships: int | N
 
 def braze_request(outcome: str, *, objects: int, seconds: float) -> None:
     """One /users/track request answered (or failed) with its classified outcome."""
-    BRAZE_REQUESTS.labels(str(outcome)).inc()
+    BRAZE_REQUESTS.labels(str(outcome).lower()).inc()
     BRAZE_OBJECTS.observe(objects)
     BRAZE_LATENCY.observe(seconds)
 
