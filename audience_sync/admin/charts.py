@@ -50,12 +50,15 @@ def bars(
     height: int = 200,
     label_every: int = 1,
     title: str = "",
+    empty: str = "",
 ) -> Markup:
     """A column chart; with ``series`` (name, values, colour) the columns are grouped side by
-    side and a legend is drawn. ``values`` is used when ``series`` is not given."""
+    side and a legend is drawn. ``values`` is used when ``series`` is not given. Every
+    ``label_every``-th label is drawn, counting back from the newest (last) one; ``empty`` is
+    written across a chart whose values are all zero."""
     groups = list(series) if series else [("", list(values), BLUE)]
     n = max((len(v) for _, v, _ in groups), default=0)
-    left, right, top, bottom = 44, 8, 22 if series else 8, 22
+    left, right, top, bottom = 44, 22, 22 if series else 8, 22
     plot_w, plot_h = width - left - right, height - top - bottom
     peak = _nice_max(max((max(v, default=0) for _, v, _ in groups), default=0))
     parts = [
@@ -82,12 +85,17 @@ def bars(
                     f'<rect x="{x:.1f}" y="{top + plot_h - h:.1f}" width="{bar_w:.1f}" '
                     f'height="{h:.1f}" fill="{colour}"><title>{escape(tip)}</title></rect>'
                 )
-            if i % label_every == 0 and i < len(labels):
+            if (n - 1 - i) % label_every == 0 and i < len(labels):
                 parts.append(
                     f'<text x="{left + i * slot + slot / 2:.1f}" y="{height - 6}" '
                     f'text-anchor="middle" font-size="11" fill="{MUTED}">'
                     f"{escape(labels[i])}</text>"
                 )
+    if empty and not any(v for _, vals, _ in groups for v in vals):
+        parts.append(
+            f'<text x="{left + plot_w / 2:.1f}" y="{top + plot_h / 2:.1f}" text-anchor="middle" '
+            f'font-size="14" fill="{MUTED}">{escape(empty)}</text>'
+        )
     if series:
         x = left
         for name, _, colour in groups:

@@ -134,13 +134,18 @@ def index() -> t.Any:
     spent, full = sum(days.datapoints), sum(days.datapoints_full)
     graphs = {
         "throughput": charts.bars(
-            minutes.written, minute_labels, label_every=10, title="users written per minute"
+            minutes.written,
+            minute_labels,
+            label_every=10,
+            title="users written per minute",
+            empty="nothing written in the last hour",
         ),
         "backlog": charts.bars(
             [*minutes.backlog_enqueued],
             minute_labels,
             label_every=10,
             title="pending users by minute enqueued",
+            empty="nothing pending",
         ),
         "daily": charts.bars(
             [],
@@ -149,7 +154,8 @@ def index() -> t.Any:
                 ("delivered", days.accepted, charts.BLUE),
                 ("memberships in", days.memberships, charts.GREY),
             ],
-            label_every=2,
+            width=1280,
+            label_every=1,
             title="users delivered and memberships received per day",
         ),
         "datapoints": charts.bars(
@@ -159,8 +165,9 @@ def index() -> t.Any:
                 ("spent", days.datapoints, charts.GREEN),
                 ("resend-everything", days.datapoints_full, charts.GREY),
             ],
-            label_every=2,
+            label_every=3,
             title="data points per day",
+            empty="nothing written to Braze yet",
         ),
         "failures": charts.hbars(
             list(days.failures.items())[:10],

@@ -50,8 +50,15 @@ NOT_FAILURES = frozenset(
         "duplicate_message",
         "rate_limited",
         "shutdown",
+        "audience_removed",
     }
 )
+NOT_FAILURE_PREFIXES = ("subscription_",)
+
+
+def is_failure(reason: str) -> bool:
+    """Whether a counter reason is something that went wrong (a drop, a refusal, a guard)."""
+    return reason not in NOT_FAILURES and not reason.startswith(NOT_FAILURE_PREFIXES)
 DATAPOINTS = "datapoints"
 DATAPOINTS_FULL = "datapoints_full"
 """Counter reason: the data points a resend-everything output would have spent for the same
@@ -140,7 +147,7 @@ def status(conn: sa.Connection, *, now: float) -> Status:
         memberships=int(member_count),
         workspaces_suspended=int(suspended),
         backlog=backlog(conn, now=now),
-        failures_today={r: n for r, n in reasons.items() if r not in NOT_FAILURES},
+        failures_today={r: n for r, n in reasons.items() if is_failure(r)},
         datapoints_today=reasons.get(DATAPOINTS, 0),
         datapoints_full_today=reasons.get(DATAPOINTS_FULL, 0),
     )
@@ -580,7 +587,7 @@ def day_series(conn: sa.Connection, *, now: float, days: int = 14) -> DaySeries:
     failures: dict[str, int] = {}
     for day, reason, n in rows:
         table.setdefault(reason, {})[day] = int(n)
-        if reason not in NOT_FAILURES:
+        if is_failure(reason):
             failures[reason] = failures.get(reason, 0) + int(n)
 
     def series(reason: str) -> list[int]:
