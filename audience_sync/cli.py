@@ -67,7 +67,7 @@ def _setup(ctx: Context) -> Settings:
     from audience_sync.logs import configure_logging
 
     settings = ctx.settings
-    configure_logging(settings.get("log.level"))
+    configure_logging(settings.get("log.level"), secrets=settings.secret_values())
     return settings
 
 

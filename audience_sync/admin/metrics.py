@@ -49,7 +49,7 @@ class DatabaseCollector(Collector):
         )
         try:
             with read_only(self.engine) as conn:
-                summary = reads.status(conn, now=now)
+                summary = reads.gauges(conn, now=now)
                 feeds = reads.feed_states(conn)
         except sa.exc.SQLAlchemyError as exc:
             logger.debug("metrics: database unavailable: %s", type(exc).__name__)

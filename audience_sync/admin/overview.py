@@ -28,13 +28,26 @@ from audience_sync.store.migrate import is_current
 
 OLD_BACKLOG_S = 300.0
 """A pending user older than this is worth a look (the normal path takes seconds)."""
+SCHEMA_CHECK_S = 60.0
+"""How long a "schema is current" answer is reused: Alembic's check is not free (and logs)."""
+
+_schema_checked: dict[int, tuple[float, bool]] = {}
+
+
+def _schema_current(engine: sa.Engine, now: float) -> bool:
+    checked = _schema_checked.get(id(engine))
+    if checked is not None and checked[1] and now - checked[0] < SCHEMA_CHECK_S:
+        return True
+    current = is_current(engine)
+    _schema_checked[id(engine)] = (now, current)
+    return current
 
 
 def status(runtime: Runtime, *, now: float) -> dict[str, t.Any]:
     """The engine at a glance, with ``healthy`` and the ``problems`` that make it not so."""
     problems: list[str] = []
     try:
-        schema_current = is_current(runtime.engine)
+        schema_current = _schema_current(runtime.engine, now)
         with read_only(runtime.engine) as conn:
             summary = reads.status(conn, now=now)
             feeds = reads.feed_states(conn)

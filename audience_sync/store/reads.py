@@ -59,6 +59,8 @@ NOT_FAILURE_PREFIXES = ("subscription_",)
 def is_failure(reason: str) -> bool:
     """Whether a counter reason is something that went wrong (a drop, a refusal, a guard)."""
     return reason not in NOT_FAILURES and not reason.startswith(NOT_FAILURE_PREFIXES)
+
+
 DATAPOINTS = "datapoints"
 DATAPOINTS_FULL = "datapoints_full"
 """Counter reason: the data points a resend-everything output would have spent for the same
@@ -150,6 +152,32 @@ def status(conn: sa.Connection, *, now: float) -> Status:
         failures_today={r: n for r, n in reasons.items() if is_failure(r)},
         datapoints_today=reasons.get(DATAPOINTS, 0),
         datapoints_full_today=reasons.get(DATAPOINTS_FULL, 0),
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Gauges:
+    """The few values ``/metrics`` reads at every scrape: aggregates over small or indexed data."""
+
+    backlog: Backlog
+    workspaces_suspended: int
+    connections: Mapping[str, int]
+
+
+def gauges(conn: sa.Connection, *, now: float) -> Gauges:
+    """Backlog, suspended workspaces and connections by state (no scan of users)."""
+    by_state = dict(
+        conn.execute(sa.select(connections.c.state, sa.func.count()).group_by(connections.c.state))
+        .tuples()
+        .all()
+    )
+    suspended = conn.execute(
+        sa.select(sa.func.count()).select_from(workspaces).where(workspaces.c.state != "active")
+    ).scalar_one()
+    return Gauges(
+        backlog=backlog(conn, now=now),
+        workspaces_suspended=int(suspended),
+        connections={str(k): int(v) for k, v in by_state.items()},
     )
 
 
