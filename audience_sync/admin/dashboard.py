@@ -212,6 +212,7 @@ def connection(account_id: int) -> t.Any:
     return render_template(
         "admin/connection.html",
         c=row,
+        overrides=reads.mask_settings(current_runtime().settings.connection_overrides(account_id)),
         audiences=audiences,
         points=points,
         csrf=auth.csrf_token(),

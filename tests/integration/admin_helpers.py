@@ -28,6 +28,8 @@ ADMIN_SETTINGS = {
     "currents.feeds.web.key": FEED_KEY,
     "currents.feeds.web.secret": FEED_SECRET,
     "currents.feeds.web.platform": "web",
+    # A local override of the REST key (SPEC §2): shown masked, like mParticle's copy.
+    f"connections.{ACCOUNT}.restApiKey": REST_KEY,
     "delivery.coalesce_s": 0,
     "braze.min_resend_interval_s": 0,
 }

@@ -115,6 +115,7 @@ def test_connection_and_user_pages(delivered):
     sign_in(delivered)
     html = delivered.get(f"/connections/{ACCOUNT}").get_data(as_text=True)
     assert "restApiKey" in html and REST_KEY not in html and "***" in html
+    assert "local override" in html  # connections.<id>.restApiKey, masked too
     assert html.count('class="audience"') == len(AUDIENCES)
     lookup = delivered.get(f"/connections/{ACCOUNT}?external_id=user-3")
     assert lookup.headers["Location"] == f"/connections/{ACCOUNT}/users/user-3"
