@@ -649,7 +649,7 @@ def minute_series(conn: sa.Connection, *, now: float, minutes: int = 60) -> Minu
     history store.
     """
     first = (int(now) // 60 - minutes + 1) * 60
-    bucket_w = sa.cast((braze_users.c.last_write_at - first) / 60, sa.Integer)
+    bucket_w = _minute(conn, braze_users.c.last_write_at, first)
     written = dict(
         conn.execute(
             sa.select(bucket_w, sa.func.count())
@@ -659,7 +659,7 @@ def minute_series(conn: sa.Connection, *, now: float, minutes: int = 60) -> Minu
         .tuples()
         .all()
     )
-    bucket_b = sa.cast((outbox.c.enqueued_at - first) / 60, sa.Integer)
+    bucket_b = _minute(conn, outbox.c.enqueued_at, first)
     pending = dict(
         conn.execute(
             sa.select(bucket_b, sa.func.count())
@@ -680,6 +680,14 @@ def minute_series(conn: sa.Connection, *, now: float, minutes: int = 60) -> Minu
         backlog_enqueued=[int(pending.get(i, 0)) for i in range(minutes)],
         backlog_older=int(older),
     )
+
+
+def _minute(conn: sa.Connection, column: t.Any, first: int) -> t.Any:
+    """Whole minutes since ``first``: PostgreSQL's integer cast rounds, SQLite's truncates."""
+    minutes = (column - first) / 60
+    if conn.dialect.name == "postgresql":
+        return sa.cast(sa.func.floor(minutes), sa.Integer)
+    return sa.cast(minutes, sa.Integer)
 
 
 # -- Currents feeds and job runs (interfaces wired when their tables land) --------------------

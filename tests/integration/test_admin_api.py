@@ -304,3 +304,30 @@ def test_datapoints_filter_by_connection_and_day(delivered):
     assert none.get_json()["items"] == []
     old = delivered.get("/api/v1/datapoints?to=2000-01-01", headers=BEARER).get_json()
     assert old["items"] == []
+
+
+@pytest.mark.parametrize(
+    ("ages_s", "expected"),
+    [
+        ([0.5, 30, 59.9], {59: 3}),  # this minute
+        ([60.1, 119.9], {58: 2}),  # the minute before
+        ([3599, 3600 * 2], {0: 1}),  # the first minute shown; older ones counted apart
+    ],
+    ids=["this-minute", "previous-minute", "edges"],
+)
+def test_minute_series_buckets_by_whole_minutes(runtime, ages_s, expected):
+    from audience_sync.store import outbox, reads
+    from audience_sync.store.schema import workspaces
+
+    now = 1_800_000_000.0 + 59.95  # just before a minute boundary
+    with runtime.engine.begin() as conn:
+        conn.execute(
+            workspaces.insert().values(id=1, endpoint="e", key_fingerprint="f", created_at=0)
+        )
+        for i, age in enumerate(ages_s):
+            outbox.enqueue(conn, [(1, f"u{i}")], now=now - age)
+    with runtime.engine.connect() as conn:
+        series = reads.minute_series(conn, now=now)
+    got = {i: n for i, n in enumerate(series.backlog_enqueued) if n}
+    assert got == expected
+    assert series.backlog_older == len(ages_s) - sum(expected.values())
