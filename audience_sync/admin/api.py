@@ -26,7 +26,6 @@ from audience_sync.admin.schemas import (
     DatapointsPageSchema,
     DeliveryArgsSchema,
     DeliveryPageSchema,
-    ErrorBodySchema,
     FeedPageSchema,
     JobRunPageSchema,
     ReplayArgsSchema,
@@ -46,19 +45,12 @@ logger = logging.getLogger(__name__)
 PREFIX = "/api/v1"
 
 blp = Blueprint(
-    "admin_api",
+    "admin",
     __name__,
     url_prefix=PREFIX,
     description="Operate audience-sync: state, backlog, dead letters, feeds, jobs, data points.",
 )
 blp.before_request(auth.api_guard)
-
-_UNAUTHORIZED = {
-    "401": {
-        "description": "Missing or invalid admin token",
-        "content": {"application/json": {"schema": ErrorBodySchema}},
-    }
-}
 
 
 class AdminApi(Api):
@@ -85,7 +77,7 @@ def _with_age(rows: list[t.Any], field: str, age_field: str, now: float) -> list
 
 @blp.route("/status")
 @blp.response(200, StatusSchema)
-@blp.doc(responses=_UNAUTHORIZED)
+@blp.alt_response(401, response="UNAUTHORIZED")
 def get_status() -> dict[str, t.Any]:
     """The engine at a glance: health, backlog, failures today, data points today."""
     return overview.status(current_runtime(), now=time.time())
@@ -94,7 +86,7 @@ def get_status() -> dict[str, t.Any]:
 @blp.route("/connections")
 @blp.arguments(PageArgsSchema, location="query", error_status_code=400)
 @blp.response(200, ConnectionPageSchema)
-@blp.doc(responses=_UNAUTHORIZED)
+@blp.alt_response(401, response="UNAUTHORIZED")
 def list_connections(args: dict[str, t.Any]) -> dict[str, t.Any]:
     """mParticle connections: settings (secrets masked), state, counts."""
     after = pagination.decode("connections", args["cursor"])
@@ -105,7 +97,7 @@ def list_connections(args: dict[str, t.Any]) -> dict[str, t.Any]:
 
 @blp.route("/connections/<int:account_id>")
 @blp.response(200, ConnectionSchema)
-@blp.doc(responses=_UNAUTHORIZED)
+@blp.alt_response(401, response="UNAUTHORIZED")
 def get_connection(account_id: int) -> t.Any:
     """One connection (404 if mParticle never subscribed it)."""
     with _conn() as conn:
@@ -118,7 +110,7 @@ def get_connection(account_id: int) -> t.Any:
 @blp.route("/connections/<int:account_id>/audiences")
 @blp.arguments(PageArgsSchema, location="query", error_status_code=400)
 @blp.response(200, AudiencePageSchema)
-@blp.doc(responses=_UNAUTHORIZED)
+@blp.alt_response(401, response="UNAUTHORIZED")
 def list_audiences(args: dict[str, t.Any], account_id: int) -> dict[str, t.Any]:
     """A connection's audiences: members, last change, data points, drift."""
     after = pagination.decode("audiences", args["cursor"])
@@ -133,7 +125,7 @@ def list_audiences(args: dict[str, t.Any], account_id: int) -> dict[str, t.Any]:
 
 @blp.route("/connections/<int:account_id>/users/<path:external_id>")
 @blp.response(200, UserSchema)
-@blp.doc(responses=_UNAUTHORIZED)
+@blp.alt_response(401, response="UNAUTHORIZED")
 def get_user(account_id: int, external_id: str) -> dict[str, t.Any]:
     """One user: desired and acknowledged attributes, the pending write, the last outcomes."""
     detail = overview.user_detail(current_runtime(), account_id, external_id)
@@ -145,7 +137,7 @@ def get_user(account_id: int, external_id: str) -> dict[str, t.Any]:
 @blp.route("/deliveries")
 @blp.arguments(DeliveryArgsSchema, location="query", error_status_code=400)
 @blp.response(200, DeliveryPageSchema)
-@blp.doc(responses=_UNAUTHORIZED)
+@blp.alt_response(401, response="UNAUTHORIZED")
 def list_deliveries(args: dict[str, t.Any]) -> dict[str, t.Any]:
     """Users waiting for Braze (``state=pending``) or given up on (``state=dead``)."""
     after = pagination.decode("deliveries", args["cursor"])
@@ -168,7 +160,7 @@ def list_deliveries(args: dict[str, t.Any]) -> dict[str, t.Any]:
 @blp.route("/deliveries/replay", methods=["POST"])
 @blp.arguments(ReplayArgsSchema, location="json", error_status_code=400)
 @blp.response(200, ReplayResultSchema)
-@blp.doc(responses=_UNAUTHORIZED)
+@blp.alt_response(401, response="UNAUTHORIZED")
 def replay(args: dict[str, t.Any]) -> dict[str, t.Any]:
     """Re-queue dead-lettered users (of one connection, or all) with a fresh attempt budget."""
     count = replay_dead(args.get("account_id"))
@@ -196,7 +188,7 @@ def replay_dead(account_id: int | None) -> int:
 @blp.route("/currents/feeds")
 @blp.arguments(PageArgsSchema, location="query", error_status_code=400)
 @blp.response(200, FeedPageSchema)
-@blp.doc(responses=_UNAUTHORIZED)
+@blp.alt_response(401, response="UNAUTHORIZED")
 def list_feeds(args: dict[str, t.Any]) -> dict[str, t.Any]:
     """Currents feeds: state, backlog, age of the oldest waiting event (never key or secret)."""
     after = pagination.decode("feeds", args["cursor"])
@@ -212,7 +204,7 @@ def list_feeds(args: dict[str, t.Any]) -> dict[str, t.Any]:
 @blp.route("/jobs")
 @blp.arguments(PageArgsSchema, location="query", error_status_code=400)
 @blp.response(200, JobRunPageSchema)
-@blp.doc(responses=_UNAUTHORIZED)
+@blp.alt_response(401, response="UNAUTHORIZED")
 def list_jobs(args: dict[str, t.Any]) -> dict[str, t.Any]:
     """Scheduled job runs, newest first."""
     after = pagination.decode("jobs", args["cursor"])
@@ -224,7 +216,7 @@ def list_jobs(args: dict[str, t.Any]) -> dict[str, t.Any]:
 @blp.route("/datapoints")
 @blp.arguments(DatapointsArgsSchema, location="query", error_status_code=400)
 @blp.response(200, DatapointsPageSchema)
-@blp.doc(responses=_UNAUTHORIZED)
+@blp.alt_response(401, response="UNAUTHORIZED")
 def list_datapoints(args: dict[str, t.Any]) -> dict[str, t.Any]:
     """Braze data points spent per day, connection and audience (newest day first)."""
     after = pagination.decode("datapoints", args["cursor"])

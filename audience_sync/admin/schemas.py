@@ -30,15 +30,6 @@ def _page(name: str, item: type[ma.Schema]) -> type[ma.Schema]:
     )
 
 
-class ErrorBodySchema(ma.Schema):
-    """The one error shape of every 4xx/5xx."""
-
-    code = fields.Integer(required=True)
-    status = fields.String(required=True)
-    message = fields.String(required=True)
-    errors = fields.Dict(required=True, metadata={"description": "Field name -> problems."})
-
-
 class BacklogSchema(ma.Schema):
     pending = fields.Integer(metadata={"description": "Users waiting to be written to Braze."})
     dead = fields.Integer(metadata={"description": "Users given up on (replayable)."})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typing as t
 from dataclasses import asdict
+from datetime import UTC, datetime
 
 import sqlalchemy as sa
 
@@ -115,7 +116,8 @@ def render(summary: t.Mapping[str, t.Any]) -> None:
     for name in ("job", "state", "started"):
         jobs.add_column(name)
     for j in summary["jobs"]:
-        jobs.add_row(j["job"], j["state"], str(j["started_at"]))
+        started = datetime.fromtimestamp(j["started_at"], tz=UTC).strftime("%Y-%m-%d %H:%M UTC")
+        jobs.add_row(j["job"], j["state"], started)
     if not summary["jobs"]:
         jobs.add_row("(none recorded)", "", "")
     console.print(jobs)

@@ -162,3 +162,16 @@ def test_a_session_cookie_does_not_survive_a_token_change(make_runtime, braze):
     ).test_client()
     rotated.set_cookie("audience_sync_admin", cookie.value)
     assert rotated.get("/").status_code == 302
+
+
+def test_names_from_mparticle_are_escaped(delivered, braze):
+    from tests.integration.admin_helpers import FIREHOSE, connection_settings
+    from tests.support import post, subscription
+
+    evil = '<img src=x onerror="alert(1)">'
+    post(delivered, subscription(ACCOUNT, 99, evil, **connection_settings(braze.url)), FIREHOSE)
+    sign_in(delivered)
+    for path in ("/", f"/connections/{ACCOUNT}"):
+        html = delivered.get(path).get_data(as_text=True)
+        assert evil not in html
+        assert "&lt;img src=x" in html
