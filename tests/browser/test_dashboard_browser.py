@@ -147,18 +147,25 @@ def churn(base: str, braze_url: str) -> None:
     requests.post(f"{base}/firehose", json=body, headers=FIREHOSE, timeout=10).raise_for_status()
 
 
-def test_dashboard_in_headless_chromium(engine_url):
+@pytest.fixture
+def browser_path() -> str:
+    """The system browser, or a loud skip (before any engine is started)."""
     executable = find_browser()
     if executable is None:
         skip_loudly("no chromium found (scripts/test installs Debian's chromium when it can)")
     try:
-        from playwright.sync_api import sync_playwright
+        import playwright.sync_api  # noqa: F401
     except ImportError:
         skip_loudly("playwright is not installed (pip install -e '.[dev]')")
+    return executable
+
+
+def test_dashboard_in_headless_chromium(browser_path, engine_url, capsys):
+    from playwright.sync_api import sync_playwright
 
     outside: list[str] = []
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=executable, headless=True)
+        browser = pw.chromium.launch(executable_path=browser_path, headless=True)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 900})
 
@@ -212,14 +219,16 @@ def test_dashboard_in_headless_chromium(engine_url):
 
             SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(SCREENSHOT), full_page=True)
-            print(f"\ndashboard screenshot: {SCREENSHOT}")
+            with capsys.disabled():  # shown even when pytest captures output
+                print(f"\ndashboard screenshot: {SCREENSHOT}")
 
             page.click(f'a[href="/connections/{ACCOUNT}"]')
             page.wait_for_selector("text=Settings (secrets masked)")
             assert page.locator("tr.audience").count() == len(AUDIENCES)
             assert REST_KEY not in page.content()
             page.screenshot(path=str(SCREENSHOT.with_name("connection.png")), full_page=True)
-            print(f"connection screenshot: {SCREENSHOT.with_name('connection.png')}")
+            with capsys.disabled():
+                print(f"connection screenshot: {SCREENSHOT.with_name('connection.png')}")
         finally:
             browser.close()
     assert outside == [], f"the page tried to reach the internet: {outside}"
