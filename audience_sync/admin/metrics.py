@@ -8,6 +8,10 @@ Two kinds of series:
   users dirty, suspended workspaces, feed states) with a few aggregate queries, so every
   process of a deployment reports the same truth for them.
 
+Under a pre-forking server (``gunicorn -w N``) set ``PROMETHEUS_MULTIPROC_DIR`` to an empty
+directory: the in-process series of every worker are then summed from it (prometheus-client's
+multiprocess mode), and any worker answers for all.
+
 ``/metrics`` is open like ``/healthz`` (Prometheus scrapes without credentials) and holds no
 secret: no label carries a key, token, user id or URL.
 """
@@ -15,12 +19,19 @@ secret: no label carries a key, token, user id or URL.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Iterator
 
 import sqlalchemy as sa
 from flask import Blueprint, Flask, Response, g, request
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    generate_latest,
+    multiprocess,
+)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -126,9 +137,19 @@ def register_collector(engine: sa.Engine) -> None:
         _collectors[id(engine)] = collector
 
 
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
 @bp.get("/metrics")
 def metrics() -> Response:
     """Every series in Prometheus text format."""
+    if os.environ.get(MULTIPROC_ENV):
+        # Every worker's in-process series from the shared directory, plus the database's.
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        for collector in _collectors.values():
+            registry.register(collector)
+        return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
     return Response(generate_latest(REGISTRY), mimetype=CONTENT_TYPE_LATEST)
 
 

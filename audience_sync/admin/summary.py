@@ -86,22 +86,39 @@ def render(summary: t.Mapping[str, t.Any]) -> None:
         console.print(failures)
 
     connections = Table(title="connections", title_justify="left")
-    for name in ("account", "state", "workspace", "users", "members", "audiences (members)"):
-        connections.add_column(name, justify="right" if name in ("users", "members") else "left")
+    for name in ("account", "state", "Braze workspace", "audiences", "users", "members"):
+        connections.add_column(
+            name, justify="left" if name in ("state", "Braze workspace") else "right"
+        )
+    audiences = Table(title="audiences", title_justify="left")
+    for name in ("account", "audience", "name", "state", "members", "data points"):
+        audiences.add_column(
+            name, justify="right" if name in ("members", "data points") else "left"
+        )
     for c in summary["connections"]:
         workspace = (
             f"#{c['workspace_id']} {c['workspace_state']}" if c["workspace_id"] is not None else "-"
         )
-        audiences = ", ".join(f"{a['name']} ({a['members']:,})" for a in c["audience_list"])
         connections.add_row(
             str(c["account_id"]),
             c["state"],
             workspace,
+            f"{c['audiences']:,}",
             f"{c['users']:,}",
             f"{c['members']:,}",
-            audiences or "-",
         )
+        for a in c["audience_list"]:
+            audiences.add_row(
+                str(c["account_id"]),
+                str(a["audience_id"]),
+                a["name"],
+                a["state"],
+                f"{a['members']:,}",
+                f"{a['datapoints']:,}",
+            )
     console.print(connections)
+    if summary["connections"]:
+        console.print(audiences)
 
     feeds = Table(title="Currents feeds", title_justify="left")
     for name in ("feed", "platform", "state", "backlog"):

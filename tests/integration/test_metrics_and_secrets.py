@@ -179,3 +179,32 @@ def test_no_secret_appears_anywhere_an_operator_looks(make_runtime, braze, json_
     # The log lines are JSON objects with an action from the vocabulary.
     for line in json_logs:
         json.loads(line)
+
+
+def test_multiprocess_mode_sums_the_workers_series(tmp_path):
+    """gunicorn -w N: two processes count into PROMETHEUS_MULTIPROC_DIR; one answers for both."""
+    import os
+    import subprocess
+    import sys
+
+    shared = tmp_path / "prometheus"
+    shared.mkdir()
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(shared)}
+    count = (
+        "from audience_sync import telemetry; "
+        "telemetry.braze_request('accepted', objects=75, seconds=0.1)"
+    )
+    for _ in range(2):
+        subprocess.run([sys.executable, "-c", count], env=env, check=True)
+    show = (
+        "from audience_sync.store.engine import create_engine; "
+        "from audience_sync.admin import metrics; from flask import Flask; "
+        f"app = Flask('m'); metrics.init_app(app, create_engine('sqlite:///{tmp_path}/x.db')); "
+        "print(app.test_client().get('/metrics').get_data(as_text=True))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", show], env=env, check=True, capture_output=True, text=True
+    ).stdout
+    values = samples(out)
+    assert values[("audience_sync_braze_requests_total", (("outcome", "accepted"),))] == 2
+    assert values[("audience_sync_database_up", ())] == 0  # no schema there: reported, not raised
