@@ -18,7 +18,7 @@ from flask import Blueprint, Response, abort, redirect, render_template, request
 from audience_sync.admin import auth, charts, overview
 from audience_sync.admin.api import replay_dead
 from audience_sync.runtime import current_runtime
-from audience_sync.store import reads
+from audience_sync.store import activity, reads
 from audience_sync.store.engine import read_only
 from audience_sync.telemetry import Action
 
@@ -119,8 +119,8 @@ def index() -> t.Any:
     now = time.time()
     state = overview.status(runtime, now=now)
     with read_only(runtime.engine) as conn:
-        minutes = reads.minute_series(conn, now=now)
-        days = reads.day_series(conn, now=now)
+        minutes = activity.minute_series(conn, now=now)
+        days = activity.day_series(conn, now=now)
         connections = reads.list_connections(conn, limit=CONNECTIONS_SHOWN)
         audiences = {
             c.account_id: reads.list_audiences(conn, c.account_id, limit=AUDIENCES_SHOWN)

@@ -36,7 +36,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from audience_sync import telemetry
-from audience_sync.store import reads
+from audience_sync.store import activity, reads
 from audience_sync.store.engine import read_only
 
 logger = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ class DatabaseCollector(Collector):
         )
         try:
             with read_only(self.engine) as conn:
-                summary = reads.gauges(conn, now=now)
+                summary = activity.gauges(conn, now=now)
                 feeds = reads.feed_states(conn)
         except sa.exc.SQLAlchemyError as exc:
             logger.debug("metrics: database unavailable: %s", type(exc).__name__)

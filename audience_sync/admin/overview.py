@@ -22,7 +22,7 @@ from audience_sync.core.attributes import (
     diff,
 )
 from audience_sync.runtime import Runtime
-from audience_sync.store import reads
+from audience_sync.store import activity, reads
 from audience_sync.store.engine import read_only
 from audience_sync.store.migrate import is_current
 
@@ -49,7 +49,7 @@ def status(runtime: Runtime, *, now: float) -> dict[str, t.Any]:
     try:
         schema_current = _schema_current(runtime.engine, now)
         with read_only(runtime.engine) as conn:
-            summary = reads.status(conn, now=now)
+            summary = activity.status(conn, now=now)
             feeds = reads.feed_states(conn)
     except sa.exc.SQLAlchemyError as exc:
         return {

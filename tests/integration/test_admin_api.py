@@ -316,7 +316,7 @@ def test_datapoints_filter_by_connection_and_day(delivered):
     ids=["this-minute", "previous-minute", "edges"],
 )
 def test_minute_series_buckets_by_whole_minutes(runtime, ages_s, expected):
-    from audience_sync.store import outbox, reads
+    from audience_sync.store import activity, outbox
     from audience_sync.store.schema import workspaces
 
     now = 1_800_000_000.0 + 59.95  # just before a minute boundary
@@ -327,7 +327,7 @@ def test_minute_series_buckets_by_whole_minutes(runtime, ages_s, expected):
         for i, age in enumerate(ages_s):
             outbox.enqueue(conn, [(1, f"u{i}")], now=now - age)
     with runtime.engine.connect() as conn:
-        series = reads.minute_series(conn, now=now)
+        series = activity.minute_series(conn, now=now)
     got = {i: n for i, n in enumerate(series.backlog_enqueued) if n}
     assert got == expected
     assert series.backlog_older == len(ages_s) - sum(expected.values())
