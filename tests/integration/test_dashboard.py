@@ -175,3 +175,14 @@ def test_names_from_mparticle_are_escaped(delivered, braze):
         html = delivered.get(path).get_data(as_text=True)
         assert evil not in html
         assert "&lt;img src=x" in html
+
+
+def test_behind_a_tls_proxy_the_same_host_is_accepted(delivered):
+    sign_in(delivered)
+    page = delivered.get("/deliveries?state=dead").get_data(as_text=True)
+    response = delivered.post(
+        "/deliveries/replay",
+        data={"csrf": csrf_of(page)},
+        headers={"Origin": "https://localhost"},  # the browser saw https, the app sees http
+    )
+    assert response.status_code == 303
