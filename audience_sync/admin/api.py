@@ -35,7 +35,7 @@ from audience_sync.admin.schemas import (
 )
 from audience_sync.errors import InvalidPayloadError
 from audience_sync.runtime import current_runtime
-from audience_sync.store import outbox, reads
+from audience_sync.store import connections, outbox, reads
 from audience_sync.store.engine import read_only
 from audience_sync.store.transactions import in_transaction
 from audience_sync.telemetry import Action
@@ -144,7 +144,7 @@ def list_deliveries(args: dict[str, t.Any]) -> dict[str, t.Any]:
     with _conn() as conn:
         workspace_ids = None
         if args["account_id"] is not None:
-            workspace_ids = reads.workspaces_of(conn, args["account_id"])
+            workspace_ids = connections.workspace_ids_of_account(conn, args["account_id"])
         rows = reads.list_deliveries(
             conn,
             state=args["state"],
@@ -172,7 +172,9 @@ def replay_dead(account_id: int | None) -> int:
     engine = current_runtime().engine
 
     def work(conn: t.Any) -> int:
-        workspace_ids = reads.workspaces_of(conn, account_id) if account_id is not None else None
+        workspace_ids = None
+        if account_id is not None:
+            workspace_ids = connections.workspace_ids_of_account(conn, account_id)
         if workspace_ids == []:
             return 0
         return outbox.replay(conn, now=time.time(), workspace_ids=workspace_ids)

@@ -5,22 +5,18 @@ Shared by the admin API, the dashboard and ``audience-sync status`` so the three
 
 from __future__ import annotations
 
+import time
 import typing as t
 from dataclasses import asdict
 
 import sqlalchemy as sa
 
 from audience_sync import __version__
-from audience_sync.core.account import merge_settings, parse_connection_settings
-from audience_sync.core.attributes import (
-    KEEP,
-    PUSH_TOKENS_KEY,
-    UPDATE_EXISTING_ONLY_KEY,
-    Contribution,
-    Membership,
-    desired_attributes,
-    diff,
-)
+from audience_sync.core.attributes import PUSH_TOKENS_KEY, UPDATE_EXISTING_ONLY_KEY
+from audience_sync.core.connection import effective_settings
+from audience_sync.core.delivery_plan import plan_batch
+from audience_sync.core.state import Claim
+from audience_sync.core.states import ConnectionState
 from audience_sync.runtime import Runtime
 from audience_sync.store import activity, reads
 from audience_sync.store.engine import read_only
@@ -91,8 +87,8 @@ def user_detail(runtime: Runtime, account_id: int, external_id: str) -> dict[str
     """Desired and acknowledged attributes of one user, the write still pending, and the last
     outcomes; ``None`` if the connection has no such user.
 
-    Desired is the whole Braze user (every connection sharing the workspace contributes), the
-    same merge the senders do at send time.
+    Desired is the whole Braze user (every connection sharing the workspace contributes),
+    planned by the same pure function the senders use (:func:`plan_batch`).
     """
     settings = runtime.settings
     with read_only(runtime.engine) as conn:
@@ -107,55 +103,53 @@ def user_detail(runtime: Runtime, account_id: int, external_id: str) -> dict[str
     desired_map: dict[str, t.Any] = {}
     pending: dict[str, t.Any] = {}
     flags = set(record.flags)
-    if snapshot is not None:
-        contributions = []
+    waiting = None
+    if snapshot is not None and record.workspace_id is not None:
         active = {}
         for c in snapshot.connections:
-            if c.state != "active":
+            if c.state != ConnectionState.ACTIVE:
                 continue
-            parsed = parse_connection_settings(
+            parsed = effective_settings(
                 c.account_id,
-                merge_settings(c.account_settings, settings.connection_overrides(c.account_id)),
+                c.account_settings,
+                overrides=settings.connection_overrides(c.account_id),
                 allowed_custom_endpoints=settings.get("braze.allowed_custom_endpoints"),
-            )
+            ).settings
             if parsed.is_valid:
                 active[c.account_id] = parsed
-        for d in snapshot.desired.get(external_id, ()):
-            parsed = active.get(d.account_id)
-            if parsed is None:
-                continue
-            contributions.append(
-                Contribution(
-                    account_id=d.account_id,
-                    parts=parsed.parts,
-                    memberships=[
-                        Membership(audience_id=a, name=n, is_member=m) for a, n, m in d.memberships
-                    ],
-                    api_key=parsed.api_key,
-                    email=d.email,
-                    email_updated_at=d.email_updated_at,
-                    push_tokens=d.push_tokens,
-                    update_existing_only=parsed.update_existing_only,
-                )
-            )
-        desired = desired_attributes(
-            contributions, array_max_length=settings.get("braze.array_max_length")
+        claim = Claim(
+            workspace_id=record.workspace_id,
+            external_id=external_id,
+            generation=0,
+            attempts=record.outbox_attempts,
+            first_failure_at=None,
         )
-        flags |= desired.flags
-        desired_map = {k: v for k, v in desired.attributes.items() if v is not KEEP}
-        write = diff(
-            external_id,
-            desired,
-            record.acknowledged,
+        plan = plan_batch(
+            [claim],
+            snapshot,
+            active,
+            # Past the user's last write, so the resend spacing never hides the plan.
+            now=max(time.time(), record.last_write_at or 0.0),
+            min_resend_s=0.0,
+            array_max_length=settings.get("braze.array_max_length"),
             array_write=settings.get("braze.array_write"),
-            audience_accounts=snapshot.audience_accounts,
         )
-        pending = {
-            k: v
-            for k, v in write.attributes.items()
-            if k not in ("external_id", UPDATE_EXISTING_ONLY_KEY)
-        }
+        for p in plan.pending:
+            desired_map = dict(p.write.acknowledged)
+            flags |= p.flags
+            pending = {
+                k: v
+                for k, v in p.write.attributes.items()
+                if k not in ("external_id", UPDATE_EXISTING_ONLY_KEY)
+            }
+        for row in plan.unchanged:
+            desired_map = dict(row.attributes)
+            flags |= set(row.flags)
+        if plan.held_back:
+            waiting = "a connection sharing this Braze workspace has invalid settings"
     outcomes: list[dict[str, t.Any]] = []
+    if waiting is not None:
+        outcomes.append({"kind": "waiting", "outcome": waiting})
     if record.last_outcome is not None:
         outcomes.append(
             {"kind": "braze", "outcome": record.last_outcome, "at": record.last_outcome_at}

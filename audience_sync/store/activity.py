@@ -14,6 +14,14 @@ from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 
+from audience_sync.core.states import (
+    AudienceState,
+    DeliveryCounter,
+    DeliveryReason,
+    IntakeCounter,
+    OutboxState,
+    WorkspaceState,
+)
 from audience_sync.store.schema import (
     audiences,
     braze_users,
@@ -28,15 +36,15 @@ from audience_sync.store.schema import (
 # Counter reasons that are not failures (everything else counted is a drop, refusal or guard).
 NOT_FAILURES = frozenset(
     {
-        "accepted",
-        "unchanged",
-        "datapoints",
-        "datapoints_full",
-        "memberships_applied",
-        "duplicate_message",
-        "rate_limited",
-        "shutdown",
-        "audience_removed",
+        DeliveryCounter.ACCEPTED,
+        DeliveryCounter.UNCHANGED,
+        DeliveryCounter.DATAPOINTS,
+        DeliveryCounter.DATAPOINTS_FULL,
+        DeliveryReason.RATE_LIMITED,
+        DeliveryReason.SHUTDOWN,
+        IntakeCounter.MEMBERSHIPS_APPLIED,
+        IntakeCounter.DUPLICATE_MESSAGE,
+        IntakeCounter.AUDIENCE_REMOVED,
     }
 )
 NOT_FAILURE_PREFIXES = ("subscription_",)
@@ -47,8 +55,8 @@ def is_failure(reason: str) -> bool:
     return reason not in NOT_FAILURES and not reason.startswith(NOT_FAILURE_PREFIXES)
 
 
-DATAPOINTS = "datapoints"
-DATAPOINTS_FULL = "datapoints_full"
+DATAPOINTS = DeliveryCounter.DATAPOINTS
+DATAPOINTS_FULL = DeliveryCounter.DATAPOINTS_FULL
 """Counter reason: the data points a resend-everything output would have spent for the same
 writes (the whole attribute object of every user written or found unchanged)."""
 
@@ -92,8 +100,8 @@ def backlog(conn: sa.Connection, *, now: float) -> Backlog:
         ).group_by(outbox.c.state)
     ).all()
     by_state = {r[0]: r for r in rows}
-    pending = by_state.get("pending")
-    dead = by_state.get("dead")
+    pending = by_state.get(OutboxState.PENDING)
+    dead = by_state.get(OutboxState.DEAD)
     return Backlog(
         pending=int(pending[1]) if pending else 0,
         dead=int(dead[1]) if dead else 0,
@@ -110,14 +118,18 @@ def status(conn: sa.Connection, *, now: float) -> Status:
         .all()
     )
     active_audiences = conn.execute(
-        sa.select(sa.func.count()).select_from(audiences).where(audiences.c.state == "active")
+        sa.select(sa.func.count())
+        .select_from(audiences)
+        .where(audiences.c.state == AudienceState.ACTIVE)
     ).scalar_one()
     user_count = conn.execute(sa.select(sa.func.count()).select_from(users)).scalar_one()
     member_count = conn.execute(
         sa.select(sa.func.count()).select_from(memberships).where(memberships.c.is_member)
     ).scalar_one()
     suspended = conn.execute(
-        sa.select(sa.func.count()).select_from(workspaces).where(workspaces.c.state != "active")
+        sa.select(sa.func.count())
+        .select_from(workspaces)
+        .where(workspaces.c.state != WorkspaceState.ACTIVE)
     ).scalar_one()
     today = _day(now)
     reasons = _reasons(conn, day_from=today, day_to=today)
@@ -151,7 +163,9 @@ def gauges(conn: sa.Connection, *, now: float) -> Gauges:
         .all()
     )
     suspended = conn.execute(
-        sa.select(sa.func.count()).select_from(workspaces).where(workspaces.c.state != "active")
+        sa.select(sa.func.count())
+        .select_from(workspaces)
+        .where(workspaces.c.state != WorkspaceState.ACTIVE)
     ).scalar_one()
     return Gauges(
         backlog=backlog(conn, now=now),
@@ -249,7 +263,7 @@ def minute_series(conn: sa.Connection, *, now: float, minutes: int = 60) -> Minu
     pending = dict(
         conn.execute(
             sa.select(bucket_b, sa.func.count())
-            .where(outbox.c.state == "pending", outbox.c.enqueued_at >= first)
+            .where(outbox.c.state == OutboxState.PENDING, outbox.c.enqueued_at >= first)
             .group_by(bucket_b)
         )
         .tuples()
@@ -258,7 +272,7 @@ def minute_series(conn: sa.Connection, *, now: float, minutes: int = 60) -> Minu
     older = conn.execute(
         sa.select(sa.func.count())
         .select_from(outbox)
-        .where(outbox.c.state == "pending", outbox.c.enqueued_at < first)
+        .where(outbox.c.state == OutboxState.PENDING, outbox.c.enqueued_at < first)
     ).scalar_one()
     return MinuteSeries(
         starts=[first + 60 * i for i in range(minutes)],

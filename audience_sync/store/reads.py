@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 
-from audience_sync.store.braze_state import Snapshot, load_snapshot
+from audience_sync.core.state import Snapshot
+from audience_sync.core.states import AudienceState
 from audience_sync.store.schema import (
     audiences,
     braze_users,
@@ -35,6 +36,7 @@ from audience_sync.store.schema import (
     users,
     workspaces,
 )
+from audience_sync.store.snapshot import load_snapshot
 
 MASK = "***"
 _SECRET_NAME = re.compile(r"key|secret|token|password|credential", re.IGNORECASE)
@@ -71,7 +73,10 @@ class ConnectionView:
 def _connection_query() -> sa.Select[t.Any]:
     audience_count = (
         sa.select(sa.func.count())
-        .where(audiences.c.account_id == connections.c.account_id, audiences.c.state == "active")
+        .where(
+            audiences.c.account_id == connections.c.account_id,
+            audiences.c.state == AudienceState.ACTIVE,
+        )
         .scalar_subquery()
     )
     user_count = (
@@ -354,17 +359,6 @@ def list_deliveries(
         )
         for r in rows
     ]
-
-
-def workspaces_of(conn: sa.Connection, account_id: int) -> list[int]:
-    """The Braze workspace a connection writes to (empty if none yet)."""
-    return list(
-        conn.execute(
-            sa.select(connections.c.workspace_id).where(
-                connections.c.account_id == account_id, connections.c.workspace_id.is_not(None)
-            )
-        ).scalars()
-    )
 
 
 # -- data points -------------------------------------------------------------------------------

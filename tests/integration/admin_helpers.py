@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from audience_sync.braze.client import BrazeClient
 from audience_sync.braze.ratelimit import RateBudget
-from audience_sync.delivery.sender import Sender
+from audience_sync.delivery.braze_sender import BrazeSender
 from tests.conftest import FIREHOSE_TOKEN
 from tests.support import drain, membership, post, profile, subscription
 
@@ -66,7 +66,7 @@ def populate(client, braze_url: str, *, users: int = 20, account_id: int = ACCOU
 
 def deliver(runtime) -> None:
     """Send every pending user with a real sender and HTTP client."""
-    sender = Sender(
+    sender = BrazeSender(
         engine=runtime.engine,
         settings=runtime.settings,
         client=BrazeClient(timeout_s=5),

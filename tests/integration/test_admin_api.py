@@ -325,7 +325,7 @@ def test_minute_series_buckets_by_whole_minutes(runtime, ages_s, expected):
             workspaces.insert().values(id=1, endpoint="e", key_fingerprint="f", created_at=0)
         )
         for i, age in enumerate(ages_s):
-            outbox.enqueue(conn, [(1, f"u{i}")], now=now - age)
+            outbox.enqueue(conn, 1, [f"u{i}"], now=now - age)
     with runtime.engine.connect() as conn:
         series = activity.minute_series(conn, now=now)
     got = {i: n for i, n in enumerate(series.backlog_enqueued) if n}
