@@ -101,6 +101,11 @@ def engine_url(tmp_path):
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=60)
+        # The real process's JSON logs, sign-in attempts included, hold no secret.
+        logs = log_path.read_text()
+        assert '"action": "admin_login"' in logs and '"action": "admin_login_failed"' in logs
+        for secret in (ADMIN_TOKEN, REST_KEY, FIREHOSE["Authorization"].split()[1]):
+            assert secret not in logs
 
 
 def wait_until(check, proc, log_path, timeout_s=90.0) -> None:
