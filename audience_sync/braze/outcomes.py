@@ -227,14 +227,16 @@ def _partial(
     )
 
 
-def _refused(kind_if_many: Kind, reason: str, body: t.Any, sent: int) -> TrackOutcome:
+def _refused(
+    kind_if_many: Kind, reason: str, body: t.Any, sent: int, *, culprits: bool = True
+) -> TrackOutcome:
     """A whole request refused (nothing applied).
 
-    When Braze names the culprits by index, each gets the verdict its error gives in a 2xx
-    (so a bad email is dropped and resent in both paths) and the others are resent at once.
-    Otherwise split to isolate the culprit, and give up on a lone object.
+    When Braze names the culprits by index (and ``culprits`` allows it), each gets the verdict
+    its error gives in a 2xx (so a bad email is dropped and resent in both paths) and the
+    others are resent at once. Otherwise split to isolate the culprit; give up on a lone object.
     """
-    placed, _ = _placed(body, sent)
+    placed, _ = _placed(body, sent) if culprits else ({}, None)
     if placed:
         resend = ObjectOutcome(verdict=Verdict.RESEND, reason=reason)
         return _partial(reason, placed, sent, others=resend, body=body)
@@ -264,7 +266,8 @@ def classify_track_response(
             ``connection_error``, ``invalid_url``); defaults to ``connection_error``.
 
     Returns:
-        The outcome; ``per_object`` lists failed objects only.
+        The outcome; for ``PARTIAL``, ``per_object`` holds the verdict of every object not
+        acknowledged (it never raises, whatever the status, headers or body).
     """
     if status is None:
         if error == "invalid_url":
@@ -310,7 +313,8 @@ def classify_track_response(
         reason = {404: "not_found", 405: "method_not_allowed", 415: "unsupported_media_type"}
         return TrackOutcome(kind=Kind.CONFIG_ERROR, reason=reason[status], detail=_detail(body))
     if status == 413:
-        return _refused(Kind.SPLIT, "too_large", body, sent)
+        # Too large is about the whole body, not an object's content: always split.
+        return _refused(Kind.SPLIT, "too_large", body, sent, culprits=False)
     if status == 400:
         return _refused(Kind.SPLIT, "bad_request", body, sent)
     if status == 408 or status >= 500:

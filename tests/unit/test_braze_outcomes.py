@@ -309,3 +309,9 @@ def test_classify_response_takes_a_client_response():
     response = TrackResponse(status=None, headers={}, body=None, elapsed_s=1.0, error="timeout")
     outcome = classify_response(response, sent=3, now=NOW)
     assert (outcome.kind, outcome.reason) == (Kind.RETRY_ALL, "timeout")
+
+
+def test_413_always_splits_even_when_errors_name_objects():
+    body = {"message": "Payload Too Large", "errors": [err(0, "EMAIL_BAD_FORMAT")]}
+    outcome = classify_track_response(413, {}, body, sent=3, now=NOW)
+    assert (outcome.kind, outcome.reason, dict(outcome.per_object)) == (Kind.SPLIT, "too_large", {})
