@@ -27,6 +27,7 @@ from audience_sync.core.attributes import (
     touched,
 )
 from audience_sync.core.connection import ConnectionSettings
+from audience_sync.core.field_flags import withheld, withhold
 from audience_sync.core.retry import RetryPolicy, decide_retry
 from audience_sync.core.state import Acknowledged, AckRow, Claim, Failure, Snapshot
 from audience_sync.core.states import DeliveryCounter, DeliveryOutcome
@@ -129,7 +130,8 @@ def plan_batch(
             continue
         uncertain = Uncertain.from_json(claim.in_flight)
         write, flags, during = _compute_memo(
-            memo,
+            # A user with refused field values has writes of its own: no sharing.
+            {} if claim.external_id in snapshot.field_flags else memo,
             claim.external_id,
             snapshot,
             active,
@@ -335,4 +337,16 @@ def _compute(
         audience_accounts=snapshot.audience_accounts,
         uncertain=uncertain,
     )
-    return write, desired.flags
+    held = withheld(write.attributes, snapshot.field_flags.get(external_id, ()))
+    if not held:
+        return write, desired.flags
+    # A value Braze refused is not sent again until it changes; the rest of the write goes.
+    write = diff(
+        external_id,
+        withhold(desired, held),
+        ack.attributes,
+        array_write=array_write,
+        audience_accounts=snapshot.audience_accounts,
+        uncertain=uncertain,
+    )
+    return write, desired.flags | {f.flag for f in held}

@@ -62,6 +62,17 @@ class DeliveryReason(StrEnum):
     RATE_LIMITED = "rate_limited"
     SHUTDOWN = "shutdown"
     OBJECT_TOO_LARGE = "object_too_large"
+    FIELD_REFUSED = "field_refused"  # resent at once without a field value Braze refused
+    RESENT = "resent"  # not applied, not at fault (a 400 named other objects): resent at once
+
+
+class ObjectAction(StrEnum):
+    """What to do with one object of a request the vendor did not acknowledge."""
+
+    RETRY = "retry"  # after backoff, as an attempt
+    DEAD_LETTER = "dead_letter"  # no resend can succeed (an identity error)
+    DROP_FIELDS = "drop_fields"  # resend at once without the refused field values
+    RESEND = "resend"  # resend at once, no attempt spent
 
 
 class DeliveryCounter(StrEnum):

@@ -5,11 +5,12 @@ connection of the sender's transaction (:meth:`audience_sync.delivery.loop.Sende
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 
 import sqlalchemy as sa
 
+from audience_sync.core.answer_plan import RefusedFields
 from audience_sync.core.datapoints import datapoints_of
 from audience_sync.core.delivery_plan import BatchPlan, PendingWrite, accepted_rows
 from audience_sync.core.state import Failure
@@ -17,6 +18,7 @@ from audience_sync.core.states import DeliveryCounter, DeliveryReason
 from audience_sync.store import connections, outbox
 from audience_sync.store.counters import increment
 from audience_sync.store.datapoints import add_datapoints
+from audience_sync.store.field_flags import save_field_flags
 from audience_sync.store.ledger import save_acknowledged
 
 
@@ -92,6 +94,43 @@ def record_request(
     scope = _scope(workspace_id)
     increment(conn, {(scope, r): n for r, n in totals.items() if n}, now=now)
     return spent, full
+
+
+def record_resends(
+    conn: sa.Connection,
+    *,
+    worker_id: str,
+    workspace_id: int,
+    refused: Sequence[RefusedFields],
+    resend: Sequence[PendingWrite],
+    now: float,
+) -> None:
+    """Remember the field values Braze refused, and hand their users and those to resend
+    back due now, without an attempt: Braze applied nothing of their objects (SPEC §5.3)."""
+    save_field_flags(
+        conn,
+        workspace_id=workspace_id,
+        flags=[(r.pending.external_id, f) for r in refused for f in r.flags],
+        now=now,
+    )
+    # The outbox keeps each user's reason (invalid_email...) as its last outcome.
+    by_reason: dict[str, list[PendingWrite]] = defaultdict(list)
+    for r in refused:
+        by_reason[r.reason].append(r.pending)
+    by_reason[DeliveryReason.RESENT].extend(resend)
+    for reason, group in by_reason.items():
+        if group:
+            outbox.release(
+                conn,
+                worker_id=worker_id,
+                workspace_id=workspace_id,
+                due_at={p.external_id: now for p in group},
+                reason=reason,
+                in_flight={p.external_id: p.in_flight_before() for p in group},
+            )
+    counts = {DeliveryReason.FIELD_REFUSED: len(refused), DeliveryReason.RESENT: len(resend)}
+    scope = _scope(workspace_id)
+    increment(conn, {(scope, r): n for r, n in counts.items() if n}, now=now)
 
 
 def release(

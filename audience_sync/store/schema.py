@@ -113,6 +113,19 @@ braze_users = sa.Table(
     sa.Column("updated_at", sa.Float, nullable=False),
 )
 
+# Field values Braze refused for a user (SPEC §5.3): withheld while the value is unchanged.
+field_flags = sa.Table(
+    "field_flags",
+    metadata,
+    sa.Column("workspace_id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("external_id", sa.String(1024), primary_key=True),
+    sa.Column("field", sa.String(255), primary_key=True),
+    # Digest of the refused value as sent (core.field_flags.fingerprint), never the value.
+    sa.Column("fingerprint", sa.String(64), nullable=False),
+    sa.Column("flag", sa.String(64), nullable=False),  # invalid_email, invalid_push_token, ...
+    sa.Column("flagged_at", sa.Float, nullable=False),
+)
+
 # The dirty-user outbox: one row per Braze user, not per change.
 outbox = sa.Table(
     "outbox",
