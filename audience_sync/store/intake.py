@@ -38,7 +38,7 @@ from audience_sync.firehose.messages import (
 )
 from audience_sync.firehose.plan import MembershipPlan, merge_push_tokens, plan_membership_changes
 from audience_sync.settings import Settings
-from audience_sync.store import counters
+from audience_sync.store import cleanups, counters
 from audience_sync.store.dialect import cached_statement, insert
 from audience_sync.store.outbox import PENDING, on_conflict_requeue
 from audience_sync.store.schema import (
@@ -415,8 +415,16 @@ def _sync_connection(
             or _delivery_changed(previous, parsed)
         )
     ):
-        users_of_connection = sa.select(users.c.external_id).where(users.c.account_id == account_id)
-        enqueued = _enqueue_select(conn, workspace_id, users_of_connection, now, options.coalesce_s)
+        # Paged by the cleanup_removed job, so this request stays O(1) (SPEC §7).
+        cleanups.record_connection_change(
+            conn,
+            account_id=account_id,
+            workspace_id=workspace_id,
+            old_workspace_id=row.workspace_id,
+            clear_old=parsed.cleanup_on_remove,
+            now=now,
+        )
+        enqueued = 0
     _log_settings_change(account_id, state, parsed, enqueued=enqueued)
     return _Connection(
         account_id=account_id,
@@ -720,13 +728,17 @@ def _apply_subscription(
         conn.execute(sa.update(audiences).where(key).values(name=name, updated_at=now))
         mark_members = True
     workspace_id = connection.delivery_workspace
-    if not mark_members or workspace_id is None:
-        return 0
-    # Members and former members alike: per-segment mode writes "In <name>" for both.
-    rows = sa.select(memberships.c.external_id).where(
-        memberships.c.account_id == account_id, memberships.c.audience_id == audience_id
-    )
-    return _enqueue_select(conn, workspace_id, rows, now, options.coalesce_s)
+    if mark_members and workspace_id is not None:
+        # The members are marked dirty by the cleanup_removed job, page by page (SPEC §7).
+        cleanups.record_audience_change(
+            conn,
+            action=message.action,
+            account_id=account_id,
+            audience_id=audience_id,
+            workspace_id=workspace_id,
+            now=now,
+        )
+    return 0
 
 
 def _insert_audiences(

@@ -1,0 +1,248 @@
+"""Pending cleanups: the durable record a Firehose request leaves instead of marking thousands
+of users dirty inline (SPEC §4.6, §7 ``cleanup_removed``).
+
+The intake calls :func:`record` (one row, O(1) whatever the audience size); the
+``cleanup_removed`` job pages each open record with :func:`enqueue_page`, marking a bounded
+number of users dirty per call through the normal outbox, so the sender writes each user's
+minimal diff: removed-audience attributes cleared, a renamed ``In <name>`` moved, a mode
+change applied. :func:`settle_old_workspace` ends what a connection left pending in the
+workspace it moved away from, instead of letting the sender look at it every minute forever.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+import sqlalchemy as sa
+
+from audience_sync.store import counters, outbox
+from audience_sync.store.schema import connections, memberships, pending_cleanups, users
+from audience_sync.store.schema import outbox as outbox_rows
+
+
+class CleanupKind(StrEnum):
+    """Why users are to be marked dirty."""
+
+    AUDIENCE_REMOVED = "audience_removed"  # removed with cleanupOnRemove: clear its attributes
+    AUDIENCE_RENAMED = "audience_renamed"  # per-segment: In <new> = true, In <old> = null
+    AUDIENCE_READDED = "audience_readded"  # added again (or renamed by an add)
+    SETTINGS_CHANGED = "settings_changed"  # sendSegmentsAs or another delivery setting changed
+    CONNECTION_MOVED = "connection_moved"  # new instance or REST key: resend in full there
+
+
+REASON_MOVED_DROPPED = "connection_moved_dropped"
+"""Counter reason of the old workspace's pending rows dropped after a move without cleanup."""
+REASON_MOVED_CLEARED = "connection_moved_cleared"
+"""Counter reason of the old workspace's users left to be cleared after a move with cleanup."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Cleanup:
+    """One open record."""
+
+    id: int
+    kind: CleanupKind
+    account_id: int
+    audience_id: int | None
+    workspace_id: int
+    old_workspace_id: int | None
+    clear_old: bool
+    cursor: str | None
+    enqueued: int
+
+
+def record(
+    conn: sa.Connection,
+    *,
+    kind: CleanupKind,
+    account_id: int,
+    workspace_id: int,
+    now: float,
+    audience_id: int | None = None,
+    old_workspace_id: int | None = None,
+    clear_old: bool = False,
+) -> None:
+    """Leave the work for the job, in the caller's transaction (one INSERT)."""
+    conn.execute(
+        pending_cleanups.insert().values(
+            kind=kind,
+            account_id=account_id,
+            audience_id=audience_id,
+            workspace_id=workspace_id,
+            old_workspace_id=old_workspace_id,
+            clear_old=clear_old,
+            created_at=now,
+        )
+    )
+
+
+def open_cleanups(conn: sa.Connection, *, limit: int = 100) -> list[Cleanup]:
+    """Records not finished yet, oldest first."""
+    rows = conn.execute(
+        sa.select(pending_cleanups)
+        .where(pending_cleanups.c.done_at.is_(None))
+        .order_by(pending_cleanups.c.id)
+        .limit(limit)
+    )
+    return [
+        Cleanup(
+            id=r.id,
+            kind=CleanupKind(r.kind),
+            account_id=r.account_id,
+            audience_id=r.audience_id,
+            workspace_id=r.workspace_id,
+            old_workspace_id=r.old_workspace_id,
+            clear_old=bool(r.clear_old),
+            cursor=r.cursor,
+            enqueued=r.enqueued,
+        )
+        for r in rows
+    ]
+
+
+def _page_query(cleanup: Cleanup, limit: int) -> sa.Select[tuple[str]]:
+    if cleanup.audience_id is not None:
+        # Members and former members alike: per-segment mode writes "In <name>" for both.
+        column = memberships.c.external_id
+        query = sa.select(column).where(
+            memberships.c.account_id == cleanup.account_id,
+            memberships.c.audience_id == cleanup.audience_id,
+        )
+    else:
+        column = users.c.external_id
+        query = sa.select(column).where(users.c.account_id == cleanup.account_id)
+    if cleanup.cursor is not None:
+        query = query.where(column > cleanup.cursor)
+    return query.order_by(column).limit(limit)
+
+
+def enqueue_page(
+    conn: sa.Connection, cleanup: Cleanup, *, now: float, limit: int
+) -> tuple[int, bool]:
+    """Mark the next ``limit`` users of the record dirty in its workspace, move its cursor, and
+    close it after the last page. A record whose connection has since moved to another
+    workspace is closed without work: the move's own record resends everyone there."""
+    current = conn.execute(
+        sa.select(connections.c.workspace_id).where(connections.c.account_id == cleanup.account_id)
+    ).scalar()
+    if current != cleanup.workspace_id:
+        _close(conn, cleanup.id, now)
+        return 0, True
+    ids = list(conn.execute(_page_query(cleanup, limit)).scalars())
+    if ids:
+        outbox.enqueue(conn, ((cleanup.workspace_id, e) for e in ids), now=now)
+    values: dict[str, object] = {"enqueued": pending_cleanups.c.enqueued + len(ids)}
+    if ids:
+        values["cursor"] = ids[-1]
+    if len(ids) < limit:
+        values["done_at"] = now
+    conn.execute(
+        pending_cleanups.update().where(pending_cleanups.c.id == cleanup.id).values(**values)
+    )
+    return len(ids), len(ids) < limit
+
+
+def settle_old_workspace(conn: sa.Connection, cleanup: Cleanup, *, now: float) -> int:
+    """After a move, end the moved connection's pending rows in the workspace it left.
+
+    Rows of users that another connection still attached there also holds stay: the sender
+    writes them for that connection. The others are dropped, counted under
+    :data:`REASON_MOVED_DROPPED` (or :data:`REASON_MOVED_CLEARED` when the connection asked
+    for cleanup: see the module's note in the README on clearing an old workspace).
+    """
+    old = cleanup.old_workspace_id
+    if old is None:
+        return 0
+    others = sa.select(connections.c.account_id).where(
+        connections.c.workspace_id == old, connections.c.account_id != cleanup.account_id
+    )
+    shared = sa.select(users.c.external_id).where(
+        users.c.account_id.in_(others.scalar_subquery()),
+        users.c.external_id == outbox_rows.c.external_id,
+    )
+    mine = sa.select(users.c.external_id).where(users.c.account_id == cleanup.account_id)
+    result = conn.execute(
+        outbox_rows.delete().where(
+            outbox_rows.c.workspace_id == old,
+            outbox_rows.c.external_id.in_(mine.scalar_subquery()),
+            ~sa.exists(shared),
+        )
+    )
+    dropped = max(result.rowcount or 0, 0)
+    reason = REASON_MOVED_CLEARED if cleanup.clear_old else REASON_MOVED_DROPPED
+    counters.increment(conn, {(f"workspace:{old}", reason): dropped}, now=now)
+    conn.execute(
+        pending_cleanups.update()
+        .where(pending_cleanups.c.id == cleanup.id)
+        .values(settled=pending_cleanups.c.settled + dropped)
+    )
+    return dropped
+
+
+def _close(conn: sa.Connection, cleanup_id: int, now: float) -> None:
+    conn.execute(
+        pending_cleanups.update().where(pending_cleanups.c.id == cleanup_id).values(done_at=now)
+    )
+
+
+def prune_done(conn: sa.Connection, *, before: float) -> int:
+    """Delete records finished before ``before``."""
+    result = conn.execute(
+        pending_cleanups.delete().where(
+            pending_cleanups.c.done_at.is_not(None), pending_cleanups.c.done_at < before
+        )
+    )
+    return max(result.rowcount or 0, 0)
+
+
+_KIND_BY_ACTION = {
+    "remove": CleanupKind.AUDIENCE_REMOVED,
+    "update": CleanupKind.AUDIENCE_RENAMED,
+    "add": CleanupKind.AUDIENCE_READDED,
+}
+
+
+def record_audience_change(
+    conn: sa.Connection,
+    *,
+    action: str,
+    account_id: int,
+    audience_id: int,
+    workspace_id: int,
+    now: float,
+) -> None:
+    """What the intake calls after an ``audience_subscription_request`` changed what members
+    should hold (removed with cleanup, renamed, added again)."""
+    record(
+        conn,
+        kind=_KIND_BY_ACTION[action],
+        account_id=account_id,
+        audience_id=audience_id,
+        workspace_id=workspace_id,
+        now=now,
+    )
+
+
+def record_connection_change(
+    conn: sa.Connection,
+    *,
+    account_id: int,
+    workspace_id: int,
+    old_workspace_id: int | None,
+    clear_old: bool,
+    now: float,
+) -> None:
+    """What the intake calls when a connection's settings changed what its users should hold:
+    every user is to be written again; after a move to another workspace (instance or REST
+    key), in full there, and its rows left in the old one are settled."""
+    moved = old_workspace_id is not None and old_workspace_id != workspace_id
+    record(
+        conn,
+        kind=CleanupKind.CONNECTION_MOVED if moved else CleanupKind.SETTINGS_CHANGED,
+        account_id=account_id,
+        workspace_id=workspace_id,
+        old_workspace_id=old_workspace_id if moved else None,
+        clear_old=clear_old and moved,
+        now=now,
+    )
