@@ -7,15 +7,24 @@ resent in full to the new workspace and its rows in the old one settled."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 import sqlalchemy as sa
 
+from audience_sync.braze.client import BrazeClient
+from audience_sync.braze.ratelimit import RateBudget
+from audience_sync.jobs.old_workspace import clear_old_workspace
 from audience_sync.jobs.registry import JobContext, JobResult, JobSpec
 from audience_sync.store import cleanups
+from audience_sync.store.schema import pending_cleanups
 from audience_sync.store.transactions import in_transaction
 
 PAGE = 5000
 """Users marked dirty per transaction: short transactions, never one per audience."""
+
+
+Clear = Callable[[cleanups.Cleanup], tuple[int, bool]]
+"""Clears a moved connection's users from its old workspace: (users cleared, finished)."""
 
 
 def mark_pending(
@@ -24,42 +33,81 @@ def mark_pending(
     now: float,
     budget: int,
     keep_alive: Callable[[], bool] = lambda: True,
+    clear: Clear | None = None,
 ) -> dict[str, int]:
     """Work through open cleanups, oldest first, until ``budget`` users were marked dirty or
-    none is left; each page is its own short transaction."""
-    counts = {"users_enqueued": 0, "cleanups_done": 0, "old_rows_settled": 0}
-    while budget > 0 and keep_alive():
-        open_ = in_transaction(engine, lambda c: cleanups.open_cleanups(c, limit=1))
-        if not open_:
+    none is left; each page is its own short transaction. A moved connection's old workspace
+    is settled first, and cleared (``clear``) before its users are resent to the new one; a
+    clearing that cannot finish now (Braze unavailable) leaves that record for the next run
+    and goes on with the others."""
+    counts = {"users_enqueued": 0, "cleanups_done": 0, "old_rows_settled": 0, "old_cleared": 0}
+    for item in in_transaction(engine, lambda c: cleanups.open_cleanups(c, limit=100)):
+        if budget <= 0 or not keep_alive():
             break
-        item = open_[0]
-        limit = min(PAGE, budget)
-
-        def page(
-            conn: sa.Connection, item: cleanups.Cleanup = item, limit: int = limit
-        ) -> tuple[int, bool, int]:
-            settled = 0
-            if item.kind is cleanups.CleanupKind.CONNECTION_MOVED and item.cursor is None:
-                settled = cleanups.settle_old_workspace(conn, item, now=now)
-            enqueued, done = cleanups.enqueue_page(conn, item, now=now, limit=limit)
-            return enqueued, done, settled
-
-        enqueued, done, settled = in_transaction(engine, page, action="cleanup_page")
-        budget -= max(enqueued, 1)
-        counts["users_enqueued"] += enqueued
-        counts["old_rows_settled"] += settled
+        if item.kind is cleanups.CleanupKind.CONNECTION_MOVED and item.cursor is None:
+            counts["old_rows_settled"] += in_transaction(
+                engine,
+                lambda c, item=item: cleanups.settle_old_workspace(c, item, now=now),
+                action="cleanup_settle",
+            )
+        if item.clear_old and clear is not None:
+            cleared, finished = clear(item)
+            counts["old_cleared"] += cleared
+            if not finished:
+                continue
+            in_transaction(engine, lambda c, item=item: cleanups.finish_clearing(c, item))
+        done = False
+        while not done and budget > 0 and keep_alive():
+            limit = min(PAGE, budget)
+            enqueued, done = in_transaction(
+                engine,
+                lambda c, item=item, limit=limit: cleanups.enqueue_page(
+                    c, item, now=now, limit=limit
+                ),
+                action="cleanup_page",
+            )
+            budget -= max(enqueued, 1)
+            counts["users_enqueued"] += enqueued
+            # The cursor moved: read the record again for the next page.
+            item = replace(item, cursor=_cursor(engine, item.id))
         counts["cleanups_done"] += int(done)
     return counts
 
 
+def _cursor(engine: sa.Engine, cleanup_id: int) -> str | None:
+    with engine.connect() as conn:
+        return conn.execute(
+            sa.select(pending_cleanups.c.cursor).where(pending_cleanups.c.id == cleanup_id)
+        ).scalar()
+
+
 def run(ctx: JobContext) -> JobResult:
     """One scheduled pass, bounded by ``jobs.cleanup_removed.users_per_run``."""
-    counts = mark_pending(
-        ctx.runtime.engine,
-        now=ctx.clock(),
-        budget=ctx.runtime.settings.get("jobs.cleanup_removed.users_per_run"),
-        keep_alive=ctx.keep_alive,
+    settings = ctx.runtime.settings
+    client = BrazeClient(
+        timeout_s=settings.get("braze.timeout_s"),
+        dry_run=settings.get("braze.dry_run"),
+        dry_run_path=settings.get("braze.dry_run_path"),
     )
+    rate = RateBudget(settings.get("braze.requests_per_second"))
+    try:
+        counts = mark_pending(
+            ctx.runtime.engine,
+            now=ctx.clock(),
+            budget=settings.get("jobs.cleanup_removed.users_per_run"),
+            keep_alive=ctx.keep_alive,
+            clear=lambda item: clear_old_workspace(
+                ctx.runtime.engine,
+                settings,
+                item,
+                client=client,
+                budget=rate,
+                now=ctx.clock,
+                keep_alive=ctx.keep_alive,
+            ),
+        )
+    finally:
+        client.close()
     return JobResult(counts=counts)
 
 

@@ -11,13 +11,21 @@ workspace it moved away from, instead of letting the sender look at it every min
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import typing as t
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 import sqlalchemy as sa
 
 from audience_sync.store import counters, outbox
-from audience_sync.store.schema import connections, memberships, pending_cleanups, users
+from audience_sync.store.schema import (
+    braze_users,
+    connections,
+    memberships,
+    pending_cleanups,
+    users,
+)
 from audience_sync.store.schema import outbox as outbox_rows
 
 
@@ -50,6 +58,7 @@ class Cleanup:
     clear_old: bool
     cursor: str | None
     enqueued: int
+    old_target: tuple[str, str] | None = field(default=None, repr=False)
 
 
 def record(
@@ -62,6 +71,7 @@ def record(
     audience_id: int | None = None,
     old_workspace_id: int | None = None,
     clear_old: bool = False,
+    old_target: tuple[str, str] | None = None,
 ) -> None:
     """Leave the work for the job, in the caller's transaction (one INSERT)."""
     conn.execute(
@@ -72,6 +82,9 @@ def record(
             workspace_id=workspace_id,
             old_workspace_id=old_workspace_id,
             clear_old=clear_old,
+            old_target=(
+                {"endpoint": old_target[0], "api_key": old_target[1]} if old_target else None
+            ),
             created_at=now,
         )
     )
@@ -96,6 +109,9 @@ def open_cleanups(conn: sa.Connection, *, limit: int = 100) -> list[Cleanup]:
             clear_old=bool(r.clear_old),
             cursor=r.cursor,
             enqueued=r.enqueued,
+            old_target=(
+                (r.old_target["endpoint"], r.old_target["api_key"]) if r.old_target else None
+            ),
         )
         for r in rows
     ]
@@ -170,7 +186,8 @@ def settle_old_workspace(conn: sa.Connection, cleanup: Cleanup, *, now: float) -
         )
     )
     dropped = max(result.rowcount or 0, 0)
-    reason = REASON_MOVED_CLEARED if cleanup.clear_old else REASON_MOVED_DROPPED
+    clearing = cleanup.clear_old and cleanup.old_target is not None
+    reason = REASON_MOVED_CLEARED if clearing else REASON_MOVED_DROPPED
     counters.increment(conn, {(f"workspace:{old}", reason): dropped}, now=now)
     conn.execute(
         pending_cleanups.update()
@@ -232,6 +249,7 @@ def record_connection_change(
     old_workspace_id: int | None,
     clear_old: bool,
     now: float,
+    old_target: tuple[str, str] | None = None,
 ) -> None:
     """What the intake calls when a connection's settings changed what its users should hold:
     every user is to be written again; after a move to another workspace (instance or REST
@@ -244,5 +262,81 @@ def record_connection_change(
         workspace_id=workspace_id,
         old_workspace_id=old_workspace_id if moved else None,
         clear_old=clear_old and moved,
+        old_target=old_target if clear_old and moved and all(old_target or ()) else None,
         now=now,
+    )
+
+
+CLEARED_OUTCOME = "cleared_after_move"
+"""``braze_users.last_outcome`` of a user whose attributes were cleared from a workspace its
+connection left: the paging of :func:`users_to_clear` skips them."""
+
+
+def _left_behind(cleanup: Cleanup) -> sa.ColumnElement[bool]:
+    """Acknowledged users of the old workspace that belong to the moved connection and to no
+    other connection still attached there."""
+    old = cleanup.old_workspace_id
+    others = sa.select(connections.c.account_id).where(
+        connections.c.workspace_id == old, connections.c.account_id != cleanup.account_id
+    )
+    mine = sa.select(users.c.external_id).where(
+        users.c.account_id == cleanup.account_id, users.c.external_id == braze_users.c.external_id
+    )
+    shared = sa.select(users.c.external_id).where(
+        users.c.account_id.in_(others.scalar_subquery()),
+        users.c.external_id == braze_users.c.external_id,
+    )
+    return sa.and_(
+        braze_users.c.workspace_id == old,
+        sa.exists(mine),
+        ~sa.exists(shared),
+        sa.or_(braze_users.c.last_outcome.is_(None), braze_users.c.last_outcome != CLEARED_OUTCOME),
+    )
+
+
+def users_to_clear(
+    conn: sa.Connection, cleanup: Cleanup, *, limit: int
+) -> list[tuple[str, dict[str, t.Any]]]:
+    """The next users whose attributes are to be cleared from the old workspace, with what
+    it acknowledged for them."""
+    rows = conn.execute(
+        sa.select(braze_users.c.external_id, braze_users.c.attributes)
+        .where(_left_behind(cleanup))
+        .order_by(braze_users.c.external_id)
+        .limit(limit)
+    )
+    return [(e, dict(a or {})) for e, a in rows]
+
+
+def mark_cleared(
+    conn: sa.Connection,
+    cleanup: Cleanup,
+    *,
+    acknowledged: Mapping[str, Mapping[str, t.Any]],
+    now: float,
+) -> None:
+    """Store what the old workspace now holds for users cleared there."""
+    for external_id, attributes in sorted(acknowledged.items()):
+        conn.execute(
+            braze_users.update()
+            .where(
+                braze_users.c.workspace_id == cleanup.old_workspace_id,
+                braze_users.c.external_id == external_id,
+            )
+            .values(
+                attributes=dict(attributes),
+                last_outcome=CLEARED_OUTCOME,
+                last_outcome_at=now,
+                last_write_at=now,
+                updated_at=now,
+            )
+        )
+
+
+def finish_clearing(conn: sa.Connection, cleanup: Cleanup) -> None:
+    """The old workspace is clear: forget its key and go on with the new workspace."""
+    conn.execute(
+        pending_cleanups.update()
+        .where(pending_cleanups.c.id == cleanup.id)
+        .values(clear_old=False, old_target=None)
     )

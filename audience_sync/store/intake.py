@@ -422,6 +422,7 @@ def _sync_connection(
             workspace_id=workspace_id,
             old_workspace_id=row.workspace_id,
             clear_old=parsed.cleanup_on_remove,
+            old_target=(previous.rest_endpoint, previous.rest_api_key),
             now=now,
         )
         enqueued = 0

@@ -213,6 +213,9 @@ pending_cleanups = sa.Table(
     # connection_moved: the workspace left behind, and whether to clear it or drop its rows.
     sa.Column("old_workspace_id", sa.Integer),
     sa.Column("clear_old", sa.Boolean, nullable=False, server_default=sa.false()),
+    # Where to clear it: {"endpoint", "api_key"} of the old settings, erased once done. The key
+    # is as secret here as in connections.account_settings: never returned, never logged.
+    sa.Column("old_target", JSONType),
     sa.Column("cursor", sa.String(1024)),  # last external_id enqueued (keyset paging)
     sa.Column("enqueued", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("settled", sa.BigInteger, nullable=False, server_default="0"),

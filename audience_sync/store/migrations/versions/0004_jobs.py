@@ -56,6 +56,7 @@ def upgrade() -> None:
         sa.Column("workspace_id", sa.Integer(), nullable=False),
         sa.Column("old_workspace_id", sa.Integer(), nullable=True),
         sa.Column("clear_old", sa.Boolean(), server_default=sa.false(), nullable=False),
+        sa.Column("old_target", JSON, nullable=True),
         sa.Column("cursor", sa.String(length=1024), nullable=True),
         sa.Column("enqueued", sa.BigInteger(), server_default="0", nullable=False),
         sa.Column("settled", sa.BigInteger(), server_default="0", nullable=False),

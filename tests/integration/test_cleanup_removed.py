@@ -1,0 +1,161 @@
+"""``cleanup_removed`` (SPEC §7, §4.6): a removed audience's attributes are cleared from every
+member through the normal sender, paged by the job, while the subscription request itself only
+leaves a record; renames and moves to another workspace go the same way."""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+
+from audience_sync import create_app
+from audience_sync.jobs.cleanup_removed import SPEC as CLEANUP
+from audience_sync.jobs.runner import run_job
+from audience_sync.store.counters import totals
+from audience_sync.store.schema import connections, outbox, pending_cleanups
+from tests.fakes.braze_server import FakeBraze
+from tests.integration.test_delivery import FAST, REST_KEY, connection_settings, make_sender
+from tests.support import drain, membership, post, profile, subscription
+
+ACCOUNT = 8001
+MODE = "string+array+per_segment"
+MEMBERS = 300
+
+
+@pytest.fixture
+def braze():
+    with FakeBraze(api_keys={REST_KEY}) as server:
+        yield server
+
+
+def count(engine, table) -> int:
+    with engine.connect() as conn:
+        return conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
+
+
+def setup_members(make_runtime, braze, auth_headers, *, cleanup: str):
+    runtime = make_runtime(**FAST, **{"jobs.cleanup_removed.users_per_run": 120})
+    client = create_app(runtime=runtime).test_client()
+    settings = connection_settings(braze, MODE, cleanupOnRemove=cleanup)
+    post(client, subscription(ACCOUNT, 301, "Summer", **settings), auth_headers)
+    post(client, subscription(ACCOUNT, 302, "Winter", **settings), auth_headers)
+    profiles = [
+        profile(f"m{n}", [(301, "Summer", "add"), (302, "Winter", "add")]) for n in range(MEMBERS)
+    ]
+    post(client, membership(ACCOUNT, profiles, **settings), auth_headers)
+    sender = make_sender(runtime)
+    drain(sender, runtime.engine)
+    assert braze.users["m0"] == {
+        "SegmentMembership": "'301','302'",
+        "SegmentMembershipArray": ["301", "302"],
+        "In Summer": True,
+        "In Winter": True,
+    }
+    return runtime, client, sender, settings
+
+
+def run_cleanup_until_done(runtime) -> list[int]:
+    """Scheduled runs until nothing is left; returns users enqueued per run."""
+    per_run = []
+    while True:
+        report = run_job(runtime, CLEANUP, holder="test", force=True)
+        assert report is not None and report.error is None
+        per_run.append(report.result.counts["users_enqueued"])
+        if not per_run[-1]:
+            return per_run
+
+
+def test_remove_with_cleanup_clears_every_member_and_the_request_marks_nobody(
+    make_runtime, braze, auth_headers
+):
+    runtime, client, sender, settings = setup_members(
+        make_runtime, braze, auth_headers, cleanup="true"
+    )
+    assert count(runtime.engine, outbox) == 0
+
+    post(client, subscription(ACCOUNT, 301, "Summer", "remove", **settings), auth_headers)
+
+    # The request did O(1) work: one pending-cleanup record, no outbox row.
+    assert count(runtime.engine, outbox) == 0
+    assert count(runtime.engine, pending_cleanups) == 1
+
+    per_run = run_cleanup_until_done(runtime)
+    assert per_run[:3] == [120, 120, 60]  # paged: jobs.cleanup_removed.users_per_run
+    drain(sender, runtime.engine)
+    for n in range(MEMBERS):
+        assert braze.users[f"m{n}"] == {
+            "SegmentMembership": "'302'",
+            "SegmentMembershipArray": ["302"],
+            "In Winter": True,
+        }
+
+
+def test_remove_without_cleanup_leaves_the_attributes(make_runtime, braze, auth_headers):
+    runtime, client, sender, settings = setup_members(
+        make_runtime, braze, auth_headers, cleanup="false"
+    )
+    before = dict(braze.users)
+    post(client, subscription(ACCOUNT, 301, "Summer", "remove", **settings), auth_headers)
+    assert count(runtime.engine, pending_cleanups) == 0
+    assert run_cleanup_until_done(runtime) == [0]
+    drain(sender, runtime.engine)
+    assert braze.users == before
+
+
+def test_rename_moves_in_name_for_every_member(make_runtime, braze, auth_headers):
+    runtime, client, sender, settings = setup_members(
+        make_runtime, braze, auth_headers, cleanup="false"
+    )
+    post(client, subscription(ACCOUNT, 301, "Endless Summer", "update", **settings), auth_headers)
+    assert count(runtime.engine, outbox) == 0
+    run_cleanup_until_done(runtime)
+    drain(sender, runtime.engine)
+    assert braze.users["m7"] == {
+        "SegmentMembership": "'301','302'",
+        "SegmentMembershipArray": ["301", "302"],
+        "In Endless Summer": True,
+        "In Winter": True,
+    }
+
+
+@pytest.mark.parametrize("cleanup", ["false", "true"])
+def test_a_moved_connection_is_resent_in_full_and_its_old_rows_settled(
+    make_runtime, braze, auth_headers, cleanup
+):
+    runtime, client, sender, settings = setup_members(
+        make_runtime, braze, auth_headers, cleanup=cleanup
+    )
+    # Changes accepted but not yet delivered to the old workspace...
+    profiles = [profile(f"m{n}", [(302, "Winter", "delete")]) for n in range(10)]
+    post(client, membership(ACCOUNT, profiles, **settings), auth_headers)
+    with runtime.engine.connect() as conn:
+        old_ws = conn.execute(sa.select(connections.c.workspace_id)).scalar_one()
+    assert count(runtime.engine, outbox) == 10
+
+    with FakeBraze(api_keys={REST_KEY}) as other:
+        moved = connection_settings(other, MODE, cleanupOnRemove=cleanup)
+        post(client, membership(ACCOUNT, [], **moved), auth_headers)
+        assert count(runtime.engine, outbox) == 10  # the request marked nobody
+        run_cleanup_until_done(runtime)
+        with runtime.engine.connect() as conn:
+            in_old = outbox.c.workspace_id == old_ws
+            left = conn.execute(
+                sa.select(sa.func.count()).select_from(outbox).where(in_old)
+            ).scalar_one()
+            counted = totals(conn, scope=f"workspace:{old_ws}")
+        assert left == 0  # settled, not re-checked every minute forever
+        reason = "connection_moved_cleared" if cleanup == "true" else "connection_moved_dropped"
+        assert counted[(f"workspace:{old_ws}", reason)] == 10
+        drain(sender, runtime.engine)
+        assert len(other.users) == MEMBERS
+        # In full: every attribute written there ("In Winter" = false needs no write: never
+        # true in that workspace).
+        assert other.users["m0"] == {
+            "SegmentMembership": "'301'",
+            "SegmentMembershipArray": ["301"],
+            "In Summer": True,
+        }
+        assert other.users["m100"]["SegmentMembership"] == "'301','302'"
+    if cleanup == "true":
+        assert all(held == {} for held in braze.users.values())  # nothing of ours left there
+    else:
+        assert braze.users["m100"]["SegmentMembership"] == "'301','302'"  # left as it was
