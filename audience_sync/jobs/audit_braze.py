@@ -324,6 +324,11 @@ class Auditor:
                 for audience_id, name, _member in d.memberships
             }
             user = exported.users.get(eid)
+            if user is None and desired.update_existing_only:
+                # updateExistingOnly: a user Braze does not know is meant to stay unknown.
+                verified.append(eid)
+                self.report.users_read += 1
+                continue
             actual = (
                 Observed(custom_attributes=user.custom_attributes, email=user.email)
                 if user is not None

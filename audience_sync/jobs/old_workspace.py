@@ -37,6 +37,8 @@ logger = logging.getLogger(__name__)
 PAGE = 750
 """Users per pass step: ten full requests."""
 NOTHING = Desired(attributes={})
+REASON_REFUSED = "old_workspace_refused"
+"""Counter reason of users left uncleared because the old workspace refuses the old key."""
 
 
 def clear_old_workspace(
@@ -83,12 +85,33 @@ def clear_old_workspace(
             response = client.track(endpoint, api_key, request.body)
             budget.observe(key_id, response.headers)
             outcome = classify_response(response, sent=len(batch), now=now())
-            if outcome.kind not in (Kind.ACCEPTED, Kind.PARTIAL):
+            if outcome.kind in (Kind.RETRY_ALL, Kind.RATE_LIMITED):
+                # Braze is busy or away: this record waits for the next run.
                 if outcome.kind == Kind.RATE_LIMITED and outcome.retry_at:
                     budget.pause(key_id, outcome.retry_at)
                 outcome_counts[outcome.reason] += len(batch)
                 stopped = True
                 break
+            if outcome.kind in (Kind.SUSPEND, Kind.CONFIG_ERROR):
+                # The old key or URL is refused: nothing can be cleared there, ever. Give up,
+                # counted, rather than asking again every run.
+                outcome_counts[REASON_REFUSED] += len(page) - len(done)
+                _record(engine, cleanup, done, charges, outcome_counts, now())
+                logger.warning(
+                    "the left workspace refuses the old key: its attributes stay there",
+                    extra={
+                        "action": "old_workspace_refused",
+                        "workspace_id": cleanup.old_workspace_id,
+                        "reason": outcome.reason,
+                    },
+                )
+                return cleared + len(done), True
+            if outcome.kind not in (Kind.ACCEPTED, Kind.PARTIAL):
+                # SPLIT or BAD_REQUEST: Braze refuses these objects as they are; not retried.
+                for write in batch:
+                    done[write.external_id] = {}
+                outcome_counts[outcome.reason] += len(batch)
+                continue
             for index, write in enumerate(batch):
                 failure = outcome.per_object.get(index)
                 if failure is None:
