@@ -159,3 +159,29 @@ def test_a_moved_connection_is_resent_in_full_and_its_old_rows_settled(
         assert all(held == {} for held in braze.users.values())  # nothing of ours left there
     else:
         assert braze.users["m100"]["SegmentMembership"] == "'301','302'"  # left as it was
+
+
+def test_a_left_workspace_that_refuses_the_old_key_is_given_up_counted(
+    make_runtime, braze, auth_headers
+):
+    runtime, client, sender, _settings = setup_members(
+        make_runtime, braze, auth_headers, cleanup="true"
+    )
+    with runtime.engine.connect() as conn:
+        old_ws = conn.execute(sa.select(connections.c.workspace_id)).scalar_one()
+    braze.configure(auth_fail=True)  # the old key was revoked along with the move
+    with FakeBraze(api_keys={REST_KEY}) as other:
+        post(
+            client,
+            membership(ACCOUNT, [], **connection_settings(other, MODE, cleanupOnRemove="true")),
+            auth_headers,
+        )
+        run_cleanup_until_done(runtime)
+        drain(sender, runtime.engine)
+        assert len(other.users) == MEMBERS
+    with runtime.engine.connect() as conn:
+        counted = totals(conn, scope=f"workspace:{old_ws}")
+        record = conn.execute(sa.select(pending_cleanups).order_by(pending_cleanups.c.id)).all()[-1]
+    assert counted[(f"workspace:{old_ws}", "old_workspace_refused")] == MEMBERS
+    assert record.done_at is not None
+    assert record.old_target is None  # the old key is not kept once the record is settled
