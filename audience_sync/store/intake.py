@@ -540,29 +540,6 @@ _OUTBOX_COLUMNS = (
 )
 
 
-def _enqueue_select(
-    conn: sa.Connection,
-    workspace_id: int,
-    external_ids: sa.Select[t.Any],
-    now: float,
-    delay_s: float,
-) -> int:
-    """Mark dirty every user ``external_ids`` selects, in one ``INSERT ... SELECT``.
-    ``external_ids`` must select each id once."""
-    subquery = external_ids.subquery()
-    rows = sa.select(
-        sa.literal(workspace_id, sa.Integer),
-        subquery.c.external_id,
-        sa.literal(PENDING, sa.String),
-        sa.literal(1, sa.BigInteger),
-        sa.literal(now + delay_s, sa.Float),
-        sa.literal(0, sa.Integer),
-        sa.literal(now, sa.Float),
-    ).where(sa.true())  # SQLite needs a WHERE before ON CONFLICT in INSERT ... SELECT
-    stmt = on_conflict_requeue(insert(conn, outbox).from_select(list(_OUTBOX_COLUMNS), rows))
-    return max(conn.execute(stmt).rowcount, 0)
-
-
 def _enqueue_keys(
     conn: sa.Connection, workspace_id: int, external_ids: Iterable[str], now: float, delay_s: float
 ) -> None:
