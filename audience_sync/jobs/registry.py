@@ -8,6 +8,8 @@ NAME`` need no change when they land.
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import threading
 import time
 import typing as t
@@ -60,10 +62,12 @@ _REGISTRY: dict[str, JobSpec] = {}
 _LOCK = threading.Lock()
 
 CURRENTS_JOBS = ("currents_watch", "currents_expire")
-"""Hooks for the Currents room: it registers these names with :func:`register` (default
-intervals 60 s and 600 s, SPEC §7) from a function the process calls at start-up, and adds
-``jobs.currents_watch.*`` / ``jobs.currents_expire.*`` to the settings. Until then they are
-simply absent from the schedule."""
+"""The hook for the Currents room: a module :data:`CURRENTS_JOBS_MODULE` with ``SPECS``, a
+sequence of :class:`JobSpec` named as here (default intervals 60 s and 600 s, SPEC §7), is
+scheduled with the built-in jobs as soon as it exists; ``jobs.currents_watch.*`` and
+``jobs.currents_expire.*`` then go into the settings' ``FIELDS`` (until then the defaults of
+the specs apply). Until that module lands the two jobs are simply absent from the schedule."""
+CURRENTS_JOBS_MODULE = "audience_sync.currents.jobs"
 
 
 def register(spec: JobSpec) -> None:
@@ -78,5 +82,19 @@ def builtin_jobs() -> dict[str, JobSpec]:
 
     for module in (retry_due, audit_braze, cleanup_removed, prune):
         register(module.SPEC)
+    for spec in _currents_specs():
+        register(spec)
     with _LOCK:
         return dict(_REGISTRY)
+
+
+def _currents_specs() -> tuple[JobSpec, ...]:
+    """The Currents jobs, if :data:`CURRENTS_JOBS_MODULE` exists (see :data:`CURRENTS_JOBS`)."""
+    try:
+        found = importlib.util.find_spec(CURRENTS_JOBS_MODULE)
+    except ModuleNotFoundError:  # no audience_sync.currents package yet
+        return ()
+    if found is None:
+        return ()
+    module = importlib.import_module(CURRENTS_JOBS_MODULE)
+    return tuple(getattr(module, "SPECS", ()))
