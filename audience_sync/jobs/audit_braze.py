@@ -9,8 +9,10 @@ repaired acknowledged state of the drifted users, mark them dirty, and stamp ``v
 on everyone read. The scheduled job reads ``jobs.audit_braze.users_per_run`` users per run,
 oldest verified first; ``reconcile`` walks every user. ``--dry-run`` only reports.
 
-Figures (default budget, 250 requests per minute x 50 ids): 12,500 users per minute, about
-208 users/s; a full audit of 1,000,000 users takes 80 minutes.
+Figures (default budget, 250 requests per minute x 50 ids): at most 12,500 users per minute
+(208 users/s, 1,000,000 users in 80 minutes); measured against the local Braze server, the
+budget's 5 % arrival margin gives 3.8 requests/s, about 190 users/s once past the first
+second's burst: a full audit of 1,000,000 users takes about 88 minutes.
 """
 
 from __future__ import annotations

@@ -258,6 +258,9 @@ def test_two_schedulers_run_each_job_once_per_interval_and_survive_a_kill(reques
                 p.send_signal(signal.SIGTERM)
                 p.wait(timeout=60)
         engine.dispose()
+    assert survivor.returncode == 0, (tmp_path / "a.log").read_text() + (
+        tmp_path / "b.log"
+    ).read_text()
 
     for job, interval in INTERVALS.items():
         mine = [r for r in runs if r.job == job]
