@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 
 from audience_sync.braze.client import BrazeClient
-from audience_sync.braze.export import Exporter, ExportKind
+from audience_sync.braze.export import Exporter, ExportKind, ExportResult
 from audience_sync.core.account import ConnectionSettings, merge_settings, parse_connection_settings
 from audience_sync.core.attributes import (
     KEEP,
@@ -198,27 +198,30 @@ class Auditor:
         self, *, full: bool, dry_run: bool = False, account_id: int | None = None, budget: int = 0
     ) -> AuditReport:
         """Audit every selected workspace: all users (``full``) or up to ``budget`` users,
-        oldest verified first. With ``dry_run`` nothing is written."""
+        oldest verified first, shared evenly between the workspaces (what a small one leaves
+        goes to the next), so a large workspace never starves the others. With ``dry_run``
+        nothing is written."""
         if self.settings.get("braze.dry_run"):
             # Nothing was really written to Braze: there is nothing to compare with.
             self.report.skipped_workspaces["dry_run"] += 1
             return self.report
         with read_only(self.engine) as conn:
             spaces = store.workspaces_to_audit(conn, account_id=account_id)
+        remaining = len(spaces)
         for workspace_id, accounts in sorted(spaces.items()):
-            if not self._continue():
+            if not self._continue() or (not full and budget <= 0):
                 break
+            share = -(-budget // remaining)  # ceil: what is left, split over what is left
+            remaining -= 1
             left = self._workspace(
                 workspace_id,
                 accounts,
                 full=full,
                 dry_run=dry_run,
                 account_id=account_id,
-                budget=budget,
+                budget=share,
             )
-            budget = left
-            if not full and budget <= 0:
-                break
+            budget -= share - left
         return self.report
 
     def _continue(self) -> bool:
@@ -303,7 +306,7 @@ class Auditor:
         workspace_id: int,
         active: Mapping[int, ConnectionSettings],
         read: Sequence[store.Candidate],
-        exported: t.Any,
+        exported: ExportResult,
         *,
         dry_run: bool,
     ) -> None:

@@ -191,3 +191,18 @@ def test_reconcile_command_prints_a_summary(synced, braze, tmp_path):
     assert "missing_in_braze: 1" in result.output
     drain(sender, runtime.engine)
     assert braze.users == desired
+
+
+def test_the_scheduled_budget_is_shared_between_workspaces(synced, braze, auth_headers):
+    runtime, _sender, _desired = synced
+    client = create_app(runtime=runtime).test_client()
+    with FakeBraze(api_keys={REST_KEY}) as other:
+        settings = connection_settings(other, "string")
+        post(client, subscription(ACCOUNT + 1, 301, "Other", **settings), auth_headers)
+        profiles = [profile(f"o{n}", [(301, "Other", "add")]) for n in range(10)]
+        post(client, membership(ACCOUNT + 1, profiles, **settings), auth_headers)
+        drain(make_sender(runtime), runtime.engine)
+        report = Auditor(runtime.engine, runtime.settings).run(full=False, budget=6)
+        assert report.users_read == 6
+        assert braze.export_ids_requested == [3]
+        assert other.export_ids_requested == [3]
