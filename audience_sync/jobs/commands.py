@@ -13,6 +13,7 @@ from audience_sync.jobs.registry import JobContext, JobResult, JobSpec, builtin_
 from audience_sync.jobs.runner import new_holder_id, run_job
 from audience_sync.runtime import Runtime
 from audience_sync.settings import Settings
+from audience_sync.store.audit import workspaces_to_audit
 from audience_sync.store.jobs import RunOutcome
 
 Echo = Callable[[str], None]
@@ -88,6 +89,11 @@ def reconcile(
     try:
         if check_schema is not None:
             check_schema(runtime)
+        if account_id is not None:
+            with runtime.engine.connect() as conn:
+                if not workspaces_to_audit(conn, account_id=account_id):
+                    echo(f"no active connection {account_id} to audit")
+                    return 2
         holder: dict[str, t.Any] = {}
 
         def audit(ctx: JobContext) -> JobResult:

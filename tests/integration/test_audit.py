@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from audience_sync import create_app
 from audience_sync.cli import main
 from audience_sync.jobs.audit_braze import Auditor
+from audience_sync.store.jobs import recent_runs
 from audience_sync.store.schema import braze_users, outbox
 from tests.fakes.braze_server import FakeBraze
 from tests.integration.test_delivery import FAST, REST_KEY, connection_settings, make_sender
@@ -189,6 +190,13 @@ def test_reconcile_command_prints_a_summary(synced, braze, tmp_path):
     assert result.exit_code == 0, result.output
     assert "repairs queued: 5" in result.output
     assert "missing_in_braze: 1" in result.output
+    with runtime.engine.connect() as conn:
+        (run,) = recent_runs(conn, job="audit_braze")  # the dry run left no record
+    assert run.outcome == "ok"
+    assert run.counts["repairs_queued"] == 5
+    assert {d["kind"] for d in run.details["drift"]} >= {"missing_in_braze", "array_extra"}
+    unknown = CliRunner().invoke(main, ["reconcile", "--connection", "404"], env=env)
+    assert unknown.exit_code == 2
     drain(sender, runtime.engine)
     assert braze.users == desired
 
