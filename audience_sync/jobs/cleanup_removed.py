@@ -50,16 +50,20 @@ def mark_pending(
                 lambda c, item=item: cleanups.settle_old_workspace(c, item, now=now),
                 action="cleanup_settle",
             )
+        finished = True
         if item.clear_old and clear is not None:
+            # The old and the new workspace are independent: a Braze that is away for the
+            # clearing does not hold back the resend to the new one.
             cleared, finished = clear(item)
             counts["old_cleared"] += cleared
-            if not finished:
-                continue
-            in_transaction(engine, lambda c, item=item: cleanups.finish_clearing(c, item))
-        done = False
-        while not done and budget > 0 and keep_alive():
+            if finished:
+                in_transaction(
+                    engine, lambda c, item=item: cleanups.finish_clearing(c, item, now=now)
+                )
+        paged = item.paged
+        while not paged and budget > 0 and keep_alive():
             limit = min(PAGE, budget)
-            enqueued, done = in_transaction(
+            enqueued, paged = in_transaction(
                 engine,
                 lambda c, item=item, limit=limit: cleanups.enqueue_page(
                     c, item, now=now, limit=limit
@@ -70,7 +74,7 @@ def mark_pending(
             counts["users_enqueued"] += enqueued
             # The cursor moved: read the record again for the next page.
             item = replace(item, cursor=_cursor(engine, item.id))
-        counts["cleanups_done"] += int(done)
+        counts["cleanups_done"] += int(paged and finished)
     return counts
 
 

@@ -58,6 +58,7 @@ class Cleanup:
     clear_old: bool
     cursor: str | None
     enqueued: int
+    paged: bool = False
     old_target: tuple[str, str] | None = field(default=None, repr=False)
 
 
@@ -109,6 +110,7 @@ def open_cleanups(conn: sa.Connection, *, limit: int = 100) -> list[Cleanup]:
             clear_old=bool(r.clear_old),
             cursor=r.cursor,
             enqueued=r.enqueued,
+            paged=r.paged_at is not None,
             old_target=(
                 (r.old_target["endpoint"], r.old_target["api_key"]) if r.old_target else None
             ),
@@ -152,7 +154,9 @@ def enqueue_page(
     if ids:
         values["cursor"] = ids[-1]
     if len(ids) < limit:
-        values["done_at"] = now
+        values["paged_at"] = now
+        # Done, unless the old workspace of a move is still to be cleared.
+        values["done_at"] = sa.case((pending_cleanups.c.clear_old, None), else_=now)
     conn.execute(
         pending_cleanups.update().where(pending_cleanups.c.id == cleanup.id).values(**values)
     )
@@ -198,8 +202,11 @@ def settle_old_workspace(conn: sa.Connection, cleanup: Cleanup, *, now: float) -
 
 
 def _close(conn: sa.Connection, cleanup_id: int, now: float) -> None:
+    """Nothing (more) to mark; done unless an old workspace is still to be cleared."""
     conn.execute(
-        pending_cleanups.update().where(pending_cleanups.c.id == cleanup_id).values(done_at=now)
+        pending_cleanups.update()
+        .where(pending_cleanups.c.id == cleanup_id)
+        .values(paged_at=now, done_at=sa.case((pending_cleanups.c.clear_old, None), else_=now))
     )
 
 
@@ -333,10 +340,15 @@ def mark_cleared(
         )
 
 
-def finish_clearing(conn: sa.Connection, cleanup: Cleanup) -> None:
-    """The old workspace is clear: forget its key and go on with the new workspace."""
+def finish_clearing(conn: sa.Connection, cleanup: Cleanup, *, now: float) -> None:
+    """The old workspace is clear (or refuses the old key): forget the key; the record is
+    done if its users were all marked in the new workspace."""
     conn.execute(
         pending_cleanups.update()
         .where(pending_cleanups.c.id == cleanup.id)
-        .values(clear_old=False, old_target=None)
+        .values(
+            clear_old=False,
+            old_target=None,
+            done_at=sa.case((pending_cleanups.c.paged_at.is_not(None), now), else_=None),
+        )
     )

@@ -220,6 +220,7 @@ pending_cleanups = sa.Table(
     sa.Column("enqueued", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("settled", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("paged_at", sa.Float),  # every user marked: done once nothing is left to clear
     sa.Column("done_at", sa.Float),
     sa.Index("ix_pending_cleanups_done_id", "done_at", "id"),
 )

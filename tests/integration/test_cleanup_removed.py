@@ -185,3 +185,33 @@ def test_a_left_workspace_that_refuses_the_old_key_is_given_up_counted(
     assert counted[(f"workspace:{old_ws}", "old_workspace_refused")] == MEMBERS
     assert record.done_at is not None
     assert record.old_target is None  # the old key is not kept once the record is settled
+
+
+def test_an_unavailable_old_workspace_does_not_hold_back_the_new_one(
+    make_runtime, braze, auth_headers
+):
+    runtime, client, sender, _settings = setup_members(
+        make_runtime, braze, auth_headers, cleanup="true"
+    )
+    braze.configure(rate_5xx=1.0)
+    with FakeBraze(api_keys={REST_KEY}) as other:
+        post(
+            client,
+            membership(ACCOUNT, [], **connection_settings(other, MODE, cleanupOnRemove="true")),
+            auth_headers,
+        )
+        run_cleanup_until_done(runtime)
+        drain(sender, runtime.engine)
+        assert len(other.users) == MEMBERS  # resent in full while the old one is away
+    with runtime.engine.connect() as conn:
+        assert conn.execute(sa.select(pending_cleanups.c.done_at)).scalar_one() is None
+    braze.configure(rate_5xx=0.0)
+    report = run_job(runtime, CLEANUP, holder="test", force=True)
+    assert report is not None
+    assert report.result.counts["old_cleared"] == MEMBERS
+    assert report.result.counts["cleanups_done"] == 1
+    assert all(held == {} for held in braze.users.values())
+    with runtime.engine.connect() as conn:
+        record = conn.execute(sa.select(pending_cleanups)).one()
+    assert record.done_at is not None
+    assert record.old_target is None

@@ -61,6 +61,7 @@ def upgrade() -> None:
         sa.Column("enqueued", sa.BigInteger(), server_default="0", nullable=False),
         sa.Column("settled", sa.BigInteger(), server_default="0", nullable=False),
         sa.Column("created_at", sa.Float(), nullable=False),
+        sa.Column("paged_at", sa.Float(), nullable=True),
         sa.Column("done_at", sa.Float(), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_pending_cleanups")),
     )
