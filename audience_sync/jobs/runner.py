@@ -28,6 +28,17 @@ from audience_sync.store.transactions import in_transaction
 logger = logging.getLogger(__name__)
 
 
+MAX_ERROR_CHARS = 1000
+
+
+def describe_error(exc: BaseException) -> str:
+    """The error text a run record keeps: for a database error the driver's message only,
+    without the statement and its parameters (which may hold attribute values)."""
+    if isinstance(exc, sa.exc.DBAPIError) and exc.orig is not None:
+        exc = exc.orig
+    return f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS]
+
+
 def new_holder_id() -> str:
     """Unique per scheduler instance, readable in ``job_leases.holder`` and ``job_runs``."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
@@ -134,7 +145,7 @@ def run_job(
     try:
         result = spec.run(context)
     except Exception as exc:
-        outcome, error = store.RunOutcome.FAILED, f"{type(exc).__name__}: {exc}"
+        outcome, error = store.RunOutcome.FAILED, describe_error(exc)
         logger.exception("job failed", extra={"action": "job_failed", "job": spec.name})
     finally:
         heartbeat.done.set()
