@@ -29,24 +29,17 @@ import sqlalchemy as sa
 
 from audience_sync.braze.client import BrazeClient
 from audience_sync.braze.export import Exporter, ExportKind, ExportResult
-from audience_sync.core.account import ConnectionSettings, merge_settings, parse_connection_settings
-from audience_sync.core.attributes import (
-    KEEP,
-    PUSH_TOKENS_KEY,
-    Contribution,
-    Desired,
-    Membership,
-    desired_attributes,
-    diff,
-    per_segment_attribute,
-)
+from audience_sync.core.attributes import KEEP, PUSH_TOKENS_KEY, diff, per_segment_attribute
 from audience_sync.core.audit import Observed, audit_user
+from audience_sync.core.connection import ConnectionSettings, effective_settings
+from audience_sync.core.delivery_plan import desired_of
+from audience_sync.core.states import ConnectionState
 from audience_sync.jobs.registry import JobContext, JobResult, JobSpec
 from audience_sync.settings import Settings
 from audience_sync.store import audit as store
-from audience_sync.store.braze_state import Snapshot, load_snapshot
 from audience_sync.store.counters import increment
 from audience_sync.store.engine import read_only
+from audience_sync.store.snapshot import load_snapshot
 from audience_sync.store.transactions import in_transaction
 
 logger = logging.getLogger(__name__)
@@ -107,41 +100,12 @@ class AuditReport:
 
 
 def _parse(settings: Settings, account_id: int, raw: Mapping[str, t.Any]) -> ConnectionSettings:
-    merged = merge_settings(raw, settings.connection_overrides(account_id))
-    return parse_connection_settings(
-        account_id, merged, allowed_custom_endpoints=settings.get("braze.allowed_custom_endpoints")
-    )
-
-
-def desired_of(
-    external_id: str,
-    snapshot: Snapshot,
-    active: Mapping[int, ConnectionSettings],
-    *,
-    array_max_length: int,
-) -> Desired:
-    """What the user should hold: the sender's computation (``Sender._compute``) without the
-    diff. Kept beside the audit, which is its only other user."""
-    contributions = []
-    for d in snapshot.desired.get(external_id, ()):
-        parsed = active.get(d.account_id)
-        if parsed is None:
-            continue
-        contributions.append(
-            Contribution(
-                account_id=d.account_id,
-                parts=parsed.parts,
-                memberships=[
-                    Membership(audience_id=a, name=n, is_member=m) for a, n, m in d.memberships
-                ],
-                api_key=parsed.api_key,
-                email=d.email,
-                email_updated_at=d.email_updated_at,
-                push_tokens=d.push_tokens,
-                update_existing_only=parsed.update_existing_only,
-            )
-        )
-    return desired_attributes(contributions, array_max_length=array_max_length)
+    return effective_settings(
+        account_id,
+        raw,
+        overrides=settings.connection_overrides(account_id),
+        allowed_custom_endpoints=tuple(settings.get("braze.allowed_custom_endpoints")),
+    ).settings
 
 
 class Auditor:
@@ -242,7 +206,7 @@ class Auditor:
         active = {
             c.account_id: _parse(self.settings, c.account_id, c.account_settings)
             for c in snapshot.connections
-            if c.state == "active"
+            if c.state == ConnectionState.ACTIVE
         }
         active = {a: s for a, s in active.items() if s.is_valid}
         if not active:

@@ -13,6 +13,7 @@ import sqlalchemy as sa
 
 from audience_sync.braze.client import BrazeClient
 from audience_sync.braze.ratelimit import RateBudget
+from audience_sync.core.states import CleanupKind
 from audience_sync.jobs.old_workspace import clear_old_workspace
 from audience_sync.jobs.registry import JobContext, JobResult, JobSpec
 from audience_sync.store import cleanups
@@ -44,7 +45,7 @@ def mark_pending(
     for item in in_transaction(engine, lambda c: cleanups.open_cleanups(c, limit=100)):
         if budget <= 0 or not keep_alive():
             break
-        if item.kind is cleanups.CleanupKind.CONNECTION_MOVED and item.cursor is None:
+        if item.kind is CleanupKind.CONNECTION_MOVED and item.cursor is None:
             counts["old_rows_settled"] += in_transaction(
                 engine,
                 lambda c, item=item: cleanups.settle_old_workspace(c, item, now=now),

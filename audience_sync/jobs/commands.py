@@ -8,13 +8,13 @@ from collections.abc import Callable
 
 import click
 
+from audience_sync.core.states import JobRunOutcome
 from audience_sync.jobs.audit_braze import Auditor, AuditReport
 from audience_sync.jobs.registry import JobContext, JobResult, JobSpec, builtin_jobs
 from audience_sync.jobs.runner import new_holder_id, run_job
 from audience_sync.runtime import Runtime
 from audience_sync.settings import Settings
 from audience_sync.store.audit import workspaces_to_audit
-from audience_sync.store.jobs import RunOutcome
 
 Echo = Callable[[str], None]
 
@@ -48,7 +48,7 @@ def run_now(
         echo(f"  {key}: {value}")
     if report.error:
         echo(f"  error: {report.error}")
-    return 0 if report.outcome is RunOutcome.OK else 1
+    return 0 if report.outcome is JobRunOutcome.OK else 1
 
 
 def _summary(report: AuditReport, *, dry_run: bool, echo: Echo) -> None:
@@ -120,7 +120,7 @@ def reconcile(
             if ran is None:
                 echo("the audit is running in another process; try again when it has finished")
                 return 1
-            if ran.outcome is not RunOutcome.OK:
+            if ran.outcome is not JobRunOutcome.OK:
                 echo(f"reconcile failed: {ran.error}")
                 return 1
     finally:

@@ -25,10 +25,10 @@ from audience_sync.braze.keys import fingerprint
 from audience_sync.braze.outcomes import Kind, classify_response
 from audience_sync.braze.ratelimit import RateBudget
 from audience_sync.braze.requests import build_requests
-from audience_sync.core.attributes import Desired, diff
+from audience_sync.core.attributes import DesiredAttributes, diff
 from audience_sync.settings import Settings
 from audience_sync.store import cleanups, counters
-from audience_sync.store.braze_state import add_datapoints
+from audience_sync.store.datapoints import add_datapoints
 from audience_sync.store.engine import read_only
 from audience_sync.store.transactions import in_transaction
 
@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 
 PAGE = 750
 """Users per pass step: ten full requests."""
-NOTHING = Desired(attributes={})
+NOTHING = DesiredAttributes(attributes={})
 REASON_REFUSED = "old_workspace_refused"
 """Counter reason of users left uncleared because the old workspace refuses the old key."""
 

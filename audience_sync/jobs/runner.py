@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
+from audience_sync.core.states import JobRunOutcome
 from audience_sync.jobs.registry import JobContext, JobResult, JobSpec
 from audience_sync.runtime import Runtime
 from audience_sync.store import jobs as store
@@ -50,7 +51,7 @@ class RunReport:
 
     run_id: int
     job: str
-    outcome: store.RunOutcome
+    outcome: JobRunOutcome
     result: JobResult
     error: str | None = None
 
@@ -140,12 +141,12 @@ def run_job(
     context = JobContext(runtime=runtime, clock=clock, stop=stop, keep_alive=keep_alive)
     logger.info("job started", extra={"action": "job_started", "job": spec.name, "run": run_id})
     heartbeat.thread.start()
-    outcome, result, error = store.RunOutcome.OK, JobResult(), None
+    outcome, result, error = JobRunOutcome.OK, JobResult(), None
     started = time.perf_counter()
     try:
         result = spec.run(context)
     except Exception as exc:
-        outcome, error = store.RunOutcome.FAILED, describe_error(exc)
+        outcome, error = JobRunOutcome.FAILED, describe_error(exc)
         logger.exception("job failed", extra={"action": "job_failed", "job": spec.name})
     finally:
         heartbeat.done.set()

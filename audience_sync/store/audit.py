@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
+from audience_sync.core.states import ConnectionState, OutboxState
 from audience_sync.store import outbox as outbox_repo
 from audience_sync.store.schema import braze_users, connections, outbox, users
 
@@ -39,7 +40,7 @@ def workspaces_to_audit(
 ) -> dict[int, list[int]]:
     """Workspace id → its active connections (of ``account_id`` only, if given)."""
     query = sa.select(connections.c.workspace_id, connections.c.account_id).where(
-        connections.c.state == "active", connections.c.workspace_id.is_not(None)
+        connections.c.state == ConnectionState.ACTIVE, connections.c.workspace_id.is_not(None)
     )
     if account_id is not None:
         query = query.where(connections.c.account_id == account_id)
@@ -55,7 +56,7 @@ def _candidates(
     busy = sa.select(outbox.c.external_id).where(
         outbox.c.workspace_id == workspace_id,
         outbox.c.external_id == braze_users.c.external_id,
-        outbox.c.state == outbox_repo.PENDING,
+        outbox.c.state == OutboxState.PENDING,
     )
     query = sa.select(
         braze_users.c.external_id, braze_users.c.attributes, braze_users.c.updated_at
@@ -175,7 +176,7 @@ def apply_audit(
         if result.rowcount:
             repaired.append(repair.external_id)
     if repaired:
-        outbox_repo.enqueue(conn, ((workspace_id, e) for e in repaired), now=now)
+        outbox_repo.enqueue(conn, workspace_id, repaired, now=now)
     for start in range(0, len(verified), 500):
         conn.execute(
             braze_users.update()

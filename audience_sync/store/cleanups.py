@@ -14,10 +14,10 @@ from __future__ import annotations
 import typing as t
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import StrEnum
 
 import sqlalchemy as sa
 
+from audience_sync.core.states import CleanupKind, SubscriptionAction
 from audience_sync.store import counters, outbox
 from audience_sync.store.schema import (
     braze_users,
@@ -27,17 +27,6 @@ from audience_sync.store.schema import (
     users,
 )
 from audience_sync.store.schema import outbox as outbox_rows
-
-
-class CleanupKind(StrEnum):
-    """Why users are to be marked dirty."""
-
-    AUDIENCE_REMOVED = "audience_removed"  # removed with cleanupOnRemove: clear its attributes
-    AUDIENCE_RENAMED = "audience_renamed"  # per-segment: In <new> = true, In <old> = null
-    AUDIENCE_READDED = "audience_readded"  # added again (or renamed by an add)
-    SETTINGS_CHANGED = "settings_changed"  # sendSegmentsAs or another delivery setting changed
-    CONNECTION_MOVED = "connection_moved"  # new instance or REST key: resend in full there
-
 
 REASON_MOVED_DROPPED = "connection_moved_dropped"
 """Counter reason of the old workspace's pending rows dropped after a move without cleanup."""
@@ -149,7 +138,7 @@ def enqueue_page(
         return 0, True
     ids = list(conn.execute(_page_query(cleanup, limit)).scalars())
     if ids:
-        outbox.enqueue(conn, ((cleanup.workspace_id, e) for e in ids), now=now)
+        outbox.enqueue(conn, cleanup.workspace_id, ids, now=now)
     values: dict[str, object] = {"enqueued": pending_cleanups.c.enqueued + len(ids)}
     if ids:
         values["cursor"] = ids[-1]
@@ -221,9 +210,9 @@ def prune_done(conn: sa.Connection, *, before: float) -> int:
 
 
 _KIND_BY_ACTION = {
-    "remove": CleanupKind.AUDIENCE_REMOVED,
-    "update": CleanupKind.AUDIENCE_RENAMED,
-    "add": CleanupKind.AUDIENCE_READDED,
+    SubscriptionAction.REMOVE: CleanupKind.AUDIENCE_REMOVED,
+    SubscriptionAction.UPDATE: CleanupKind.AUDIENCE_RENAMED,
+    SubscriptionAction.ADD: CleanupKind.AUDIENCE_READDED,
 }
 
 

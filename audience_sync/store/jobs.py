@@ -14,21 +14,12 @@ from __future__ import annotations
 import typing as t
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import StrEnum
 
 import sqlalchemy as sa
 
-from audience_sync.store.dialect import insert
+from audience_sync.core.states import JobRunOutcome
 from audience_sync.store.schema import job_leases, job_runs
-
-
-class RunOutcome(StrEnum):
-    """The states of a recorded run."""
-
-    RUNNING = "running"
-    OK = "ok"
-    FAILED = "failed"
-
+from audience_sync.store.statements import insert
 
 INTERVAL_TOLERANCE = 0.1
 """Share of the interval a run may start early: schedulers fire a little before or after the
@@ -99,7 +90,7 @@ def start_run(conn: sa.Connection, *, job: str, holder: str, now: float) -> int:
     """Record a run as started; returns its id."""
     row = conn.execute(
         job_runs.insert()
-        .values(job=job, holder=holder, started_at=now, outcome=RunOutcome.RUNNING, counts={})
+        .values(job=job, holder=holder, started_at=now, outcome=JobRunOutcome.RUNNING, counts={})
         .returning(job_runs.c.id)
     ).one()
     return int(row.id)
@@ -110,7 +101,7 @@ def finish_run(
     *,
     run_id: int,
     now: float,
-    outcome: RunOutcome,
+    outcome: JobRunOutcome,
     counts: Mapping[str, int | float],
     details: Mapping[str, t.Any] | None = None,
     error: str | None = None,
@@ -169,7 +160,7 @@ def prune_runs(conn: sa.Connection, *, before: float) -> int:
     """Delete finished runs that started before ``before``; returns how many."""
     result = conn.execute(
         job_runs.delete().where(
-            job_runs.c.started_at < before, job_runs.c.outcome != RunOutcome.RUNNING
+            job_runs.c.started_at < before, job_runs.c.outcome != JobRunOutcome.RUNNING
         )
     )
     return max(result.rowcount or 0, 0)
@@ -180,9 +171,9 @@ def abandon_stale_runs(conn: sa.Connection, *, job: str, now: float) -> int:
     runs whose holder died (their lease expired) and will never record an end."""
     result = conn.execute(
         job_runs.update()
-        .where(job_runs.c.job == job, job_runs.c.outcome == RunOutcome.RUNNING)
+        .where(job_runs.c.job == job, job_runs.c.outcome == JobRunOutcome.RUNNING)
         .values(
-            outcome=RunOutcome.FAILED,
+            outcome=JobRunOutcome.FAILED,
             finished_at=now,
             error="abandoned: the holder stopped before the run ended (lease expired)",
         )

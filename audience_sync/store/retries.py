@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from audience_sync.store.outbox import PENDING
+from audience_sync.core.states import OutboxState
 from audience_sync.store.schema import outbox
 
 
@@ -23,7 +23,7 @@ class DueRetries:
 
 def due_range(now: float) -> sa.ColumnElement[bool]:
     """The index range of what is due (``ix_outbox_state_due``)."""
-    return sa.and_(outbox.c.state == PENDING, outbox.c.due_at <= now)
+    return sa.and_(outbox.c.state == OutboxState.PENDING, outbox.c.due_at <= now)
 
 
 def release_due(conn: sa.Connection, *, now: float, limit: int) -> DueRetries:

@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 
 from audience_sync.cli import main
+from audience_sync.core.states import JobRunOutcome
 from audience_sync.jobs.registry import JobResult, JobSpec
 from audience_sync.jobs.runner import run_job
 from audience_sync.store import jobs as store
@@ -51,8 +52,8 @@ def test_every_run_is_recorded_with_its_outcome_counts_and_error(runtime):
 
     good = run_job(runtime, JobSpec(name="good", run=ok, default_interval_s=60), holder="h")
     bad = run_job(runtime, JobSpec(name="bad", run=broken, default_interval_s=60), holder="h")
-    assert good is not None and good.outcome is store.RunOutcome.OK
-    assert bad is not None and bad.outcome is store.RunOutcome.FAILED
+    assert good is not None and good.outcome is JobRunOutcome.OK
+    assert bad is not None and bad.outcome is JobRunOutcome.FAILED
     with runtime.engine.connect() as conn:
         runs = {r.job: r for r in store.recent_runs(conn)}
     assert runs["good"].counts == {"things": 3}
