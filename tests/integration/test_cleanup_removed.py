@@ -71,15 +71,35 @@ def test_remove_with_cleanup_clears_every_member_and_the_request_marks_nobody(
         make_runtime, braze, auth_headers, cleanup="true"
     )
     assert count(runtime.engine, outbox) == 0
+    # A one-member audience, to compare the request's work with the 300-member one's.
+    post(
+        client,
+        membership(ACCOUNT, [profile("m0", [(303, "Tiny", "add")])], **settings),
+        auth_headers,
+    )
+    drain(sender, runtime.engine)
 
-    post(client, subscription(ACCOUNT, 301, "Summer", "remove", **settings), auth_headers)
+    def statements_of(message) -> int:
+        executed = []
+        listener = lambda *_args: executed.append(1)  # noqa: E731
+        sa.event.listen(runtime.engine, "before_cursor_execute", listener)
+        try:
+            post(client, message, auth_headers)
+        finally:
+            sa.event.remove(runtime.engine, "before_cursor_execute", listener)
+        return len(executed)
 
-    # The request did O(1) work: one pending-cleanup record, no outbox row.
+    tiny = statements_of(subscription(ACCOUNT, 303, "Tiny", "remove", **settings))
+    large = statements_of(subscription(ACCOUNT, 301, "Summer", "remove", **settings))
+
+    # The request did O(1) work: the same statements whatever the audience's size, one
+    # pending-cleanup record each, no outbox row.
+    assert large == tiny
     assert count(runtime.engine, outbox) == 0
-    assert count(runtime.engine, pending_cleanups) == 1
+    assert count(runtime.engine, pending_cleanups) == 2
 
     per_run = run_cleanup_until_done(runtime)
-    assert per_run[:3] == [120, 120, 60]  # paged: jobs.cleanup_removed.users_per_run
+    assert per_run[:3] == [120, 120, 61]  # paged: jobs.cleanup_removed.users_per_run
     drain(sender, runtime.engine)
     for n in range(MEMBERS):
         assert braze.users[f"m{n}"] == {
