@@ -81,7 +81,10 @@ def test_remove_with_cleanup_clears_every_member_and_the_request_marks_nobody(
 
     def statements_of(message) -> int:
         executed = []
-        listener = lambda *_args: executed.append(1)  # noqa: E731
+
+        def listener(*_args) -> None:
+            executed.append(1)
+
         sa.event.listen(runtime.engine, "before_cursor_execute", listener)
         try:
             post(client, message, auth_headers)
