@@ -82,11 +82,13 @@ def _require_current_schema(runtime: t.Any) -> None:
 @main.command("run")
 @pass_context
 def run_command(ctx: Context) -> None:
-    """Run everything in one process: HTTP server and delivery workers (SQLite default)."""
+    """Run everything in one process: HTTP server, delivery workers, scheduler (SQLite default)."""
     from audience_sync.process import run_all
 
     settings = _setup(ctx)
-    sys.exit(run_all(settings, http=True, senders=True, check_schema=_require_current_schema))
+    sys.exit(
+        run_all(settings, http=True, senders=True, jobs=True, check_schema=_require_current_schema)
+    )
 
 
 @main.command("serve")
@@ -112,6 +114,56 @@ def worker_command(ctx: Context) -> None:
             extra={"action": "sqlite_single_sender"},
         )
     sys.exit(run_all(settings, http=False, senders=True, check_schema=_require_current_schema))
+
+
+@main.command("scheduler")
+@pass_context
+def scheduler_command(ctx: Context) -> None:
+    """Run the scheduled jobs only (any number of these share the jobs through database leases)."""
+    from audience_sync.process import run_all
+
+    settings = _setup(ctx)
+    sys.exit(
+        run_all(
+            settings, http=False, senders=False, jobs=True, check_schema=_require_current_schema
+        )
+    )
+
+
+@main.group("jobs")
+def jobs_group() -> None:
+    """Scheduled jobs."""
+
+
+@jobs_group.command("run")
+@click.argument("name")
+@pass_context
+def jobs_run_command(ctx: Context, name: str) -> None:
+    """Run one job now (under its lease), and print its counts."""
+    from audience_sync.jobs.commands import run_now
+
+    settings = _setup(ctx)
+    sys.exit(run_now(settings, name, echo=click.echo, check_schema=_require_current_schema))
+
+
+@main.command("reconcile")
+@click.option("--connection", "account_id", type=int, help="Only this mParticle account id.")
+@click.option("--dry-run", is_flag=True, help="Only report the drift; write nothing.")
+@pass_context
+def reconcile_command(ctx: Context, account_id: int | None, dry_run: bool) -> None:
+    """Audit what Braze holds for every user now, and queue the repairs (SPEC §7)."""
+    from audience_sync.jobs.commands import reconcile
+
+    settings = _setup(ctx)
+    sys.exit(
+        reconcile(
+            settings,
+            account_id=account_id,
+            dry_run=dry_run,
+            echo=click.echo,
+            check_schema=_require_current_schema,
+        )
+    )
 
 
 @main.command("replay")

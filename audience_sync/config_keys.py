@@ -73,6 +73,23 @@ FIELDS: dict[str, tuple[str, object]] = {
     "currents.watch_dir": ("str", ""),
     "currents.probe_interval_s": ("float", 30.0),
     "log.level": ("str", "INFO"),
+    # Scheduled jobs (SPEC §7): jobs.<name>.interval_s and jobs.<name>.enabled per job.
+    "jobs.lease_s": ("float", 60.0),
+    "jobs.retry_due.enabled": ("bool", True),
+    "jobs.retry_due.interval_s": ("float", 10.0),
+    "jobs.audit_braze.enabled": ("bool", True),
+    "jobs.audit_braze.interval_s": ("float", 1800.0),
+    "jobs.audit_braze.users_per_run": ("int", 10000),
+    "jobs.audit_braze.settle_s": ("float", 60.0),
+    "jobs.cleanup_removed.enabled": ("bool", True),
+    "jobs.cleanup_removed.interval_s": ("float", 60.0),
+    "jobs.cleanup_removed.users_per_run": ("int", 100000),
+    "jobs.prune.enabled": ("bool", True),
+    "jobs.prune.interval_s": ("float", 3600.0),
+    "jobs.prune.firehose_ids_s": ("float", 604800.0),
+    "jobs.prune.counters_s": ("float", 34560000.0),
+    "jobs.prune.job_runs_s": ("float", 1209600.0),
+    "braze.export_requests_per_minute": ("float", 250.0),
 }
 
 FEED_PLATFORMS = ("ios", "android", "web", "unbound")
@@ -153,12 +170,25 @@ def check_ranges(values: dict[str, t.Any], errors: list[str]) -> None:
         "currents.dedup_window_s",
         "currents.probe_interval_s",
         "admin.session_max_age_s",
+        "jobs.lease_s",
+        "jobs.audit_braze.users_per_run",
+        "jobs.cleanup_removed.users_per_run",
+        "jobs.prune.firehose_ids_s",
+        "jobs.prune.counters_s",
+        "jobs.prune.job_runs_s",
+        "braze.export_requests_per_minute",
     ]
+    positive += [k for k in values if k.startswith("jobs.") and k.endswith(".interval_s")]
     for key in positive:
         value = values.get(key)
         if value is not None and value <= 0:
             errors.append(f"{key}: must be greater than 0")
-    for key in ("braze.min_resend_interval_s", "delivery.retry_window_s", "delivery.coalesce_s"):
+    for key in (
+        "braze.min_resend_interval_s",
+        "delivery.retry_window_s",
+        "delivery.coalesce_s",
+        "jobs.audit_braze.settle_s",
+    ):
         value = values.get(key)
         if value is not None and value < 0:
             errors.append(f"{key}: must be 0 or more")

@@ -60,6 +60,19 @@ class Action(StrEnum):
     ADMIN_LOGOUT = "admin_logout"
     ADMIN_UNAUTHORIZED = "admin_unauthorized"
     ADMIN_REPLAY = "admin_replay"
+    # scheduled jobs (jobs/)
+    SCHEDULER_STARTED = "scheduler_started"
+    SCHEDULER_STOPPED = "scheduler_stopped"
+    JOB_TICK_ERROR = "job_tick_error"
+    JOB_STARTED = "job_started"
+    JOB_FINISHED = "job_finished"
+    JOB_SKIPPED = "job_skipped"
+    JOB_FAILED = "job_failed"
+    JOB_LEASE_LOST = "job_lease_lost"
+    JOB_LEASE_ERROR = "job_lease_error"
+    AUDIT_SKIPPED = "audit_skipped"
+    OLD_WORKSPACE_PAUSED = "old_workspace_paused"
+    OLD_WORKSPACE_REFUSED = "old_workspace_refused"
 
 
 # Latency buckets in seconds: Firehose acknowledgements aim at 50 ms, Braze calls take ~100 ms.

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from audience_sync.core.attributes import (
     Contribution,
+    DesiredAttributes,
     Membership,
     Uncertain,
     Write,
@@ -299,16 +300,15 @@ def _compute_memo(
     return write, flags, during
 
 
-def _compute(
+def desired_of(
     external_id: str,
     snapshot: Snapshot,
     active: Mapping[int, ConnectionSettings],
-    ack: Acknowledged,
-    uncertain: Uncertain,
     *,
     array_max_length: int,
-    array_write: str,
-) -> tuple[Write, frozenset[str]]:
+) -> DesiredAttributes:
+    """What one user of the snapshot should hold in Braze: every active connection's wishes
+    merged (the sender diffs it with the acknowledged state; the audit compares with Braze)."""
     contributions = []
     for d in snapshot.desired.get(external_id, ()):
         settings = active.get(d.account_id)
@@ -328,7 +328,20 @@ def _compute(
                 update_existing_only=settings.update_existing_only,
             )
         )
-    desired = desired_attributes(contributions, array_max_length=array_max_length)
+    return desired_attributes(contributions, array_max_length=array_max_length)
+
+
+def _compute(
+    external_id: str,
+    snapshot: Snapshot,
+    active: Mapping[int, ConnectionSettings],
+    ack: Acknowledged,
+    uncertain: Uncertain,
+    *,
+    array_max_length: int,
+    array_write: str,
+) -> tuple[Write, frozenset[str]]:
+    desired = desired_of(external_id, snapshot, active, array_max_length=array_max_length)
     write = diff(
         external_id,
         desired,

@@ -93,3 +93,21 @@ class IntakeCounter(StrEnum):
     DUPLICATE_MESSAGE = "duplicate_message"
     MEMBERSHIPS_APPLIED = "memberships_applied"
     AUDIENCE_REMOVED = "audience_removed"
+
+
+class JobRunOutcome(StrEnum):
+    """A recorded run of a scheduled job (SPEC §7)."""
+
+    RUNNING = "running"
+    OK = "ok"
+    FAILED = "failed"
+
+
+class CleanupKind(StrEnum):
+    """Why a pending cleanup marks users dirty (SPEC §7 ``cleanup_removed``, §4.6)."""
+
+    AUDIENCE_REMOVED = "audience_removed"  # removed with cleanupOnRemove: clear its attributes
+    AUDIENCE_RENAMED = "audience_renamed"  # per-segment: In <new> = true, In <old> = null
+    AUDIENCE_READDED = "audience_readded"  # added again (or renamed by an add)
+    SETTINGS_CHANGED = "settings_changed"  # sendSegmentsAs or another delivery setting changed
+    CONNECTION_MOVED = "connection_moved"  # new instance or REST key: resend in full there

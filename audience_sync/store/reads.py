@@ -36,6 +36,9 @@ from audience_sync.store.schema import (
     users,
     workspaces,
 )
+from audience_sync.store.schema import (
+    job_runs as job_runs_table,
+)
 from audience_sync.store.snapshot import load_snapshot
 
 MASK = "***"
@@ -473,10 +476,19 @@ def feed_states(conn: sa.Connection) -> list[FeedState]:
 
 
 def job_runs(conn: sa.Connection, *, after: int | None = None, limit: int = 100) -> list[JobRun]:
-    """Job runs, newest first (``after``: the id of the last run already seen).
-
-    Returns ``[]`` until the job-run table exists (the ``jobs`` room builds it); the lead
-    wires this function to it at merge.
-    """
-    del conn, after, limit
-    return []
+    """Job runs, newest first (``after``: the id of the last run already seen)."""
+    query = sa.select(job_runs_table).order_by(job_runs_table.c.id.desc()).limit(limit)
+    if after is not None:
+        query = query.where(job_runs_table.c.id < after)
+    return [
+        JobRun(
+            id=r.id,
+            job=r.job,
+            state=r.outcome,
+            started_at=r.started_at,
+            finished_at=r.finished_at,
+            summary=dict(r.counts or {}),
+            error=r.error,
+        )
+        for r in conn.execute(query)
+    ]

@@ -179,3 +179,71 @@ datapoints = sa.Table(
     sa.Column("audience_id", sa.BigInteger, primary_key=True, autoincrement=False),
     sa.Column("points", sa.BigInteger, nullable=False),
 )
+
+
+# --- scheduled jobs (SPEC §7): leases, runs, pending cleanups -----------------------------------
+# Migration 0004_jobs. Kept together so that a merge with other blocks stays a clean append.
+
+# One row per job: who holds it until when, and when it last started (so that two schedulers
+# with the same interval run it once per interval, not once each).
+job_leases = sa.Table(
+    "job_leases",
+    metadata,
+    sa.Column("job", sa.String(64), primary_key=True),
+    sa.Column("holder", sa.String(128)),
+    sa.Column("expires_at", sa.Float, nullable=False),
+    sa.Column("last_started_at", sa.Float),
+    sa.Column("last_finished_at", sa.Float),
+)
+
+# Every run of every job: readable by `audience-sync status` and the admin API.
+job_runs = sa.Table(
+    "job_runs",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("job", sa.String(64), nullable=False),
+    sa.Column("holder", sa.String(128), nullable=False),
+    sa.Column("started_at", sa.Float, nullable=False),
+    sa.Column("finished_at", sa.Float),
+    sa.Column("outcome", sa.String(16), nullable=False),  # running | ok | failed
+    sa.Column("counts", JSONType, nullable=False),
+    sa.Column("details", JSONType),  # e.g. the audit's drift per audience with sample users
+    sa.Column("error", sa.Text),
+    sa.Index("ix_job_runs_job_started", "job", "started_at"),
+    sa.Index("ix_job_runs_started", "started_at"),
+)
+
+# Work a Firehose request asks for but must not do inline (it may touch 100,000 users): mark the
+# members of an audience, or every user of a connection, dirty in a workspace; or settle the
+# pending rows a connection left in its previous workspace. Paged by ``cleanup_removed``.
+pending_cleanups = sa.Table(
+    "pending_cleanups",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    # audience_removed | audience_renamed | audience_readded | settings_changed | connection_moved
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("account_id", sa.BigInteger, nullable=False),
+    sa.Column("audience_id", sa.BigInteger),  # None: every user of the connection
+    sa.Column("workspace_id", sa.Integer, nullable=False),
+    # connection_moved: the workspace left behind, and whether to clear it or drop its rows.
+    sa.Column("old_workspace_id", sa.Integer),
+    sa.Column("clear_old", sa.Boolean, nullable=False, server_default=sa.false()),
+    # Where to clear it: {"endpoint", "api_key"} of the old settings, erased once done. The key
+    # is as secret here as in connections.account_settings: never returned, never logged.
+    sa.Column("old_target", JSONType),
+    sa.Column("cursor", sa.String(1024)),  # last external_id enqueued (keyset paging)
+    sa.Column("enqueued", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("settled", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("paged_at", sa.Float),  # every user marked: done once nothing is left to clear
+    sa.Column("done_at", sa.Float),
+    sa.Index("ix_pending_cleanups_done_id", "done_at", "id"),
+)
+
+# The audit's cursor (oldest verified first) runs on this index.
+sa.Index(
+    "ix_braze_users_workspace_verified",
+    braze_users.c.workspace_id,
+    braze_users.c.verified_at,
+    braze_users.c.external_id,
+)

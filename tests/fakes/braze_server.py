@@ -78,6 +78,7 @@ FAULT_FIELDS = (
     "delay_s",
     "enforce_rate_limit",
     "object_error",
+    "export_429_next",
 )
 
 
@@ -371,6 +372,9 @@ class FakeBraze:
         self._connections: set[socket.socket] = set()
         self._windows: dict[str, tuple[float, int]] = {}  # key -> (window start, count)
         self._in_flight: Counter[str] = Counter()
+        self.export_429_next = 0  # answer this many next exports 429 (Retry-After: 1)
+        self.export_requests = 0
+        self.export_ids_requested: list[int] = []  # ids per /users/export/ids request
         self.reset_stats()
 
     # -- life cycle ----------------------------------------------------------------------
@@ -717,9 +721,46 @@ class FakeBraze:
                 processed += 1
         return errors, processed
 
+    # -- tampering with stored attributes (audit tests: drift made outside the engine) ------
+
+    def drop_attribute(self, external_id: str, key: str) -> None:
+        """Remove one attribute of a stored user, as a marketer's manual edit would."""
+        with self.lock:
+            self.users[external_id].pop(key, None)
+
+    def set_attribute(self, external_id: str, key: str, value: t.Any) -> None:
+        """Overwrite one stored attribute (e.g. flip ``In <name>`` from true to false)."""
+        with self.lock:
+            self.users.setdefault(external_id, {})[key] = value
+
+    def flip_boolean(self, external_id: str, key: str) -> None:
+        """Negate a stored boolean attribute."""
+        with self.lock:
+            self.users[external_id][key] = not self.users[external_id][key]
+
+    def add_array_value(self, external_id: str, key: str, value: str) -> None:
+        """Append a stray value to a stored array attribute."""
+        with self.lock:
+            array = self.users.setdefault(external_id, {}).setdefault(key, [])
+            if value not in array:
+                array.append(value)
+
+    def delete_user(self, external_id: str) -> None:
+        """Forget a user entirely (a deletion in Braze)."""
+        with self.lock:
+            self.users.pop(external_id, None)
+
     def _handle_export(self, headers: Mapping[str, str], raw: bytes) -> t.Any:
-        if self._authorized(headers) is None:
+        key = self._authorized(headers)
+        if key is None:
             return self._finish(401, {"message": "Invalid API key"})
+        with self.lock:
+            self.export_requests += 1
+            rl_headers, _ = self._ratelimit("export:" + key, time.time())
+            if self.export_429_next > 0:
+                self.export_429_next -= 1
+                retry = {"X-Ratelimit-Retry-After": "1", "Retry-After": "1"}
+                return self._finish(429, {"message": "Rate Limited"}, {**rl_headers, **retry})
         try:
             payload = json.loads(raw)
         except ValueError:
@@ -727,6 +768,8 @@ class FakeBraze:
         if not isinstance(payload, dict) or not isinstance(payload.get("external_ids"), list):
             return self._finish(400, {"message": "Bad Request"})
         ids = payload["external_ids"]
+        with self.lock:
+            self.export_ids_requested.append(len(ids))
         if len(ids) > MAX_EXPORT_IDS:
             return self._finish(400, {"message": "The max number of ids per request was exceeded"})
         fields = payload.get("fields_to_export") or None
@@ -753,7 +796,7 @@ class FakeBraze:
         body: dict[str, t.Any] = {"users": users, "message": "success"}
         if invalid:
             body["invalid_user_ids"] = invalid
-        return self._finish(201, body)
+        return self._finish(201, body, rl_headers)
 
     def _handle_faults(self, raw: bytes) -> t.Any:
         try:

@@ -292,9 +292,32 @@ def test_a_cursor_of_another_list_is_refused(delivered):
     assert_error_shape(response, 400)
 
 
-def test_feeds_and_jobs_are_empty_lists_until_their_rooms_report(delivered):
-    for path in ("/api/v1/currents/feeds", "/api/v1/jobs"):
-        assert delivered.get(path, headers=BEARER).get_json() == {"items": [], "next_cursor": None}
+@pytest.fixture
+def delivered_with_runs(make_runtime, braze):
+    """``delivered``, plus two recorded runs of the real ``prune`` job."""
+    from audience_sync import create_app
+    from audience_sync.jobs.registry import builtin_jobs
+    from audience_sync.jobs.runner import run_job
+
+    runtime = make_runtime(**ADMIN_SETTINGS)
+    client = create_app(runtime=runtime).test_client()
+    populate(client, braze.url)
+    deliver(runtime)
+    for _ in range(2):
+        assert run_job(runtime, builtin_jobs()["prune"], holder="test", force=True) is not None
+    return client
+
+
+def test_job_runs_are_listed_newest_first_with_a_cursor(delivered_with_runs):
+    page = delivered_with_runs.get("/api/v1/jobs?limit=1", headers=BEARER).get_json()
+    assert [r["job"] for r in page["items"]] == ["prune"]
+    assert page["items"][0]["state"] == "ok"
+    rest = delivered_with_runs.get(
+        f"/api/v1/jobs?limit=5&cursor={page['next_cursor']}", headers=BEARER
+    ).get_json()
+    assert [r["job"] for r in rest["items"]] == ["prune"]
+    assert rest["items"][0]["id"] < page["items"][0]["id"]
+    assert rest["next_cursor"] is None
 
 
 def test_datapoints_filter_by_connection_and_day(delivered):

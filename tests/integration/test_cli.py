@@ -97,6 +97,7 @@ def test_run_serves_until_sigterm_and_refuses_an_unmigrated_database(tmp_path):
     assert proc.returncode == 0, stderr
     assert '"action": "process_started"' in stderr
     assert '"action": "senders_started"' in stderr
+    assert '"action": "scheduler_started"' in stderr
     assert '"action": "process_stopped"' in stderr
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from audience_sync.errors import ConfigValidationError
-from audience_sync.settings import FIELDS, Secret, load_settings
+from audience_sync.settings import FIELDS, Secret, _flatten, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_defaults_file_matches_the_code():
     with (ROOT / "config" / "default.toml").open("rb") as fh:
         data = tomllib.load(fh)
-    flat = {f"{s}.{k}": v for s, section in data.items() for k, v in section.items()}
+    flat = _flatten(data)  # jobs.<name>.<key> nests three levels
     for key, value in flat.items():
         _kind, default = FIELDS[key]
         assert value == default, key
