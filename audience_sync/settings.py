@@ -86,6 +86,12 @@ FIELDS: dict[str, tuple[str, object]] = {
     "currents.dedup_window_s": ("float", 259200.0),
     "currents.watch_dir": ("str", ""),
     "currents.probe_interval_s": ("float", 30.0),
+    # Not in SPEC §2's table but needed by §6 (body limit, backlog bound, rate budget).
+    "currents.max_body_bytes": ("int", 5_242_880),
+    "currents.max_backlog": ("int", 5_000_000),
+    "currents.batches_per_second": ("float", 270.0),
+    "currents.timeout_s": ("float", 30.0),
+    "currents.mapping_path": ("str", ""),
     "log.level": ("str", "INFO"),
 }
 
@@ -260,6 +266,10 @@ def _check_ranges(values: dict[str, t.Any], errors: list[str]) -> None:
         "currents.retention_s",
         "currents.dedup_window_s",
         "currents.probe_interval_s",
+        "currents.max_body_bytes",
+        "currents.max_backlog",
+        "currents.batches_per_second",
+        "currents.timeout_s",
     ]
     for key in positive:
         value = values.get(key)

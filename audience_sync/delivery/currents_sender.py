@@ -1,0 +1,366 @@
+"""The mParticle sender: claim → plan → pack → send → record (SPEC §6.3 to §6.5).
+
+1. form batches from queued events (content fixed; ``source_request_id`` derived from it);
+2. lease the oldest due batches of active feeds, one per user at a time (arrival order);
+3. pack them into ``/v2/bulkevents`` requests (≤100 batches, <256 KB) within the feed's
+   batches-per-second budget;
+4. record each request's outcome in one transaction: accepted batches are deleted with their
+   events; 400/413 split the request to isolate the bad batch, which is dead-lettered with
+   mParticle's message; 401/403 pause the feed (its batches stay, no attempt spent); 429 holds
+   the feed key for Retry-After (no attempt); 5xx, timeouts and drops retry with the shared
+   backoff policy until both the retention and the attempt budget are spent.
+
+A paused feed is probed with its oldest pending batch every ``currents.probe_interval_s``, and at
+once when its settings change; the first success resumes it. A SIGKILL anywhere loses nothing:
+until step 4 commits a batch is only leased, and a resend carries the same ``source_request_id``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+
+import sqlalchemy as sa
+
+from audience_sync.core.currents.batching import plan_batches
+from audience_sync.core.retry import RetryPolicy, decide_retry
+from audience_sync.currents.service import CurrentsConfig
+from audience_sync.mparticle.client import FeedCredentials, MParticleClient
+from audience_sync.mparticle.outcomes import Kind, Outcome
+from audience_sync.mparticle.ratelimit import BatchBudget
+from audience_sync.mparticle.requests import pack
+from audience_sync.mparticle.urls import url_problem
+from audience_sync.settings import Settings
+from audience_sync.store import currents as queue
+from audience_sync.store.transactions import in_transaction
+
+logger = logging.getLogger(__name__)
+
+PLAN_EVENTS = 5000
+"""Queued events cut into batches per feed and transaction."""
+CLAIM_BATCHES = 400
+"""Batches leased at a time (four full requests)."""
+HOUSEKEEPING_INTERVAL_S = 1.0
+"""How often feed rows, held events and probes are looked at."""
+
+
+def feed_fingerprint(base_url: str, key: str, secret: str) -> str:
+    """Identifies a feed's settings without storing them (a change triggers a probe)."""
+    return hashlib.sha256("\x00".join([base_url, key, secret]).encode("utf-8")).hexdigest()
+
+
+class CurrentsSender:
+    """Forwards queued Currents events to mParticle; several may run (threads or processes)."""
+
+    def __init__(
+        self,
+        *,
+        engine: sa.Engine,
+        settings: Settings,
+        client: MParticleClient,
+        budget: BatchBudget,
+        worker_id: str,
+        clock: Callable[[], float] = time.time,
+        jitter: Callable[[], float] = random.random,
+        stop: threading.Event | None = None,
+    ) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.client = client
+        self.budget = budget
+        self.worker_id = worker_id
+        self.clock = clock
+        self.jitter = jitter
+        self.stop = stop or threading.Event()
+        self.config = CurrentsConfig.from_settings(settings)
+        self.environment: str = settings.get("currents.environment")
+        self.lease_s: float = settings.get("delivery.lease_s")
+        self.probe_interval_s: float = settings.get("currents.probe_interval_s")
+        self.policy = RetryPolicy(
+            base_s=settings.get("delivery.backoff_base_s"),
+            cap_s=settings.get("delivery.backoff_cap_s"),
+            # Currents keep retrying for their retention (SPEC §6.5), not the Braze window.
+            retry_window_s=settings.get("currents.retention_s"),
+            max_attempts=settings.get("delivery.max_attempts"),
+        )
+        base_url = settings.get("currents.mparticle_url")
+        self.url_problem = url_problem(base_url, settings.get("currents.allowed_mparticle_urls"))
+        self.credentials = {
+            f.name: FeedCredentials(base_url=base_url, key=f.key.reveal(), secret=f.secret.reveal())
+            for f in settings.feeds
+        }
+        self.fingerprints = {
+            name: feed_fingerprint(c.base_url, c.key, c.secret)
+            for name, c in self.credentials.items()
+        }
+        self.states: dict[str, str] = {}
+        self._next_housekeeping = 0.0
+        if self.url_problem:
+            logger.error(
+                "currents.mparticle_url refused: %s; nothing is sent",
+                self.url_problem,
+                extra={"action": "currents_url_refused", "reason": self.url_problem},
+            )
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def run_forever(self) -> None:
+        """Send until ``stop`` is set; sleep ``delivery.poll_interval_s`` when idle."""
+        poll = self.settings.get("delivery.poll_interval_s")
+        while not self.stop.is_set():
+            try:
+                handled = self.run_once()
+            except sa.exc.OperationalError as exc:
+                logger.warning(
+                    "database error in the currents sender; retrying",
+                    extra={"action": "sender_db_error", "error": type(exc).__name__},
+                )
+                handled = 0
+            except Exception:
+                logger.exception(
+                    "currents sender iteration failed", extra={"action": "sender_error"}
+                )
+                handled = 0
+            if not handled:
+                self.stop.wait(poll)
+
+    def run_once(self) -> int:
+        """One round: housekeeping, batch forming, probes, sends. Returns batches handled."""
+        if self.url_problem:
+            return 0
+        now = self.clock()
+        handled = 0
+        if now >= self._next_housekeeping:
+            self._next_housekeeping = now + HOUSEKEEPING_INTERVAL_S
+            self._housekeeping(now)
+            handled += self._probe(now)
+        handled += self.form_batches(now)
+        active = [n for n in self.credentials if self.states.get(n) != queue.FeedState.PAUSED]
+        claims = in_transaction(
+            self.engine,
+            lambda conn: queue.claim_batches(
+                conn,
+                feeds=active,
+                worker_id=self.worker_id,
+                now=now,
+                lease_s=self.lease_s,
+                limit=CLAIM_BATCHES,
+            ),
+            action="currents_claim",
+        )
+        by_feed: dict[str, list[queue.ClaimedBatch]] = defaultdict(list)
+        for claim in claims:
+            by_feed[claim.feed].append(claim)
+        for feed, batches in by_feed.items():
+            self.deliver(feed, batches)
+        return handled + len(claims)
+
+    def _housekeeping(self, now: float) -> None:
+        def work(conn: sa.Connection) -> dict[str, str]:
+            states = queue.sync_feeds(conn, self.fingerprints, now=now)
+            queue.reroute_held(conn, self.config.route, now=now)
+            return states
+
+        self.states = in_transaction(self.engine, work, action="currents_feeds")
+
+    def form_batches(self, now: float) -> int:
+        """Cut queued events into batches, per feed; returns the number of batches formed."""
+        with self.engine.connect() as conn:
+            feeds = queue.feeds_with_queued(conn)
+        formed = 0
+        for feed in feeds:
+
+            def work(conn: sa.Connection, feed: str = feed) -> int:
+                events = queue.queued_events(conn, feed, limit=PLAN_EVENTS)
+                plan = plan_batches(events, environment=self.environment)
+                return queue.save_plan(conn, plan, now=now)
+
+            formed += in_transaction(self.engine, work, action="currents_plan")
+        return formed
+
+    # -- probes --------------------------------------------------------------------------------
+
+    def _probe(self, now: float) -> int:
+        due = in_transaction(
+            self.engine,
+            lambda conn: queue.claim_probe_turn(
+                conn, now=now, probe_interval_s=self.probe_interval_s
+            ),
+            action="currents_probe_turn",
+        )
+        probed = 0
+        for feed in due:
+            if feed not in self.credentials:
+                continue
+            claim = in_transaction(
+                self.engine,
+                lambda conn, feed=feed: queue.claim_probe(
+                    conn, feed, worker_id=self.worker_id, now=now, lease_s=self.lease_s
+                ),
+                action="currents_claim_probe",
+            )
+            if claim is None:
+                continue
+            logger.info(
+                "probing paused feed %s", feed, extra={"action": "currents_probe", "feed": feed}
+            )
+            probed += 1
+            self.deliver(feed, [claim], probe=True)
+        return probed
+
+    # -- one feed ------------------------------------------------------------------------------
+
+    def deliver(
+        self, feed: str, batches: Sequence[queue.ClaimedBatch], *, probe: bool = False
+    ) -> None:
+        """Pack and send the claimed batches of one feed, recording every outcome."""
+        credentials = self.credentials[feed]
+        by_id = {b.id: b for b in batches}
+        requests = pack([(b.id, b.body) for b in batches])
+        for index, request in enumerate(requests):
+            if self.stop.is_set():
+                left = [i for r in requests[index:] for i in r.batch_ids]
+                self._release(left, due_at=self.clock())
+                return
+            wait = self.budget.reserve(credentials.key, len(request.batch_ids), now=self.clock())
+            if wait > 0:
+                self.stop.wait(wait)
+            now = self.clock()
+            outcome = self.client.send(credentials, request.body, now=now)
+            rest = [i for r in requests[index + 1 :] for i in r.batch_ids]
+            keep_going = self._record(
+                feed, [by_id[i] for i in request.batch_ids], outcome, now=now, probe=probe
+            )
+            if not keep_going:
+                self._release(
+                    rest,
+                    due_at=now
+                    if outcome.kind != Kind.RATE_LIMITED
+                    else now + (outcome.retry_after_s or 0),
+                    reason=outcome.reason,
+                )
+                return
+
+    def _release(self, ids: Sequence[str], *, due_at: float, reason: str | None = None) -> None:
+        if ids:
+            in_transaction(
+                self.engine,
+                lambda conn: queue.release(
+                    conn, ids, worker_id=self.worker_id, due_at=due_at, reason=reason
+                ),
+                action="currents_release",
+            )
+
+    def _record(
+        self,
+        feed: str,
+        batches: Sequence[queue.ClaimedBatch],
+        outcome: Outcome,
+        *,
+        now: float,
+        probe: bool,
+    ) -> bool:
+        """Act on one request's outcome; False when the feed must stop sending for now."""
+        ids = [b.id for b in batches]
+        kind = outcome.kind
+        if kind == Kind.ACCEPTED:
+
+            def accepted(conn: sa.Connection) -> None:
+                queue.finish(conn, ids, worker_id=self.worker_id, now=now)
+                if probe or self.states.get(feed) == queue.FeedState.PAUSED:
+                    queue.resume_feed(conn, feed, now=now)
+
+            in_transaction(self.engine, accepted, action="currents_finish")
+            if probe:
+                self.states[feed] = queue.FeedState.ACTIVE
+                logger.info(
+                    "feed %s resumed", feed, extra={"action": "currents_feed_resumed", "feed": feed}
+                )
+            return True
+        if kind in (Kind.BAD_REQUEST, Kind.TOO_LARGE):
+            if len(batches) > 1:
+                # Split to isolate the bad batch: halves, then single batches.
+                half = len(batches) // 2
+                for part in (batches[:half], batches[half:]):
+                    body = b"[" + b",".join(b.body for b in part) + b"]"
+                    self.budget.reserve(self.credentials[feed].key, len(part), now=now)
+                    sub = self.client.send(self.credentials[feed], body, now=self.clock())
+                    if not self._record(feed, part, sub, now=self.clock(), probe=probe):
+                        return False
+                return True
+            reason = f"mparticle_{kind}: {outcome.message or 'refused'}"[:500]
+            in_transaction(
+                self.engine,
+                lambda conn: queue.dead_letter(
+                    conn, {ids[0]: reason}, worker_id=self.worker_id, now=now
+                ),
+                action="currents_dead_letter",
+            )
+            logger.warning(
+                "mParticle refused a batch of feed %s",
+                feed,
+                extra={"action": "currents_batch_refused", "feed": feed, "reason": reason},
+            )
+            return True
+        if kind in (Kind.AUTH, Kind.NOT_FOUND):
+
+            def pause(conn: sa.Connection) -> None:
+                queue.pause_feed(
+                    conn,
+                    feed,
+                    reason=outcome.reason,
+                    now=now,
+                    probe_interval_s=self.probe_interval_s,
+                )
+                queue.release(
+                    conn, ids, worker_id=self.worker_id, due_at=now, reason=outcome.reason
+                )
+                queue.count(conn, {f"feed_paused_{outcome.reason}": 1}, now=now)
+
+            in_transaction(self.engine, pause, action="currents_pause")
+            if self.states.get(feed) != queue.FeedState.PAUSED:
+                logger.warning(
+                    "feed %s paused: mParticle refused its credentials (%s)",
+                    feed,
+                    outcome.reason,
+                    extra={
+                        "action": "currents_feed_paused",
+                        "feed": feed,
+                        "reason": outcome.reason,
+                    },
+                )
+            self.states[feed] = queue.FeedState.PAUSED
+            return False
+        if kind == Kind.RATE_LIMITED:
+            until = now + (outcome.retry_after_s or 0.0)
+            self.budget.block(self.credentials[feed].key, until=until)
+            self._release(ids, due_at=until, reason=outcome.reason)
+            return False
+        # Transient: back off per batch with the shared policy; give up only past both budgets.
+        retries: dict[str, tuple[float, str]] = {}
+        dead: dict[str, str] = {}
+        for batch in batches:
+            decision = decide_retry(
+                self.policy,
+                attempts=batch.attempts + 1,
+                first_failure_at=batch.first_failure_at or now,
+                now=now,
+                jitter=self.jitter(),
+            )
+            if decision.retry_at is None:
+                dead[batch.id] = f"gave_up: {outcome.reason}"
+            else:
+                retries[batch.id] = (decision.retry_at, outcome.reason)
+
+        def transient(conn: sa.Connection) -> None:
+            queue.reschedule(conn, retries, worker_id=self.worker_id, now=now)
+            queue.dead_letter(conn, dead, worker_id=self.worker_id, now=now)
+            queue.count(conn, {f"retry_{outcome.reason}": len(retries)}, now=now)
+
+        in_transaction(self.engine, transient, action="currents_retry")
+        return probe is False
