@@ -35,8 +35,9 @@ class BatchBudget:
             bucket = self._buckets.get(key)
             if bucket is None:
                 bucket = self._buckets[key] = _Bucket(tokens=self.rate, updated=now)
-            bucket.tokens = min(self.rate, bucket.tokens + (now - bucket.updated) * self.rate)
-            bucket.updated = now
+            elapsed = max(0.0, now - bucket.updated)
+            bucket.tokens = min(self.rate, bucket.tokens + elapsed * self.rate)
+            bucket.updated = max(bucket.updated, now)
             bucket.tokens -= batches
             wait = 0.0 if bucket.tokens >= 0 else -bucket.tokens / self.rate
             return max(wait, bucket.blocked_until - now)
@@ -44,7 +45,7 @@ class BatchBudget:
     def block(self, key: str, *, until: float) -> None:
         """Hold ``key`` back until ``until`` (429 Retry-After)."""
         with self._lock:
-            bucket = self._buckets.setdefault(key, _Bucket(tokens=0.0, updated=until))
+            bucket = self._buckets.setdefault(key, _Bucket(tokens=self.rate, updated=0.0))
             bucket.blocked_until = max(bucket.blocked_until, until)
 
     def blocked_until(self, key: str) -> float:

@@ -141,6 +141,8 @@ class FakeMParticle:
         self.retry_after_s = retry_after_s
         self.validate = validate
         self.unauthorized: set[str] = set()
+        # source_request_ids answered with a 400 (mParticle refusing a request outright).
+        self.refuse_batches: set[str] = set()
         self.lock = threading.Lock()
         self.received: list[Received] = []
         self.seen_request_ids: set[str] = set()
@@ -283,6 +285,14 @@ class FakeMParticle:
                     return self._answer(400, {"errors": [{"message": "invalid JSON"}]})
                 if not isinstance(batches, list) or not 0 < len(batches) <= MAX_BATCHES:
                     return self._answer(400, {"errors": [{"message": "1 to 100 batches"}]})
+                refused = [
+                    b.get("source_request_id")
+                    for b in batches
+                    if isinstance(b, dict) and b.get("source_request_id") in fake.refuse_batches
+                ]
+                if refused:
+                    message = f"batch {refused[0]}: invalid schema"
+                    return self._answer(400, {"errors": [{"message": message}]})
                 for batch in batches:
                     problem = fake.judge(batch) if fake.validate else None
                     request_id = batch.get("source_request_id") if isinstance(batch, dict) else None

@@ -42,7 +42,7 @@ def test_db_upgrade_creates_the_schema_and_is_repeatable(tmp_path):
     for _ in range(2):
         result = runner.invoke(main, ["db", "upgrade"], env=env)
         assert result.exit_code == 0, result.output
-        assert "database at revision 0002" in result.output
+        assert "database at revision 0003" in result.output
 
 
 def _free_port() -> int:

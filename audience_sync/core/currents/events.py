@@ -16,6 +16,8 @@ from types import MappingProxyType
 ENVELOPE_FIELDS = frozenset({"id", "event_type", "time", "time_ms"})
 MAX_ID_LENGTH = 256
 """Currents ids are UUIDs; anything far longer is not one of Braze's."""
+MAX_LENGTHS = {"external_user_id": 1024, "app_id": 256, "platform": 32, "event_type": 256}
+"""Longest accepted values (Braze's external ids stay under 988 bytes); longer is invalid."""
 
 
 class InvalidEventError(ValueError):
@@ -60,13 +62,19 @@ def _text(value: object) -> str | None:
     return None
 
 
+MAX_TIME_MS = 2**53
+"""Timestamps beyond this are not times (and do not fit mParticle's integer)."""
+
+
 def _time_ms(time_value: object, time_ms_value: object) -> int:
     if isinstance(time_ms_value, int) and not isinstance(time_ms_value, bool):
+        if not 0 <= time_ms_value < MAX_TIME_MS:
+            raise InvalidEventError("time_ms", "out of range")
         return time_ms_value
     if isinstance(time_value, bool) or not isinstance(time_value, int | float):
         raise InvalidEventError("time", "must be a number of seconds")
-    if not math.isfinite(time_value) or time_value < 0:
-        raise InvalidEventError("time", "must be a finite, non-negative number")
+    if not math.isfinite(time_value) or not 0 <= time_value * 1000 < MAX_TIME_MS:
+        raise InvalidEventError("time", "must be a non-negative number of seconds in range")
     return round(time_value * 1000)
 
 
@@ -79,6 +87,13 @@ def _build(
     if not isinstance(event_type, str) or not event_type.strip():
         raise InvalidEventError("event_type", "must be a non-empty string")
     time_ms = _time_ms(envelope.get("time"), envelope.get("time_ms"))
+    checked = {"id": event_id, "event_type": event_type}
+    checked.update((k, fields.get(k)) for k in ("external_user_id", "app_id", "platform"))
+    for name, value in checked.items():
+        if isinstance(value, str) and (
+            "\x00" in value or len(value) > MAX_LENGTHS.get(name, MAX_ID_LENGTH)
+        ):
+            raise InvalidEventError(name, "too long or contains a NUL character")
     return CurrentsEvent(
         id=event_id,
         event_type=event_type,
