@@ -9,11 +9,12 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Sequence
 
-from bench import delivery, firehose
+from bench import currents, delivery, firehose
 
 SUITES: dict[str, Callable[[Sequence[str]], int]] = {
     "firehose": firehose.main,
     "delivery": delivery.main,
+    "currents": currents.main,
 }
 
 

@@ -37,6 +37,7 @@ def currents_settings(url: str, feeds: dict | None = None, **extra: t.Any) -> di
         "delivery__backoff_base_s": 0.05,
         "delivery__backoff_cap_s": 0.2,
         "delivery__poll_interval_s": 0.02,
+        "delivery__coalesce_s": 0,
     }
     values.update(extra)
     return values

@@ -41,8 +41,10 @@ from audience_sync.store.transactions import in_transaction
 
 logger = logging.getLogger(__name__)
 
-PLAN_EVENTS = 5000
-"""Queued events cut into batches per feed and transaction."""
+PLAN_EVENTS = 20_000
+"""Queued events cut into batches per feed and transaction. A feed is planned once its oldest
+queued event has waited ``delivery.coalesce_s`` or this many are queued, so that a user's events
+arriving close together share a batch (fewer batches against the 270 batches/s budget)."""
 CLAIM_BATCHES = 400
 """Batches leased at a time (four full requests)."""
 HOUSEKEEPING_INTERVAL_S = 1.0
@@ -80,6 +82,7 @@ class CurrentsSender:
         self.config = CurrentsConfig.from_settings(settings)
         self.environment: str = settings.get("currents.environment")
         self.lease_s: float = settings.get("delivery.lease_s")
+        self.coalesce_s: float = settings.get("delivery.coalesce_s")
         self.probe_interval_s: float = settings.get("currents.probe_interval_s")
         self.policy = RetryPolicy(
             base_s=settings.get("delivery.backoff_base_s"),
@@ -171,7 +174,13 @@ class CurrentsSender:
     def form_batches(self, now: float) -> int:
         """Cut queued events into batches, per feed; returns the number of batches formed."""
         with self.engine.connect() as conn:
-            feeds = queue.feeds_with_queued(conn)
+            feeds = [
+                feed
+                for feed in queue.feeds_with_queued(conn)
+                if queue.is_planning_due(
+                    conn, feed, older_than=now - self.coalesce_s, enough=PLAN_EVENTS
+                )
+            ]
         formed = 0
         for feed in feeds:
 

@@ -242,6 +242,23 @@ def queued_events(conn: sa.Connection, feed: str, *, limit: int) -> list[QueuedE
     ]
 
 
+def is_planning_due(conn: sa.Connection, feed: str, *, older_than: float, enough: int) -> bool:
+    """Whether a feed's queued events should be cut into batches now: its oldest has waited
+    since ``older_than``, or ``enough`` are queued (batches then hold more events per user)."""
+    c = currents_events.c
+    queued = (
+        sa.select(c.seq, c.received_at)
+        .where(c.state == EventState.QUEUED, c.feed == feed)
+        .order_by(c.seq)
+    )
+    oldest = conn.execute(queued.limit(1)).first()
+    if oldest is None:
+        return False
+    if oldest.received_at <= older_than:
+        return True
+    return conn.execute(queued.offset(enough - 1).limit(1)).first() is not None
+
+
 def feeds_with_queued(conn: sa.Connection) -> list[str]:
     """Feeds that have events waiting for a batch."""
     c = currents_events.c

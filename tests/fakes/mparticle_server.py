@@ -23,9 +23,12 @@ cannot know whether they landed).
 
 from __future__ import annotations
 
+import argparse
 import base64
 import json
 import random
+import signal
+import sys
 import threading
 import time
 import typing as t
@@ -131,6 +134,7 @@ class FakeMParticle:
         rate_drop_after: float = 0.0,
         retry_after_s: float = 0.2,
         validate: bool = True,
+        port: int = 0,
     ) -> None:
         self.feeds = dict(feeds)
         self.random = random.Random(seed)
@@ -148,11 +152,15 @@ class FakeMParticle:
         self.seen_request_ids: set[str] = set()
         self.rejected: list[tuple[str, str]] = []
         self.duplicate_batches = 0
+        # Kept as batches arrive, so that /_state is cheap while a benchmark polls it.
+        self.event_count = 0
+        self.events_seen: set[str] = set()
+        self.twice = 0
         self.statuses: Counter[int | str] = Counter()
         self.requests = 0
         self.batches_per_request: list[int] = []
         self.judge = SdkJudge()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
 
@@ -179,6 +187,20 @@ class FakeMParticle:
                 if not hasattr(self, key):
                     raise AttributeError(key)
                 setattr(self, key, value)
+
+    def state(self) -> dict[str, t.Any]:
+        """Counts for a process outside this one (``GET /_state``)."""
+        with self.lock:
+            return {
+                "requests": self.requests,
+                "batches": len(self.received),
+                "events": self.event_count,
+                "distinct_events": len(self.events_seen),
+                "delivered_twice": self.twice,
+                "duplicate_batches": self.duplicate_batches,
+                "rejected": len(self.rejected),
+                "statuses": {str(k): v for k, v in self.statuses.items()},
+            }
 
     # -- assertions ----------------------------------------------------------------------------
 
@@ -228,6 +250,9 @@ class FakeMParticle:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Headers and body go out in two writes: without TCP_NODELAY the second waits for
+            # the client's delayed ACK (~40 ms per request on loopback).
+            disable_nagle_algorithm = True
 
             def log_message(self, *args: object) -> None:  # quiet
                 pass
@@ -241,8 +266,9 @@ class FakeMParticle:
                     self.send_header(k, v)
                 self.end_headers()
                 self.wfile.write(data)
-                with fake.lock:
-                    fake.statuses[status] += 1
+                if self.path != "/_state":
+                    with fake.lock:
+                        fake.statuses[status] += 1
 
             def _drop(self) -> None:
                 with fake.lock:
@@ -252,6 +278,11 @@ class FakeMParticle:
                     self.connection.shutdown(2)
                 except OSError:
                     pass
+
+            def do_GET(self) -> None:
+                if self.path == "/_state":
+                    return self._answer(200, fake.state())
+                return self._answer(404, {"errors": [{"message": "not found"}]})
 
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
@@ -293,11 +324,12 @@ class FakeMParticle:
                 if refused:
                     message = f"batch {refused[0]}: invalid schema"
                     return self._answer(400, {"errors": [{"message": message}]})
+                with fake.lock:
+                    fake.batches_per_request.append(len(batches))
                 for batch in batches:
                     problem = fake.judge(batch) if fake.validate else None
                     request_id = batch.get("source_request_id") if isinstance(batch, dict) else None
                     with fake.lock:
-                        fake.batches_per_request.append(len(batches))
                         if problem is not None:
                             fake.rejected.append((str(request_id), problem))
                             continue
@@ -306,17 +338,21 @@ class FakeMParticle:
                             continue
                         fake.seen_request_ids.add(request_id)
                         identities = batch.get("user_identities") or {}
+                        message_ids = [e["data"]["source_message_id"] for e in batch["events"]]
                         fake.received.append(
                             Received(
                                 feed_key=key,
                                 source_request_id=request_id,
                                 customerid=identities.get("customerid"),
                                 batch=batch,
-                                message_ids=[
-                                    e["data"]["source_message_id"] for e in batch["events"]
-                                ],
+                                message_ids=message_ids,
                             )
                         )
+                        fake.event_count += len(message_ids)
+                        for message_id in message_ids:
+                            if message_id in fake.events_seen:
+                                fake.twice += 1
+                            fake.events_seen.add(message_id)
                 if rafter:
                     return self._drop()
                 return self._answer(202, {})
@@ -331,3 +367,44 @@ def wait_for(predicate: t.Callable[[], bool], *, timeout_s: float = 30.0) -> Non
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached in time")
         time.sleep(0.02)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run a FakeMParticle until SIGTERM (prints its URL; ``GET /_state`` gives the counts)."""
+    parser = argparse.ArgumentParser(prog="python -m tests.fakes.mparticle_server")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument("--feed", action="append", default=[], help="key:secret, repeatable")
+    parser.add_argument("--rate-429", type=float, default=0.0)
+    parser.add_argument("--rate-5xx", type=float, default=0.0)
+    parser.add_argument("--rate-drop", type=float, default=0.0)
+    parser.add_argument("--rate-drop-after", type=float, default=0.0)
+    parser.add_argument("--retry-after-s", type=float, default=0.2)
+    parser.add_argument("--no-validate", action="store_true", help="skip the SDK judge")
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args(argv)
+    feeds = dict(f.split(":", 1) for f in args.feed)
+    fake = FakeMParticle(
+        feeds=feeds,
+        seed=args.seed,
+        rate_429=args.rate_429,
+        rate_5xx=args.rate_5xx,
+        rate_drop=args.rate_drop,
+        rate_drop_after=args.rate_drop_after,
+        retry_after_s=args.retry_after_s,
+        validate=not args.no_validate,
+        port=args.port,
+    )
+    stopped = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    with fake:
+        print(fake.url, flush=True)
+        try:
+            while not stopped.wait(0.5):
+                pass
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -71,8 +71,10 @@ class MappedEvent:
 
 def attribute_value(value: object) -> str:
     """An mParticle attribute value: a string; nested or list values JSON-encoded."""
-    if isinstance(value, str):
+    if type(value) is str:
         return value
+    if isinstance(value, str):
+        return str(value)
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
@@ -95,12 +97,12 @@ def is_uuid(value: object) -> bool:
 
 def custom_attributes(event: CurrentsEvent, entry: TypeMapping) -> dict[str, str]:
     """Every field but the user ids, as strings, plus ``source_request_id`` (the Currents id)."""
-    listed = set(entry.custom_attributes)
+    excluded = USER_FIELDS.difference(entry.custom_attributes)
     out: dict[str, str] = {}
     for key, value in event.fields.items():
-        if value is None or (key in USER_FIELDS and key not in listed):
+        if value is None or key in excluded:
             continue
-        out[key] = attribute_value(value)
+        out[key] = value if type(value) is str else attribute_value(value)
     out["source_request_id"] = event.id
     return out
 
