@@ -45,8 +45,8 @@ PLAN_EVENTS = 20_000
 """Queued events cut into batches per feed and transaction. A feed is planned once its oldest
 queued event has waited ``delivery.coalesce_s`` or this many are queued, so that a user's events
 arriving close together share a batch (fewer batches against the 270 batches/s budget)."""
-CLAIM_BATCHES = 400
-"""Batches leased at a time (four full requests)."""
+CLAIM_BATCHES = 1000
+"""Batches leased at a time (ten full requests)."""
 HOUSEKEEPING_INTERVAL_S = 1.0
 """How often feed rows, held events and probes are looked at."""
 
@@ -227,33 +227,57 @@ class CurrentsSender:
     def deliver(
         self, feed: str, batches: Sequence[queue.ClaimedBatch], *, probe: bool = False
     ) -> None:
-        """Pack and send the claimed batches of one feed, recording every outcome."""
+        """Pack and send the claimed batches of one feed, recording every outcome.
+
+        Accepted batches are recorded together at the end (one transaction for the round); if
+        the process dies before, they are resent with the same ``source_request_id``.
+        """
         credentials = self.credentials[feed]
         by_id = {b.id: b for b in batches}
         requests = pack([(b.id, b.body) for b in batches])
-        for index, request in enumerate(requests):
-            if self.stop.is_set():
-                left = [i for r in requests[index:] for i in r.batch_ids]
-                self._release(left, due_at=self.clock())
-                return
-            wait = self.budget.reserve(credentials.key, len(request.batch_ids), now=self.clock())
-            if wait > 0:
-                self.stop.wait(wait)
-            now = self.clock()
-            outcome = self.client.send(credentials, request.body, now=now)
-            rest = [i for r in requests[index + 1 :] for i in r.batch_ids]
-            keep_going = self._record(
-                feed, [by_id[i] for i in request.batch_ids], outcome, now=now, probe=probe
-            )
-            if not keep_going:
-                self._release(
-                    rest,
-                    due_at=now
-                    if outcome.kind != Kind.RATE_LIMITED
-                    else now + (outcome.retry_after_s or 0),
-                    reason=outcome.reason,
+        accepted: list[str] = []
+        try:
+            for index, request in enumerate(requests):
+                if self.stop.is_set():
+                    left = [i for r in requests[index:] for i in r.batch_ids]
+                    self._release(left, due_at=self.clock())
+                    return
+                wait = self.budget.reserve(
+                    credentials.key, len(request.batch_ids), now=self.clock()
                 )
-                return
+                if wait > 0:
+                    self.stop.wait(wait)
+                now = self.clock()
+                outcome = self.client.send(credentials, request.body, now=now)
+                if outcome.kind == Kind.ACCEPTED:
+                    accepted.extend(request.batch_ids)
+                    continue
+                keep_going = self._record(
+                    feed, [by_id[i] for i in request.batch_ids], outcome, now=now, probe=probe
+                )
+                if not keep_going:
+                    rest = [i for r in requests[index + 1 :] for i in r.batch_ids]
+                    due = now + (outcome.retry_after_s or 0.0)
+                    self._release(rest, due_at=due, reason=outcome.reason)
+                    return
+        finally:
+            if accepted:
+                self._accepted(feed, accepted, now=self.clock(), probe=probe)
+
+    def _accepted(self, feed: str, ids: Sequence[str], *, now: float, probe: bool) -> None:
+        resume = probe or self.states.get(feed) == queue.FeedState.PAUSED
+
+        def work(conn: sa.Connection) -> None:
+            queue.finish(conn, ids, worker_id=self.worker_id, now=now)
+            if resume:
+                queue.resume_feed(conn, feed, now=now)
+
+        in_transaction(self.engine, work, action="currents_finish")
+        if resume:
+            self.states[feed] = queue.FeedState.ACTIVE
+            logger.info(
+                "feed %s resumed", feed, extra={"action": "currents_feed_resumed", "feed": feed}
+            )
 
     def _release(self, ids: Sequence[str], *, due_at: float, reason: str | None = None) -> None:
         if ids:
@@ -278,18 +302,7 @@ class CurrentsSender:
         ids = [b.id for b in batches]
         kind = outcome.kind
         if kind == Kind.ACCEPTED:
-
-            def accepted(conn: sa.Connection) -> None:
-                queue.finish(conn, ids, worker_id=self.worker_id, now=now)
-                if probe or self.states.get(feed) == queue.FeedState.PAUSED:
-                    queue.resume_feed(conn, feed, now=now)
-
-            in_transaction(self.engine, accepted, action="currents_finish")
-            if probe:
-                self.states[feed] = queue.FeedState.ACTIVE
-                logger.info(
-                    "feed %s resumed", feed, extra={"action": "currents_feed_resumed", "feed": feed}
-                )
+            self._accepted(feed, ids, now=now, probe=probe)
             return True
         if kind in (Kind.BAD_REQUEST, Kind.TOO_LARGE):
             if len(batches) > 1:

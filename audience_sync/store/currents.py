@@ -1,15 +1,18 @@
 """The Currents queue (SPEC §6): events, batches, feed state, imported files, dedup keys and the
 dead-letter store, as plain values in and out.
 
-An event's life: ``queued`` (or ``held`` while no feed takes it) → ``batched`` (its batch is
-formed; content fixed) → deleted with its batch once mParticle accepts it, or ``dead`` with a
-reason (kept, counted, replayable). Batches are claimed with a lease, oldest first, and never
-while an older batch of the same user and feed is still pending, so a user's events arrive in
-arrival order and nothing is in flight twice.
+An event's life: a row of ``currents_events``, ``queued`` (or ``held`` while no feed takes
+it), until it is cut into a batch: it then moves into that batch (body and ``event_ids``), whose
+content is fixed, and the batch is deleted once mParticle accepts it. What cannot be delivered
+becomes ``dead`` with a reason, an event row or a batch row (kept, counted, replayable).
+Batches are claimed with a lease, oldest first, and never while an older batch of the same user
+and feed is still pending, so a user's events arrive in arrival order and nothing is in flight
+twice.
 """
 
 from __future__ import annotations
 
+import json
 import typing as t
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -36,7 +39,6 @@ ID_CHUNK = 500
 class EventState(StrEnum):
     QUEUED = "queued"
     HELD = "held"
-    BATCHED = "batched"
     DEAD = "dead"
 
 
@@ -142,7 +144,6 @@ def enqueue(conn: sa.Connection, events: Sequence[NewEvent], *, now: float) -> i
                 "app_id": e.app_id,
                 "platform": e.platform,
                 "state": EventState.QUEUED if e.feed else EventState.HELD,
-                "batch_id": None,
                 "received_at": now,
                 "envelope": e.envelope_json,
                 "event": e.event_json,
@@ -160,14 +161,18 @@ def count(conn: sa.Connection, counts: Mapping[str, int], *, now: float) -> None
 
 
 def backlog(conn: sa.Connection) -> int:
-    """Events accepted and not yet delivered nor dead-lettered."""
-    return int(
-        conn.execute(
-            sa.select(sa.func.count())
-            .select_from(currents_events)
-            .where(currents_events.c.state != EventState.DEAD)
-        ).scalar_one()
-    )
+    """Events accepted and not yet delivered nor dead-lettered (queued, held or batched)."""
+    waiting = conn.execute(
+        sa.select(sa.func.count())
+        .select_from(currents_events)
+        .where(currents_events.c.state != EventState.DEAD)
+    ).scalar_one()
+    batched = conn.execute(
+        sa.select(sa.func.coalesce(sa.func.sum(currents_batches.c.events), 0)).where(
+            currents_batches.c.state == BatchState.PENDING
+        )
+    ).scalar_one()
+    return int(waiting) + int(batched)
 
 
 # -- imported files ----------------------------------------------------------------------------
@@ -270,7 +275,9 @@ def feeds_with_queued(conn: sa.Connection) -> list[str]:
 
 
 def save_plan(conn: sa.Connection, plan: BatchPlan, *, now: float) -> int:
-    """Store formed batches and mark their events; dead-letter events that cannot be sent."""
+    """Store formed batches (their events move into them); dead-letter events that cannot be
+    sent. Returns the number of batches."""
+    c = currents_events.c
     if plan.batches:
         conn.execute(
             currents_batches.insert(),
@@ -281,6 +288,7 @@ def save_plan(conn: sa.Connection, plan: BatchPlan, *, now: float) -> int:
                     "external_user_id": b.external_user_id,
                     "first_seq": b.first_seq,
                     "events": len(b.seqs),
+                    "event_ids": json.dumps(list(b.event_ids)),
                     "body": b.body,
                     "state": BatchState.PENDING,
                     "attempts": 0,
@@ -292,15 +300,10 @@ def save_plan(conn: sa.Connection, plan: BatchPlan, *, now: float) -> int:
                 for b in plan.batches
             ],
         )
-        c = currents_events.c
-        conn.execute(
-            sa.update(currents_events)
-            .where(c.seq == sa.bindparam("b_seq"))
-            .values(state=EventState.BATCHED, batch_id=sa.bindparam("b_batch")),
-            [{"b_seq": s, "b_batch": b.batch_id} for b in plan.batches for s in b.seqs],
-        )
+        seqs = [s for b in plan.batches for s in b.seqs]
+        for chunk in _chunks(seqs):
+            conn.execute(sa.delete(currents_events).where(c.seq.in_(chunk)))
     if plan.rejected:
-        c = currents_events.c
         conn.execute(
             sa.update(currents_events)
             .where(c.seq == sa.bindparam("b_seq"))
@@ -422,10 +425,10 @@ def finish(conn: sa.Connection, ids: Sequence[str], *, worker_id: str, now: floa
         )
         if not owned:
             continue
-        owned_ids = [r.id for r in owned]
         done += sum(r.events for r in owned)
-        conn.execute(sa.delete(currents_events).where(currents_events.c.batch_id.in_(owned_ids)))
-        conn.execute(sa.delete(currents_batches).where(currents_batches.c.id.in_(owned_ids)))
+        conn.execute(
+            sa.delete(currents_batches).where(currents_batches.c.id.in_([r.id for r in owned]))
+        )
     if done:
         count(conn, {"forwarded": done}, now=now)
     return done
@@ -495,11 +498,6 @@ def dead_letter(
         ).scalar()
         if events is None:
             continue
-        conn.execute(
-            sa.update(currents_events)
-            .where(currents_events.c.batch_id == batch_id)
-            .values(state=EventState.DEAD, reason=reason)
-        )
         moved += events
     if moved:
         count(conn, {"dead_letter": moved}, now=now)
@@ -649,20 +647,14 @@ def replay(conn: sa.Connection, *, feed: str | None, now: float) -> int:
             claimed_by=None,
             claimed_until=None,
         )
-        .returning(b.id, b.events)
+        .returning(b.events)
     ).all()
-    for chunk in _chunks([r.id for r in revived]):
-        conn.execute(
-            sa.update(currents_events)
-            .where(e.batch_id.in_(chunk))
-            .values(state=EventState.BATCHED, reason=None)
-        )
-    loose_where = [e.state == EventState.DEAD, e.batch_id.is_(None)]
+    event_where = [e.state == EventState.DEAD]
     if feed is not None:
-        loose_where.append(e.feed == feed)
+        event_where.append(e.feed == feed)
     loose = conn.execute(
         sa.update(currents_events)
-        .where(*loose_where)
+        .where(*event_where)
         .values(
             state=sa.case((e.feed.is_(None), EventState.HELD), else_=EventState.QUEUED),
             reason=sa.case((e.feed.is_(None), "no_feed"), else_=None),
@@ -726,11 +718,25 @@ def feed_status(conn: sa.Connection, feed_names: Sequence[str]) -> list[FeedStat
     for feed, live, dead, oldest in rows:
         stats[feed] = {"backlog": int(live or 0), "dead": int(dead or 0), "oldest": oldest}
     b = currents_batches.c
-    pending = dict(
-        conn.execute(
-            sa.select(b.feed, sa.func.count()).where(b.state == BatchState.PENDING).group_by(b.feed)
-        ).all()
+    pending: dict[str, int] = {}
+    batch_rows = conn.execute(
+        sa.select(
+            b.feed,
+            b.state,
+            sa.func.count(),
+            sa.func.sum(b.events),
+            sa.func.min(b.received_at),
+        ).group_by(b.feed, b.state)
     )
+    for feed, state, batches, events, oldest in batch_rows:
+        s = stats.setdefault(feed, {"backlog": 0, "dead": 0, "oldest": None})
+        if state == BatchState.PENDING:
+            pending[feed] = int(batches)
+            s["backlog"] += int(events or 0)
+            if oldest is not None and (s["oldest"] is None or oldest < s["oldest"]):
+                s["oldest"] = oldest
+        else:
+            s["dead"] += int(events or 0)
     feeds = {r.name: r for r in conn.execute(sa.select(currents_feeds))}
     names = list(dict.fromkeys([*feed_names, *feeds, *(k for k in stats if k is not None)]))
     out = []
@@ -769,19 +775,34 @@ def feed_status(conn: sa.Connection, feed_names: Sequence[str]) -> list[FeedStat
 
 
 def dead_letters(
-    conn: sa.Connection, *, feed: str | None = None, limit: int = 100
+    conn: sa.Connection, *, feed: str | None = None, limit: int | None = 100
 ) -> list[dict[str, t.Any]]:
-    """Dead-lettered events with their reasons (no payloads)."""
+    """Dead-lettered events with their reasons (ids only, no payloads), oldest first."""
     e = currents_events.c
-    query = (
-        sa.select(e.seq, e.event_id, e.feed, e.external_user_id, e.reason, e.received_at)
-        .where(e.state == EventState.DEAD)
-        .order_by(e.seq)
-        .limit(limit)
+    b = currents_batches.c
+    events = sa.select(e.event_id, e.feed, e.external_user_id, e.reason, e.received_at).where(
+        e.state == EventState.DEAD
     )
+    batches = sa.select(
+        b.event_ids, b.feed, b.external_user_id, b.last_reason, b.received_at
+    ).where(b.state == BatchState.DEAD)
     if feed is not None:
-        query = query.where(e.feed == feed)
-    return [dict(r._mapping) for r in conn.execute(query)]
+        events = events.where(e.feed == feed)
+        batches = batches.where(b.feed == feed)
+    out = [dict(r._mapping) for r in conn.execute(events)]
+    for row in conn.execute(batches):
+        out.extend(
+            {
+                "event_id": event_id,
+                "feed": row.feed,
+                "external_user_id": row.external_user_id,
+                "reason": row.last_reason,
+                "received_at": row.received_at,
+            }
+            for event_id in json.loads(row.event_ids)
+        )
+    out.sort(key=lambda d: d["received_at"])
+    return out if limit is None else out[:limit]
 
 
 def release_all_claims(conn: sa.Connection) -> int:

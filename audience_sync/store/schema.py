@@ -172,8 +172,8 @@ datapoints = sa.Table(
 # Arrival order is ``seq``; SQLite only auto-increments an INTEGER primary key.
 SeqType = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
-# One row per accepted, forwardable event until its batch is accepted by mParticle.
-# state: queued (no batch yet) | held (no feed takes it) | batched | dead (dead-lettered).
+# The intake queue: one row per accepted, forwardable event until it is cut into a batch (the
+# row then moves into the batch). state: queued | held (no feed takes it) | dead (with reason).
 currents_events = sa.Table(
     "currents_events",
     metadata,
@@ -184,14 +184,12 @@ currents_events = sa.Table(
     sa.Column("app_id", sa.String(256)),
     sa.Column("platform", sa.String(32)),
     sa.Column("state", sa.String(16), nullable=False),
-    sa.Column("batch_id", sa.String(36)),
     sa.Column("received_at", sa.Float, nullable=False),
     # The batch parts, serialised once at intake (core.currents.batching.QueuedEvent).
     sa.Column("envelope", sa.Text, nullable=False),
     sa.Column("event", sa.Text, nullable=False),
     sa.Column("reason", sa.Text),
     sa.Index("ix_currents_events_state_feed_seq", "state", "feed", "seq"),
-    sa.Index("ix_currents_events_batch_id", "batch_id"),
 )
 
 # Formed batches: content fixed, id = source_request_id. Deleted once mParticle accepts them.
@@ -204,6 +202,8 @@ currents_batches = sa.Table(
     sa.Column("external_user_id", sa.String(1024), nullable=False),
     sa.Column("first_seq", sa.BigInteger, nullable=False),
     sa.Column("events", sa.Integer, nullable=False),
+    # JSON array of the Currents ids it carries (dead-letter reports, replay).
+    sa.Column("event_ids", sa.Text, nullable=False),
     sa.Column("body", sa.LargeBinary, nullable=False),
     sa.Column("state", sa.String(16), nullable=False),
     sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),

@@ -19,7 +19,7 @@ from audience_sync.mparticle.client import MParticleClient
 from audience_sync.mparticle.ratelimit import BatchBudget
 from audience_sync.store import currents as queue
 from audience_sync.store.counters import totals
-from audience_sync.store.schema import currents_batches, currents_events
+from audience_sync.store.schema import currents_batches
 from audience_sync.transport import Transport
 from tests.currents_support import (
     FEED_SECRETS,
@@ -53,11 +53,7 @@ def make_sender(runtime, worker="w1", budget=None):
 
 def live(engine) -> int:
     with engine.connect() as conn:
-        return conn.execute(
-            sa.select(sa.func.count())
-            .select_from(currents_events)
-            .where(currents_events.c.state != "dead")
-        ).scalar_one()
+        return queue.backlog(conn)
 
 
 def drain(sender, engine, timeout_s=30.0):

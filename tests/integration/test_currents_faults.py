@@ -17,7 +17,8 @@ import pytest
 import sqlalchemy as sa
 
 from audience_sync.runtime import Runtime
-from audience_sync.store.schema import currents_events, currents_files
+from audience_sync.store import currents as queue
+from audience_sync.store.schema import currents_files
 from tests.currents_support import FEED_SECRETS, FEEDS, avro_samples, copy_sample
 from tests.fakes.mparticle_server import FakeMParticle
 
@@ -78,11 +79,7 @@ def imported_files(engine) -> int:
 
 def live(engine) -> int:
     with engine.connect() as conn:
-        return conn.execute(
-            sa.select(sa.func.count())
-            .select_from(currents_events)
-            .where(currents_events.c.state != "dead")
-        ).scalar_one()
+        return queue.backlog(conn)
 
 
 def test_faults_and_sigkill_deliver_every_event_exactly_once(make_settings, tmp_path):
@@ -154,13 +151,7 @@ def test_faults_and_sigkill_deliver_every_event_exactly_once(make_settings, tmp_
         assert worker.returncode == 0
 
         with runtime.engine.connect() as conn:
-            dead = dict(
-                conn.execute(
-                    sa.select(currents_events.c.event_id, currents_events.c.reason).where(
-                        currents_events.c.state == "dead"
-                    )
-                ).all()
-            )
+            dead = {d["event_id"]: d["reason"] for d in queue.dead_letters(conn, limit=None)}
             files = conn.execute(sa.select(currents_files.c.path)).scalars().all()
         assert len(files) == len(set(files)) == FILES  # each file once
         assert all(dead.values())  # every dead letter has a reason

@@ -30,7 +30,6 @@ def upgrade() -> None:
         sa.Column("app_id", sa.String(length=256), nullable=True),
         sa.Column("platform", sa.String(length=32), nullable=True),
         sa.Column("state", sa.String(length=16), nullable=False),
-        sa.Column("batch_id", sa.String(length=36), nullable=True),
         sa.Column("received_at", sa.Float(), nullable=False),
         sa.Column("envelope", sa.Text(), nullable=False),
         sa.Column("event", sa.Text(), nullable=False),
@@ -40,7 +39,6 @@ def upgrade() -> None:
     op.create_index(
         "ix_currents_events_state_feed_seq", "currents_events", ["state", "feed", "seq"]
     )
-    op.create_index("ix_currents_events_batch_id", "currents_events", ["batch_id"])
     op.create_table(
         "currents_batches",
         sa.Column("id", sa.String(length=36), nullable=False),
@@ -48,6 +46,7 @@ def upgrade() -> None:
         sa.Column("external_user_id", sa.String(length=1024), nullable=False),
         sa.Column("first_seq", sa.BigInteger(), nullable=False),
         sa.Column("events", sa.Integer(), nullable=False),
+        sa.Column("event_ids", sa.Text(), nullable=False),
         sa.Column("body", sa.LargeBinary(), nullable=False),
         sa.Column("state", sa.String(length=16), nullable=False),
         sa.Column("attempts", sa.Integer(), server_default="0", nullable=False),
