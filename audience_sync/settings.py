@@ -291,9 +291,6 @@ def _check_ranges(values: dict[str, t.Any], errors: list[str]) -> None:
     objects = values.get("braze.max_objects_per_request")
     if objects is not None and objects > 75:
         errors.append("braze.max_objects_per_request: Braze accepts at most 75 objects per request")
-    lease, mp_timeout = values.get("delivery.lease_s"), values.get("currents.timeout_s")
-    if lease is not None and mp_timeout is not None and lease <= mp_timeout:
-        errors.append("currents.timeout_s: must be shorter than delivery.lease_s")
     if values.get("currents.environment") not in (None, "production", "development"):
         errors.append("currents.environment: must be 'production' or 'development'")
     if values.get("braze.array_write") not in (None, "delta", "full"):

@@ -28,9 +28,11 @@ class CurrentsSenderPool:
 
     def __init__(self, runtime: Runtime, stop: threading.Event) -> None:
         settings = runtime.settings
+        # A request must end before its batches' lease does, or they could be in flight twice.
+        timeout_s = min(settings.get("currents.timeout_s"), 0.8 * settings.get("delivery.lease_s"))
         self.transport = Transport(
             name="mparticle",
-            timeout_s=settings.get("currents.timeout_s"),
+            timeout_s=timeout_s,
             pool_maxsize=SENDERS,
         )
         self.client = MParticleClient(self.transport)

@@ -169,7 +169,8 @@ datapoints = sa.Table(
 # Currents round trip (SPEC §6): Braze events queued for mParticle feeds. Migration 0003.
 # ---------------------------------------------------------------------------------------------
 
-# Arrival order is ``seq``; SQLite only auto-increments an INTEGER primary key.
+# Arrival order is ``seq``; SQLite only auto-increments an INTEGER primary key (and only
+# AUTOINCREMENT keeps it from reusing the numbers of deleted rows).
 SeqType = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 # The intake queue: one row per accepted, forwardable event until it is cut into a batch (the
@@ -190,6 +191,9 @@ currents_events = sa.Table(
     sa.Column("event", sa.Text, nullable=False),
     sa.Column("reason", sa.Text),
     sa.Index("ix_currents_events_state_feed_seq", "state", "feed", "seq"),
+    # Never reuse a seq: batched events leave this table, and a reused (smaller) seq would
+    # order a user's new batch before an older pending one.
+    sqlite_autoincrement=True,
 )
 
 # Formed batches: content fixed, id = source_request_id. Deleted once mParticle accepts them.

@@ -326,3 +326,29 @@ def test_status_read_shows_feeds_without_secrets(make_client, mp):
     assert feeds["unbound"]["backlog"] == 1 and feeds["ios"]["backlog"] == 1
     assert feeds["unbound"]["oldest_age_s"] >= 0 and feeds["android"]["oldest_age_s"] is None
     assert "secret" not in str(feeds) and "key" not in {k for f in feeds.values() for k in f}
+
+
+def test_later_events_never_overtake_a_pending_batch_once_the_queue_empties(make_client, mp):
+    """Batched events leave the queue; a new event must still sort after them."""
+    client = make_client(**currents_settings(mp.url))
+    runtime = client.application.extensions["audience_sync"]
+    sender = make_sender(runtime)
+    mp.configure(rate_5xx=1.0)
+    first = http_event(user="u")
+    post(client, [first])
+    sender.run_once()  # formed (the queue is empty again) and failed: pending, backing off
+    second = http_event(user="u")
+    post(client, [second])
+    sender.form_batches(time.time())
+    with runtime.engine.connect() as conn:
+        seqs = (
+            conn.execute(
+                sa.select(currents_batches.c.first_seq).order_by(currents_batches.c.created_at)
+            )
+            .scalars()
+            .all()
+        )
+    assert seqs[0] < seqs[1]
+    mp.configure(rate_5xx=0.0)
+    drain(sender, runtime.engine)
+    assert mp.order_by_user()["u"] == [first["id"], second["id"]]

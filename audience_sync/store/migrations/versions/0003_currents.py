@@ -35,6 +35,7 @@ def upgrade() -> None:
         sa.Column("event", sa.Text(), nullable=False),
         sa.Column("reason", sa.Text(), nullable=True),
         sa.PrimaryKeyConstraint("seq", name=op.f("pk_currents_events")),
+        sqlite_autoincrement=True,
     )
     op.create_index(
         "ix_currents_events_state_feed_seq", "currents_events", ["state", "feed", "seq"]
