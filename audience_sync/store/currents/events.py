@@ -1,0 +1,228 @@
+"""The intake queue: new events (deduplicated by id), held events, and cutting queued
+events into batches."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from audience_sync.core.currents.batching import BatchPlan, QueuedEvent
+from audience_sync.store.currents.base import (
+    BatchState,
+    EventState,
+    chunks,
+    count,
+)
+from audience_sync.store.dialect import insert
+from audience_sync.store.schema import (
+    currents_batches,
+    currents_dedup,
+    currents_events,
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class NewEvent:
+    """A mapped event to queue; ``feed`` None means held (``no_feed``)."""
+
+    event_id: str
+    feed: str | None
+    external_user_id: str
+    app_id: str | None
+    platform: str | None
+    envelope_json: str
+    event_json: str
+
+
+def claim_new_ids(
+    conn: sa.Connection, event_ids: Sequence[str], *, now: float, window_s: float
+) -> set[str]:
+    """Record ``event_ids`` as seen; return those not seen within ``window_s`` (new work).
+
+    Concurrent intakes of the same id: the primary key lets exactly one insert win.
+    """
+    unique = list(dict.fromkeys(event_ids))
+    fresh: set[str] = set()
+    cutoff = now - window_s
+    for chunk in chunks(unique):
+        expired = conn.execute(
+            sa.update(currents_dedup)
+            .where(currents_dedup.c.event_id.in_(chunk), currents_dedup.c.seen_at < cutoff)
+            .values(seen_at=now)
+            .returning(currents_dedup.c.event_id)
+        ).scalars()
+        fresh.update(expired)
+        inserted = conn.execute(
+            insert(conn, currents_dedup)
+            .on_conflict_do_nothing(index_elements=[currents_dedup.c.event_id])
+            .returning(currents_dedup.c.event_id),
+            [{"event_id": i, "seen_at": now} for i in chunk],
+        ).scalars()
+        fresh.update(inserted)
+    return fresh
+
+
+def enqueue(conn: sa.Connection, events: Sequence[NewEvent], *, now: float) -> int:
+    """Queue mapped events in arrival order (the order given), in the caller's transaction."""
+    if not events:
+        return 0
+    conn.execute(
+        currents_events.insert(),
+        [
+            {
+                "event_id": e.event_id,
+                "feed": e.feed,
+                "external_user_id": e.external_user_id,
+                "app_id": e.app_id,
+                "platform": e.platform,
+                "state": EventState.QUEUED if e.feed else EventState.HELD,
+                "received_at": now,
+                "envelope": e.envelope_json,
+                "event": e.event_json,
+                "reason": None if e.feed else "no_feed",
+            }
+            for e in events
+        ],
+    )
+    return len(events)
+
+
+def backlog(conn: sa.Connection) -> int:
+    """Events accepted and not yet delivered nor dead-lettered (queued, held or batched)."""
+    waiting = conn.execute(
+        sa.select(sa.func.count())
+        .select_from(currents_events)
+        .where(currents_events.c.state != EventState.DEAD)
+    ).scalar_one()
+    batched = conn.execute(
+        sa.select(sa.func.coalesce(sa.func.sum(currents_batches.c.events), 0)).where(
+            currents_batches.c.state == BatchState.PENDING
+        )
+    ).scalar_one()
+    return int(waiting) + int(batched)
+
+
+def queued_events(conn: sa.Connection, feed: str, *, limit: int) -> list[QueuedEvent]:
+    """The oldest queued events of a feed (locked against other planners on PostgreSQL)."""
+    c = currents_events.c
+    query = (
+        sa.select(c.seq, c.event_id, c.feed, c.external_user_id, c.received_at, c.envelope, c.event)
+        .where(c.state == EventState.QUEUED, c.feed == feed)
+        .order_by(c.seq)
+        .limit(limit)
+    )
+    if conn.dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    return [
+        QueuedEvent(
+            seq=r.seq,
+            event_id=r.event_id,
+            feed=r.feed,
+            external_user_id=r.external_user_id,
+            received_at=r.received_at,
+            envelope_json=r.envelope,
+            event_json=r.event,
+        )
+        for r in conn.execute(query)
+    ]
+
+
+def is_planning_due(conn: sa.Connection, feed: str, *, older_than: float, enough: int) -> bool:
+    """Whether a feed's queued events should be cut into batches now: its oldest has waited
+    since ``older_than``, or ``enough`` are queued (batches then hold more events per user)."""
+    c = currents_events.c
+    queued = (
+        sa.select(c.seq, c.received_at)
+        .where(c.state == EventState.QUEUED, c.feed == feed)
+        .order_by(c.seq)
+    )
+    oldest = conn.execute(queued.limit(1)).first()
+    if oldest is None:
+        return False
+    if oldest.received_at <= older_than:
+        return True
+    return conn.execute(queued.offset(enough - 1).limit(1)).first() is not None
+
+
+def feeds_with_queued(conn: sa.Connection) -> list[str]:
+    """Feeds that have events waiting for a batch."""
+    c = currents_events.c
+    return list(
+        conn.execute(
+            sa.select(c.feed).where(c.state == EventState.QUEUED).group_by(c.feed)
+        ).scalars()
+    )
+
+
+def save_plan(conn: sa.Connection, plan: BatchPlan, *, now: float) -> int:
+    """Store formed batches (their events move into them); dead-letter events that cannot be
+    sent. Returns the number of batches."""
+    c = currents_events.c
+    if plan.batches:
+        conn.execute(
+            currents_batches.insert(),
+            [
+                {
+                    "id": b.batch_id,
+                    "feed": b.feed,
+                    "external_user_id": b.external_user_id,
+                    "first_seq": b.first_seq,
+                    "events": len(b.seqs),
+                    "event_ids": json.dumps(list(b.event_ids)),
+                    "body": b.body,
+                    "state": BatchState.PENDING,
+                    "attempts": 0,
+                    "due_at": now,
+                    "received_at": b.received_at,
+                    "retain_from": b.received_at,
+                    "created_at": now,
+                }
+                for b in plan.batches
+            ],
+        )
+        seqs = [s for b in plan.batches for s in b.seqs]
+        for chunk in chunks(seqs):
+            conn.execute(sa.delete(currents_events).where(c.seq.in_(chunk)))
+    if plan.rejected:
+        conn.execute(
+            sa.update(currents_events)
+            .where(c.seq == sa.bindparam("b_seq"))
+            .values(state=EventState.DEAD, reason=sa.bindparam("b_reason")),
+            [{"b_seq": s, "b_reason": r} for s, r in plan.rejected],
+        )
+        count(conn, {"dead_letter": len(plan.rejected)}, now=now)
+    return len(plan.batches)
+
+
+def reroute_held(
+    conn: sa.Connection, route: Callable[[str | None, str | None], str | None], *, now: float
+) -> int:
+    """Give held events (``no_feed``) to a feed that now takes them; returns how many moved."""
+    e = currents_events.c
+    held = conn.execute(
+        sa.select(e.seq, e.app_id, e.platform).where(e.state == EventState.HELD)
+    ).all()
+    moves = [
+        {"b_seq": r.seq, "b_feed": feed}
+        for r in held
+        if (feed := route(r.app_id, r.platform)) is not None
+    ]
+    if moves:
+        conn.execute(
+            sa.update(currents_events)
+            .where(e.seq == sa.bindparam("b_seq"), e.state == EventState.HELD)
+            .values(feed=sa.bindparam("b_feed"), state=EventState.QUEUED, reason=None),
+            moves,
+        )
+    return len(moves)
+
+
+def prune_dedup(conn: sa.Connection, *, now: float, window_s: float) -> int:
+    """Delete dedup keys older than the window; returns how many."""
+    result = conn.execute(
+        sa.delete(currents_dedup).where(currents_dedup.c.seen_at < now - window_s)
+    )
+    return int(result.rowcount or 0)
