@@ -186,6 +186,30 @@ level = "WARNING"
     return path
 
 
+_RUSAGE: dict[int, float] = {}
+
+
+def _exited(proc: subprocess.Popen[bytes]) -> bool:
+    """Reap ``proc`` if it has exited, keeping its CPU time (user + system)."""
+    if proc.pid in _RUSAGE:
+        return True
+    pid, _status, usage = os.wait4(proc.pid, os.WNOHANG)
+    if pid == 0:
+        return False
+    _RUSAGE[proc.pid] = usage.ru_utime + usage.ru_stime
+    proc.returncode = 0
+    return True
+
+
+def _cpu_of(proc: subprocess.Popen[bytes]) -> float:
+    """Wait for ``proc`` and return its CPU seconds."""
+    if proc.pid not in _RUSAGE:
+        _pid, _status, usage = os.wait4(proc.pid, 0)
+        _RUSAGE[proc.pid] = usage.ru_utime + usage.ru_stime
+        proc.returncode = 0
+    return _RUSAGE[proc.pid]
+
+
 def spawn(config: Path, folder: Path, *args: str) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AUDIENCE_SYNC_")}
     log = (folder / f"{args[0]}.log").open("ab")
@@ -245,7 +269,7 @@ def main(argv: Sequence[str]) -> int:
             while state(url)["events"] - before < args.events:
                 if time.monotonic() > deadline:
                     raise RuntimeError("not every event arrived within 10 minutes")
-                if import_s is None and importer.poll() is not None:
+                if import_s is None and _exited(importer):
                     import_s = time.monotonic() - started
                 if args.faults and kills < 2 and time.monotonic() - started > 2 + 2 * kills:
                     worker.send_signal(signal.SIGKILL)
@@ -255,11 +279,11 @@ def main(argv: Sequence[str]) -> int:
                 time.sleep(0.05)
             elapsed = time.monotonic() - started
             if import_s is None:
-                importer.wait()
+                _cpu_of(importer)
                 import_s = time.monotonic() - started
-            worker.send_signal(signal.SIGTERM)
-            worker.wait(30)
             final = state(url)
+            worker.send_signal(signal.SIGTERM)
+            cpu_s = _cpu_of(importer) + _cpu_of(worker)
         finally:
             server.send_signal(signal.SIGTERM)
             server.wait(10)
@@ -274,6 +298,7 @@ def main(argv: Sequence[str]) -> int:
         "import_seconds": round(import_s, 2),
         "events_per_s": round(delivered / elapsed),
         "import_events_per_s": round(args.events / import_s),
+        "engine_cpu_us_per_event": round(1e6 * cpu_s / args.events, 1),
         "batches": final["batches"] - initial["batches"],
         "events_per_batch": round(delivered / max(1, final["batches"] - initial["batches"]), 2),
         "requests": final["requests"] - initial["requests"],

@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 
 import sqlalchemy as sa
 
-from audience_sync.core.currents.batching import plan_batches
+from audience_sync.core.currents.batching import BatchPlan, PlannedBatch, plan_batches
 from audience_sync.core.retry import RetryPolicy, decide_retry
 from audience_sync.currents.service import CurrentsConfig
 from audience_sync.mparticle.client import FeedCredentials, MParticleClient
@@ -37,6 +37,7 @@ from audience_sync.mparticle.requests import pack
 from audience_sync.mparticle.urls import url_problem
 from audience_sync.settings import Settings
 from audience_sync.store import currents as queue
+from audience_sync.store.engine import is_postgresql, read_only
 from audience_sync.store.transactions import in_transaction
 
 logger = logging.getLogger(__name__)
@@ -54,6 +55,20 @@ HOUSEKEEPING_INTERVAL_S = 1.0
 def feed_fingerprint(base_url: str, key: str, secret: str) -> str:
     """Identifies a feed's settings without storing them (a change triggers a probe)."""
     return hashlib.sha256("\x00".join([base_url, key, secret]).encode("utf-8")).hexdigest()
+
+
+def _fresh_claim(batch: PlannedBatch) -> queue.ClaimedBatch:
+    """A batch leased at its formation, as the send path sees claims."""
+    return queue.ClaimedBatch(
+        id=batch.batch_id,
+        feed=batch.feed,
+        external_user_id=batch.external_user_id,
+        first_seq=batch.first_seq,
+        events=len(batch.seqs),
+        body=batch.body,
+        attempts=0,
+        first_failure_at=None,
+    )
 
 
 class CurrentsSender:
@@ -172,8 +187,9 @@ class CurrentsSender:
         self.states = in_transaction(self.engine, work, action="currents_feeds")
 
     def form_batches(self, now: float) -> int:
-        """Cut queued events into batches, per feed; returns the number of batches formed."""
-        with self.engine.connect() as conn:
+        """Cut queued events into batches, per feed, and send the ones leased at formation;
+        returns the number of batches formed."""
+        with read_only(self.engine) as conn:
             feeds = [
                 feed
                 for feed in queue.feeds_with_queued(conn)
@@ -183,14 +199,39 @@ class CurrentsSender:
             ]
         formed = 0
         for feed in feeds:
+            sendable = feed in self.credentials and self.states.get(feed) != queue.FeedState.PAUSED
+            claim = (self.worker_id, now + self.lease_s) if sendable else None
+            try:
+                plan, claimed = self._plan(feed, now, claim)
+            except queue.PlanConflictError:
+                continue  # the events changed under the plan: planned again next round
+            formed += len(plan.batches)
+            if claimed:
+                self.deliver(feed, [_fresh_claim(b) for b in claimed])
+        return formed
 
-            def work(conn: sa.Connection, feed: str = feed) -> int:
+    def _plan(
+        self, feed: str, now: float, claim: tuple[str, float] | None
+    ) -> tuple[BatchPlan, list[PlannedBatch]]:
+        if is_postgresql(self.engine):
+            # Row locks (SKIP LOCKED) keep concurrent planners apart: read inside the write.
+            def locked(conn: sa.Connection) -> tuple[BatchPlan, list[PlannedBatch]]:
                 events = queue.queued_events(conn, feed, limit=PLAN_EVENTS)
                 plan = plan_batches(events, environment=self.environment)
-                return queue.save_plan(conn, plan, now=now)
+                return plan, queue.save_plan(conn, plan, now=now, claim=claim)
 
-            formed += in_transaction(self.engine, work, action="currents_plan")
-        return formed
+            return in_transaction(self.engine, locked, action="currents_plan")
+        # SQLite: read and plan without the writer lock (the importer keeps writing meanwhile);
+        # the write then checks that every planned event is still queued.
+        with read_only(self.engine) as conn:
+            events = queue.queued_events(conn, feed, limit=PLAN_EVENTS)
+        plan = plan_batches(events, environment=self.environment)
+        claimed = in_transaction(
+            self.engine,
+            lambda conn: queue.save_plan(conn, plan, now=now, claim=claim),
+            action="currents_plan",
+        )
+        return plan, claimed
 
     # -- probes --------------------------------------------------------------------------------
 

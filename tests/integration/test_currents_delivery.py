@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 
 from audience_sync.cli import main
+from audience_sync.core.currents.batching import plan_batches
 from audience_sync.currents.importer import import_paths
 from audience_sync.currents.maintenance import currents_expire, currents_feeds
 from audience_sync.currents.service import CurrentsConfig
@@ -238,9 +239,9 @@ def test_a_400_is_split_to_isolate_the_bad_batch_which_is_dead_lettered(make_cli
     runtime = client.application.extensions["audience_sync"]
     post(client, [http_event(user=f"u{n}") for n in range(10)])
     sender = make_sender(runtime)
-    sender.form_batches(time.time())
-    with runtime.engine.connect() as conn:
-        batch_ids = [r.id for r in conn.execute(sa.select(currents_batches.c.id))]
+    with runtime.engine.connect() as conn:  # the ids are deterministic: plan them here too
+        events = queue.queued_events(conn, "unbound", limit=100)
+    batch_ids = [b.batch_id for b in plan_batches(events, environment="production").batches]
     poisoned = batch_ids[3]
     mp.configure(refuse_batches={poisoned})
     drain(sender, runtime.engine)

@@ -35,6 +35,7 @@ from audience_sync.store.currents.batches import (
 )
 from audience_sync.store.currents.events import (
     NewEvent,
+    PlanConflictError,
     backlog,
     claim_new_ids,
     enqueue,
@@ -71,6 +72,7 @@ __all__ = [
     "FeedState",
     "FeedStatus",
     "NewEvent",
+    "PlanConflictError",
     "backlog",
     "chunks",
     "claim_batches",

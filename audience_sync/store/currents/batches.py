@@ -130,21 +130,16 @@ def _owned(ids: Sequence[str], worker_id: str) -> t.Any:
 
 
 def finish(conn: sa.Connection, ids: Sequence[str], *, worker_id: str, now: float) -> int:
-    """mParticle accepted these batches: delete them and their events; returns events done."""
+    """mParticle accepted these batches: delete them (their events with them); returns the
+    number of events done."""
     done = 0
     for chunk in chunks(list(ids)):
-        owned = list(
+        done += sum(
             conn.execute(
-                sa.select(currents_batches.c.id, currents_batches.c.events).where(
-                    _owned(chunk, worker_id)
-                )
-            )
-        )
-        if not owned:
-            continue
-        done += sum(r.events for r in owned)
-        conn.execute(
-            sa.delete(currents_batches).where(currents_batches.c.id.in_([r.id for r in owned]))
+                sa.delete(currents_batches)
+                .where(_owned(chunk, worker_id))
+                .returning(currents_batches.c.events)
+            ).scalars()
         )
     if done:
         count(conn, {"forwarded": done}, now=now)

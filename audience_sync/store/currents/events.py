@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from audience_sync.core.currents.batching import BatchPlan, QueuedEvent
+from audience_sync.core.currents.batching import BatchPlan, PlannedBatch, QueuedEvent
 from audience_sync.store.currents.base import (
     BatchState,
     EventState,
@@ -65,25 +65,50 @@ def claim_new_ids(
     return fresh
 
 
+ENQUEUE_COLUMNS = (
+    "event_id",
+    "feed",
+    "external_user_id",
+    "app_id",
+    "platform",
+    "state",
+    "received_at",
+    "envelope",
+    "event",
+    "reason",
+)
+_PLACEHOLDER = {"qmark": "?", "format": "%s", "pyformat": "%s"}
+
+
 def enqueue(conn: sa.Connection, events: Sequence[NewEvent], *, now: float) -> int:
-    """Queue mapped events in arrival order (the order given), in the caller's transaction."""
+    """Queue mapped events in arrival order (the order given), in the caller's transaction.
+
+    One driver-level ``executemany`` of tuples: this runs for every imported event, and
+    SQLAlchemy's per-row parameter processing cost more than the insert itself.
+    """
     if not events:
         return 0
-    conn.execute(
-        currents_events.insert(),
+    mark = _PLACEHOLDER[conn.dialect.paramstyle]
+    sql = (
+        f"INSERT INTO {currents_events.name} ({', '.join(ENQUEUE_COLUMNS)}) "
+        f"VALUES ({', '.join([mark] * len(ENQUEUE_COLUMNS))})"
+    )
+    queued, held = str(EventState.QUEUED), str(EventState.HELD)
+    conn.exec_driver_sql(
+        sql,
         [
-            {
-                "event_id": e.event_id,
-                "feed": e.feed,
-                "external_user_id": e.external_user_id,
-                "app_id": e.app_id,
-                "platform": e.platform,
-                "state": EventState.QUEUED if e.feed else EventState.HELD,
-                "received_at": now,
-                "envelope": e.envelope_json,
-                "event": e.event_json,
-                "reason": None if e.feed else "no_feed",
-            }
+            (
+                e.event_id,
+                e.feed,
+                e.external_user_id,
+                e.app_id,
+                e.platform,
+                queued if e.feed else held,
+                now,
+                e.envelope_json,
+                e.event_json,
+                None if e.feed else "no_feed",
+            )
             for e in events
         ],
     )
@@ -157,10 +182,55 @@ def feeds_with_queued(conn: sa.Connection) -> list[str]:
     )
 
 
-def save_plan(conn: sa.Connection, plan: BatchPlan, *, now: float) -> int:
-    """Store formed batches (their events move into them); dead-letter events that cannot be
-    sent. Returns the number of batches."""
+class PlanConflictError(Exception):
+    """Events read for a plan changed before it was saved (expired, or taken by another
+    planner): the transaction rolls back and the events are planned again later."""
+
+
+def save_plan(
+    conn: sa.Connection,
+    plan: BatchPlan,
+    *,
+    now: float,
+    claim: tuple[str, float] | None = None,
+) -> list[PlannedBatch]:
+    """Store formed batches (their events move into them) and dead-letter events that cannot
+    be sent, in the caller's transaction.
+
+    ``claim=(worker_id, lease_until)`` leases the new batches to that sender at once, except a
+    batch whose user already has an older pending batch in the feed (order of arrival), and a
+    user's second new batch. Returns the batches leased.
+
+    Raises:
+        PlanConflictError: some planned events are no longer queued.
+    """
     c = currents_events.c
+    seqs = [s for b in plan.batches for s in b.seqs] + [s for s, _ in plan.rejected]
+    deleted = 0
+    for chunk in chunks([s for b in plan.batches for s in b.seqs]):
+        deleted += conn.execute(
+            sa.delete(currents_events).where(c.seq.in_(chunk), c.state == EventState.QUEUED)
+        ).rowcount
+    if plan.rejected:
+        result = conn.execute(
+            sa.update(currents_events)
+            .where(c.seq == sa.bindparam("b_seq"), c.state == EventState.QUEUED)
+            .values(state=EventState.DEAD, reason=sa.bindparam("b_reason")),
+            [{"b_seq": s, "b_reason": r} for s, r in plan.rejected],
+        )
+        deleted += result.rowcount
+        count(conn, {"dead_letter": len(plan.rejected)}, now=now)
+    if deleted != len(seqs):
+        raise PlanConflictError(f"{len(seqs) - deleted} planned event(s) changed")
+    claimed: list[PlannedBatch] = []
+    if claim is not None and plan.batches:
+        blocked = _users_with_pending(conn, plan.batches)
+        for batch in plan.batches:
+            key = (batch.feed, batch.external_user_id)
+            if key not in blocked:
+                claimed.append(batch)
+            blocked.add(key)
+    leased = {b.batch_id for b in claimed}
     if plan.batches:
         conn.execute(
             currents_batches.insert(),
@@ -176,6 +246,8 @@ def save_plan(conn: sa.Connection, plan: BatchPlan, *, now: float) -> int:
                     "state": BatchState.PENDING,
                     "attempts": 0,
                     "due_at": now,
+                    "claimed_by": claim[0] if claim and b.batch_id in leased else None,
+                    "claimed_until": claim[1] if claim and b.batch_id in leased else None,
                     "received_at": b.received_at,
                     "retain_from": b.received_at,
                     "created_at": now,
@@ -183,18 +255,27 @@ def save_plan(conn: sa.Connection, plan: BatchPlan, *, now: float) -> int:
                 for b in plan.batches
             ],
         )
-        seqs = [s for b in plan.batches for s in b.seqs]
-        for chunk in chunks(seqs):
-            conn.execute(sa.delete(currents_events).where(c.seq.in_(chunk)))
-    if plan.rejected:
-        conn.execute(
-            sa.update(currents_events)
-            .where(c.seq == sa.bindparam("b_seq"))
-            .values(state=EventState.DEAD, reason=sa.bindparam("b_reason")),
-            [{"b_seq": s, "b_reason": r} for s, r in plan.rejected],
-        )
-        count(conn, {"dead_letter": len(plan.rejected)}, now=now)
-    return len(plan.batches)
+    return claimed
+
+
+def _users_with_pending(
+    conn: sa.Connection, batches: Sequence[PlannedBatch]
+) -> set[tuple[str, str]]:
+    """(feed, user) pairs among ``batches`` that already have a pending batch."""
+    b = currents_batches.c
+    found: set[tuple[str, str]] = set()
+    by_feed: dict[str, list[str]] = {}
+    for batch in batches:
+        by_feed.setdefault(batch.feed, []).append(batch.external_user_id)
+    for feed, users in by_feed.items():
+        for chunk in chunks(sorted(set(users))):
+            rows = conn.execute(
+                sa.select(b.external_user_id)
+                .where(b.feed == feed, b.state == BatchState.PENDING, b.external_user_id.in_(chunk))
+                .distinct()
+            ).scalars()
+            found.update((feed, user) for user in rows)
+    return found
 
 
 def reroute_held(
