@@ -214,8 +214,9 @@ class CurrentsSender:
         self, feed: str, now: float, claim: tuple[str, float] | None
     ) -> tuple[BatchPlan, list[PlannedBatch]]:
         if is_postgresql(self.engine):
-            # Row locks (SKIP LOCKED) keep concurrent planners apart: read inside the write.
+            # Planners of a feed take turns (advisory lock): read and plan inside the write.
             def locked(conn: sa.Connection) -> tuple[BatchPlan, list[PlannedBatch]]:
+                queue.lock_feed_for_planning(conn, feed)
                 events = queue.queued_events(conn, feed, limit=PLAN_EVENTS)
                 plan = plan_batches(events, environment=self.environment)
                 return plan, queue.save_plan(conn, plan, now=now, claim=claim)

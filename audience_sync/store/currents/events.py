@@ -3,6 +3,7 @@ events into batches."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -128,6 +129,15 @@ def backlog(conn: sa.Connection) -> int:
         )
     ).scalar_one()
     return int(waiting) + int(batched)
+
+
+def lock_feed_for_planning(conn: sa.Connection, feed: str) -> None:
+    """Serialise planners of one feed until the transaction ends (PostgreSQL; SQLite has one
+    writer anyway). Two plans committing out of order could otherwise let a user's later
+    batch be claimed before the earlier one exists."""
+    if conn.dialect.name == "postgresql":
+        key = int.from_bytes(hashlib.sha256(f"currents-plan:{feed}".encode()).digest()[:8], "big")
+        conn.execute(sa.select(sa.func.pg_advisory_xact_lock(key - 2**63)))
 
 
 def queued_events(conn: sa.Connection, feed: str, *, limit: int) -> list[QueuedEvent]:
