@@ -118,6 +118,7 @@ class CurrentsSender:
         }
         self.states: dict[str, str] = {}
         self._next_housekeeping = 0.0
+        self._rerouted = False
         if self.url_problem:
             logger.error(
                 "currents.mparticle_url refused: %s; nothing is sent",
@@ -179,28 +180,42 @@ class CurrentsSender:
         return handled + len(claims)
 
     def _housekeeping(self, now: float) -> None:
+        reroute = not self._rerouted
+
         def work(conn: sa.Connection) -> dict[str, str]:
             states = queue.sync_feeds(conn, self.fingerprints, now=now)
-            queue.reroute_held(conn, self.config.route, now=now)
+            if reroute:
+                # Held events wait for a feed; the feeds are fixed for this process's life, so
+                # once at start is enough (new events are routed with the same feeds at intake).
+                moved = queue.reroute_held(conn, self.config.route, now=now)
+                if moved:
+                    logger.info(
+                        "%d held currents event(s) now have a feed",
+                        moved,
+                        extra={"action": "currents_rerouted", "count": moved},
+                    )
             return states
 
         self.states = in_transaction(self.engine, work, action="currents_feeds")
+        self._rerouted = True
 
     def form_batches(self, now: float) -> int:
         """Cut queued events into batches, per feed, and send the ones leased at formation;
         returns the number of batches formed."""
         with read_only(self.engine) as conn:
+            # Events of a feed no longer configured stay queued (shown by status) until it is.
             feeds = [
                 feed
                 for feed in queue.feeds_with_queued(conn)
-                if queue.is_planning_due(
+                if feed in self.credentials
+                and queue.is_planning_due(
                     conn, feed, older_than=now - self.coalesce_s, enough=PLAN_EVENTS
                 )
             ]
         formed = 0
         for feed in feeds:
-            sendable = feed in self.credentials and self.states.get(feed) != queue.FeedState.PAUSED
-            claim = (self.worker_id, now + self.lease_s) if sendable else None
+            paused = self.states.get(feed) == queue.FeedState.PAUSED
+            claim = None if paused else (self.worker_id, now + self.lease_s)
             try:
                 plan, claimed = self._plan(feed, now, claim)
             except queue.PlanConflictError:

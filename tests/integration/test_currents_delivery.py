@@ -24,6 +24,7 @@ from audience_sync.store.schema import currents_batches
 from audience_sync.transport import Transport
 from tests.currents_support import (
     FEED_SECRETS,
+    FEEDS,
     avro_samples,
     bearer,
     copy_sample,
@@ -353,3 +354,21 @@ def test_later_events_never_overtake_a_pending_batch_once_the_queue_empties(make
     mp.configure(rate_5xx=0.0)
     drain(sender, runtime.engine)
     assert mp.order_by_user()["u"] == [first["id"], second["id"]]
+
+
+def test_held_events_are_sent_once_a_feed_takes_them(make_runtime, make_client, mp):
+    only_ios = {"ios": FEEDS["ios"]}
+    client = make_client(**currents_settings(mp.url, feeds=only_ios))
+    runtime = client.application.extensions["audience_sync"]
+    event = http_event()  # an email event: the unbound feed's
+    assert post(client, [event])["held"] == 1
+    sender = make_sender(runtime)
+    for _ in range(3):
+        sender.run_once()
+    assert mp.received == []
+    with runtime.engine.connect() as conn:
+        assert queue.backlog(conn) == 1  # held, not dropped
+    later = make_runtime(**currents_settings(mp.url))  # the unbound feed is configured
+    drain(make_sender(later, worker="w2"), later.engine)
+    assert [r.feed_key for r in mp.received] == ["unbound-key"]
+    assert mp.message_ids() == {event["id"]: 1}
