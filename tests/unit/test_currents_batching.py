@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from audience_sync.core.currents.batching import QueuedEvent, plan_batches, source_request_id
 from audience_sync.core.currents.routing import Feed, route
@@ -116,3 +118,44 @@ def test_an_invalid_environment_is_caught_before_sending():
     plan = plan_batches([queued(1)], environment="staging")
     assert plan.batches == ()
     assert plan.rejected[0][1].startswith("invalid_batch: environment")
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    spec=st.lists(
+        st.tuples(
+            st.sampled_from(["a", "b", "c"]),  # user
+            st.sampled_from(["f", "g"]),  # feed
+            st.booleans(),  # with an email identity (another envelope)
+            st.integers(min_value=0, max_value=60_000),  # attribute padding
+        ),
+        max_size=40,
+    )
+)
+def test_plans_keep_every_event_once_in_arrival_order_per_user(spec):
+    events = []
+    for seq, (user, feed, email, size) in enumerate(spec, start=1):
+        identities = {"customerid": user, **({"email": f"{user}@x"} if email else {})}
+        envelope = {"user_identities": identities, "device_info": {}, "user_attributes": {}}
+        events.append(queued(seq, user=user, feed=feed, envelope=envelope, size=size))
+    plan = plan_batches(list(reversed(events)), environment="production")
+    placed = [s for b in plan.batches for s in b.seqs] + [s for s, _ in plan.rejected]
+    assert sorted(placed) == list(range(1, len(spec) + 1))  # each event exactly once
+    for batch in plan.batches:
+        body = json.loads(batch.body)
+        assert len(batch.body) < 128 * 1024
+        assert {events[s - 1].external_user_id for s in batch.seqs} == {batch.external_user_id}
+        assert {events[s - 1].feed for s in batch.seqs} == {batch.feed}
+        assert list(batch.seqs) == sorted(batch.seqs)
+        assert [e["data"]["source_message_id"] for e in body["events"]] == [
+            f"m{s}" for s in batch.seqs
+        ]
+    for user in "abc":
+        for feed in "fg":
+            order = [
+                s
+                for b in plan.batches
+                if (b.external_user_id, b.feed) == (user, feed)
+                for s in b.seqs
+            ]
+            assert order == sorted(order)  # batches sorted by first_seq keep arrival order
