@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -166,3 +167,63 @@ def test_faults_and_sigkill_deliver_every_event_exactly_once(make_settings, tmp_
             assert order.get(user, []) == expected
         assert mp.statuses[429] and mp.statuses[503] and mp.statuses["drop"]
     runtime.engine.dispose()
+
+
+def test_run_takes_currents_over_http_and_delivers_them(tmp_path):
+    """The real ``audience-sync run``: waitress in front, the mParticle sender started."""
+    import requests
+
+    from audience_sync.store.engine import create_engine
+    from audience_sync.store.migrate import upgrade
+    from tests.currents_support import CURRENTS_TOKEN, http_event
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"sqlite:///{tmp_path}/run.db"
+    engine = create_engine(url)
+    upgrade(engine)
+    with FakeMParticle(feeds=FEED_SECRETS) as mp:
+        config = config_file(tmp_path, url, mp.url)
+        config.write_text(config.read_text() + f"[server]\nport = {port}\n")
+        env_config = tmp_path / "run.toml"
+        env_config.write_text(
+            config.read_text().replace(
+                "[currents]\n", f'[currents]\ntokens = ["{CURRENTS_TOKEN}"]\n', 1
+            )
+        )
+        proc = start(env_config, tmp_path, "run", "run")
+        try:
+            deadline = time.monotonic() + 60
+            events = [http_event(user=f"u{n % 3}") for n in range(30)]
+            while True:
+                try:
+                    answer = requests.post(
+                        f"http://127.0.0.1:{port}/currents",
+                        json={"events": events},
+                        headers={"Authorization": f"Bearer {CURRENTS_TOKEN}"},
+                        timeout=5,
+                    )
+                    break
+                except requests.ConnectionError:
+                    assert proc.poll() is None, (tmp_path / "run.log").read_text()
+                    assert time.monotonic() < deadline
+                    time.sleep(0.1)
+            assert answer.status_code == 200, answer.text
+            too_big = requests.post(
+                f"http://127.0.0.1:{port}/currents",
+                data=b"x" * 6_000_000,
+                headers={"Authorization": f"Bearer {CURRENTS_TOKEN}"},
+                timeout=30,
+            )
+            assert too_big.status_code == 413 and too_big.json()["code"] == 413
+            while sum(mp.message_ids().values()) < 30:
+                assert time.monotonic() < deadline, (tmp_path / "run.log").read_text()
+                time.sleep(0.05)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(60)
+        assert proc.returncode == 0
+        assert sorted(mp.message_ids()) == sorted(e["id"] for e in events)
+        assert mp.rejected == []
+    engine.dispose()
