@@ -118,11 +118,9 @@ def replay_command(ctx: Context, dead: bool, account_id: int | None, feed: str |
     """Re-queue dead-lettered deliveries with a fresh attempt budget."""
     import time
 
-    import sqlalchemy as sa
-
     from audience_sync.runtime import Runtime
     from audience_sync.store import outbox
-    from audience_sync.store.schema import connections
+    from audience_sync.store.connections import workspace_ids_of_account
 
     settings = _setup(ctx)
     runtime = Runtime.from_settings(settings)
@@ -136,14 +134,7 @@ def replay_command(ctx: Context, dead: bool, account_id: int | None, feed: str |
     with runtime.engine.begin() as conn:
         workspace_ids = None
         if account_id is not None:
-            workspace_ids = list(
-                conn.execute(
-                    sa.select(connections.c.workspace_id).where(
-                        connections.c.account_id == account_id,
-                        connections.c.workspace_id.is_not(None),
-                    )
-                ).scalars()
-            )
+            workspace_ids = workspace_ids_of_account(conn, account_id)
         count = outbox.replay(conn, now=time.time(), workspace_ids=workspace_ids)
     click.echo(f"re-queued {count} dead-lettered user(s)")
 

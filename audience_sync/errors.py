@@ -2,14 +2,16 @@
 
     AudienceSyncError
     ├── ConfigValidationError        configuration: every problem at once, in ``errors``
-    ├── InvalidPayloadError          bad input from a caller (mapped to a 4xx)
-    └── DeliveryError                talking to Braze or mParticle
-        ├── RetriableDeliveryError   5xx, timeouts, dropped connections: try again later
-        ├── RateLimitedError         429: pause the key until ``retry_at``; not an attempt
-        └── FatalDeliveryError       401/403/404/415 and other refusals: do not retry as-is
+    └── InvalidPayloadError          bad input from a caller (mapped to a 4xx)
 
-Adapters translate third-party exceptions (``requests.*``, ``sqlalchemy.*``) into this tree with
-``raise ... from exc`` so the rooms above them never catch a library's exception.
+Vendor outcomes are values, not exceptions: the Braze client returns a ``TrackResponse`` for
+every answer, timeout or dropped connection (``requests`` exceptions never leave it), and
+:mod:`audience_sync.braze.outcomes` classifies it into a ``TrackOutcome`` that the sender acts on
+(retry, pause, split, dead-letter). The database's transient aborts are retried by the one
+transaction runner (:mod:`audience_sync.store.transactions`); anything else from SQLAlchemy is a
+fault the sender loop logs and survives (its leases protect the work). One packing signal stays
+an exception: ``braze.requests.ObjectTooLargeError`` (a ``ValueError``), which the Braze sender
+catches to dead-letter that one user.
 """
 
 from __future__ import annotations
@@ -37,27 +39,3 @@ class InvalidPayloadError(AudienceSyncError):
         self.errors = errors or {}
         self.status = status
         super().__init__(message)
-
-
-class DeliveryError(AudienceSyncError):
-    """A request to a vendor API did not succeed."""
-
-    def __init__(self, message: str, status: int | None = None) -> None:
-        self.status = status
-        super().__init__(message)
-
-
-class RetriableDeliveryError(DeliveryError):
-    """Transient failure (5xx, timeout, connection dropped): retry with backoff."""
-
-
-class RateLimitedError(DeliveryError):
-    """The vendor rate-limited us; ``retry_at`` is the epoch second to wait for."""
-
-    def __init__(self, message: str, retry_at: float, status: int | None = 429) -> None:
-        self.retry_at = retry_at
-        super().__init__(message, status)
-
-
-class FatalDeliveryError(DeliveryError):
-    """The vendor refused the request in a way a retry of the same request cannot fix."""

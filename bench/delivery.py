@@ -24,7 +24,13 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from audience_sync.core.account import merge_settings, settings_fingerprint
+from audience_sync.core.connection import effective_settings
+from audience_sync.core.states import (
+    AudienceState,
+    ConnectionState,
+    OutboxState,
+    WorkspaceState,
+)
 from audience_sync.runtime import Runtime
 from audience_sync.settings import load_settings
 from audience_sync.store.engine import create_engine
@@ -83,19 +89,21 @@ def seed(engine: sa.Engine, *, url: str, n_users: int, mode: str, now: float) ->
         "customRestEndpoint": url,
         "sendSegmentsAs": mode,
     }
-    merged = merge_settings(account_settings, {})
+    effective = effective_settings(ACCOUNT, account_settings, overrides={})
     with engine.begin() as conn:
         workspace_id = conn.execute(
             workspaces.insert()
-            .values(endpoint=url, key_fingerprint="bench", state="active", created_at=now)
+            .values(
+                endpoint=url, key_fingerprint="bench", state=WorkspaceState.ACTIVE, created_at=now
+            )
             .returning(workspaces.c.id)
         ).scalar_one()
         conn.execute(
             connections.insert().values(
                 account_id=ACCOUNT,
                 account_settings=account_settings,
-                settings_fingerprint=settings_fingerprint(merged),
-                state="active",
+                settings_fingerprint=effective.fingerprint,
+                state=ConnectionState.ACTIVE,
                 settings_errors=[],
                 workspace_id=workspace_id,
                 created_at=now,
@@ -109,7 +117,7 @@ def seed(engine: sa.Engine, *, url: str, n_users: int, mode: str, now: float) ->
                     "account_id": ACCOUNT,
                     "audience_id": a,
                     "name": name,
-                    "state": "active",
+                    "state": AudienceState.ACTIVE,
                     "cleanup": False,
                     "created_at": now,
                     "updated_at": now,
@@ -149,7 +157,7 @@ def seed(engine: sa.Engine, *, url: str, n_users: int, mode: str, now: float) ->
                     {
                         "workspace_id": workspace_id,
                         "external_id": f"user-{i}",
-                        "state": "pending",
+                        "state": OutboxState.PENDING,
                         "generation": 1,
                         "due_at": now,
                         "attempts": 0,

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Mapping
 
 import sqlalchemy as sa
 
+from audience_sync.core.states import OutboxState
 from audience_sync.store.schema import outbox
 
 
@@ -84,14 +85,16 @@ def post(client, message: Mapping, headers: Mapping[str, str]) -> dict:
 def pending_count(engine: sa.Engine) -> int:
     with engine.connect() as conn:
         return conn.execute(
-            sa.select(sa.func.count()).select_from(outbox).where(outbox.c.state == "pending")
+            sa.select(sa.func.count())
+            .select_from(outbox)
+            .where(outbox.c.state == OutboxState.PENDING)
         ).scalar_one()
 
 
 def dead_count(engine: sa.Engine) -> int:
     with engine.connect() as conn:
         return conn.execute(
-            sa.select(sa.func.count()).select_from(outbox).where(outbox.c.state == "dead")
+            sa.select(sa.func.count()).select_from(outbox).where(outbox.c.state == OutboxState.DEAD)
         ).scalar_one()
 
 

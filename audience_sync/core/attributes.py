@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from audience_sync.core.account import PART_ARRAY, PART_PER_SEGMENT, PART_STRING
+from audience_sync.core.connection import PART_ARRAY, PART_PER_SEGMENT, PART_STRING
 
 STRING_ATTRIBUTE = "SegmentMembership"
 ARRAY_ATTRIBUTE = "SegmentMembershipArray"
@@ -83,7 +83,7 @@ class Contribution:
 
 
 @dataclass(frozen=True, kw_only=True)
-class Desired:
+class DesiredAttributes:
     """The attributes one Braze user should hold, with why some could not be written."""
 
     attributes: Mapping[str, t.Any]
@@ -118,7 +118,9 @@ def segment_membership_string(audience_ids: Sequence[int] | set[int]) -> str:
     return ",".join(f"'{a}'" for a in sorted(audience_ids))
 
 
-def desired_attributes(contributions: Sequence[Contribution], *, array_max_length: int) -> Desired:
+def desired_attributes(
+    contributions: Sequence[Contribution], *, array_max_length: int
+) -> DesiredAttributes:
     """Merge every connection's wishes for one Braze user into one attribute map."""
     attributes: dict[str, t.Any] = {}
     charges: dict[str, Charge] = {}
@@ -181,7 +183,7 @@ def desired_attributes(contributions: Sequence[Contribution], *, array_max_lengt
     if tokens:
         attributes[PUSH_TOKENS_KEY] = [list(pair) for pair in tokens]
 
-    return Desired(
+    return DesiredAttributes(
         attributes=attributes,
         flags=frozenset(flags),
         charges=charges,
@@ -196,7 +198,7 @@ def _same(a: t.Any, b: t.Any) -> bool:
 
 
 def _array_charges(
-    values: Sequence[str], desired: Desired, audience_accounts: Mapping[int, int]
+    values: Sequence[str], desired: DesiredAttributes, audience_accounts: Mapping[int, int]
 ) -> Counter[Charge]:
     out: Counter[Charge] = Counter()
     for value in values:
@@ -260,7 +262,7 @@ def touched(write: Write) -> Uncertain:
 
 def diff(
     external_id: str,
-    desired: Desired,
+    desired: DesiredAttributes,
     acknowledged: Mapping[str, t.Any],
     *,
     array_write: str = ARRAY_WRITE_DELTA,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from audience_sync.core.account import ConnectionSettings
+from audience_sync.core.connection import ConnectionSettings
 
 MAX_EXTERNAL_ID_BYTES = 987
 REASON_NO_EXTERNAL_ID = "no_external_id"

@@ -22,7 +22,6 @@ import logging
 import random
 import threading
 import time
-from collections import defaultdict
 from collections.abc import Callable, Sequence
 
 import sqlalchemy as sa
@@ -30,6 +29,7 @@ import sqlalchemy as sa
 from audience_sync.core.currents.batching import BatchPlan, PlannedBatch, plan_batches
 from audience_sync.core.retry import RetryPolicy, decide_retry
 from audience_sync.currents.service import CurrentsConfig
+from audience_sync.delivery.loop import SenderLoop
 from audience_sync.mparticle.client import FeedCredentials, MParticleClient
 from audience_sync.mparticle.outcomes import Kind, Outcome
 from audience_sync.mparticle.ratelimit import BatchBudget
@@ -38,7 +38,6 @@ from audience_sync.mparticle.urls import url_problem
 from audience_sync.settings import Settings
 from audience_sync.store import currents as queue
 from audience_sync.store.engine import is_postgresql, read_only
-from audience_sync.store.transactions import in_transaction
 
 logger = logging.getLogger(__name__)
 
@@ -71,8 +70,16 @@ def _fresh_claim(batch: PlannedBatch) -> queue.ClaimedBatch:
     )
 
 
-class CurrentsSender:
-    """Forwards queued Currents events to mParticle; several may run (threads or processes)."""
+class CurrentsSender(SenderLoop[queue.ClaimedBatch]):
+    """Forwards queued Currents events to mParticle; several may run (threads or processes).
+
+    The loop, its polling, its survival of database outages and the one retry policy come from
+    :class:`~audience_sync.delivery.loop.SenderLoop`; what is mParticle's is here: work is a
+    formed batch, grouped by feed; before each claim, feeds are synced, paused feeds probed and
+    queued events cut into batches.
+    """
+
+    vendor = "mparticle"
 
     def __init__(
         self,
@@ -86,26 +93,29 @@ class CurrentsSender:
         jitter: Callable[[], float] = random.random,
         stop: threading.Event | None = None,
     ) -> None:
-        self.engine = engine
+        super().__init__(
+            engine=engine,
+            worker_id=worker_id,
+            policy=RetryPolicy(
+                base_s=settings.get("delivery.backoff_base_s"),
+                cap_s=settings.get("delivery.backoff_cap_s"),
+                # Currents keep retrying for their retention (SPEC §6.5), not the Braze window.
+                retry_window_s=settings.get("currents.retention_s"),
+                max_attempts=settings.get("delivery.max_attempts"),
+            ),
+            poll_interval_s=settings.get("delivery.poll_interval_s"),
+            clock=clock,
+            jitter=jitter,
+            stop=stop,
+        )
         self.settings = settings
         self.client = client
         self.budget = budget
-        self.worker_id = worker_id
-        self.clock = clock
-        self.jitter = jitter
-        self.stop = stop or threading.Event()
         self.config = CurrentsConfig.from_settings(settings)
         self.environment: str = settings.get("currents.environment")
         self.lease_s: float = settings.get("delivery.lease_s")
         self.coalesce_s: float = settings.get("delivery.coalesce_s")
         self.probe_interval_s: float = settings.get("currents.probe_interval_s")
-        self.policy = RetryPolicy(
-            base_s=settings.get("delivery.backoff_base_s"),
-            cap_s=settings.get("delivery.backoff_cap_s"),
-            # Currents keep retrying for their retention (SPEC §6.5), not the Braze window.
-            retry_window_s=settings.get("currents.retention_s"),
-            max_attempts=settings.get("delivery.max_attempts"),
-        )
         base_url = settings.get("currents.mparticle_url")
         self.url_problem = url_problem(base_url, settings.get("currents.allowed_mparticle_urls"))
         self.credentials = {
@@ -126,42 +136,26 @@ class CurrentsSender:
                 extra={"action": "currents_url_refused", "reason": self.url_problem},
             )
 
-    # -- the loop ------------------------------------------------------------------------------
+    # -- what the skeleton asks of a vendor ---------------------------------------------------
 
-    def run_forever(self) -> None:
-        """Send until ``stop`` is set; sleep ``delivery.poll_interval_s`` when idle."""
-        poll = self.settings.get("delivery.poll_interval_s")
-        while not self.stop.is_set():
-            try:
-                handled = self.run_once()
-            except sa.exc.OperationalError as exc:
-                logger.warning(
-                    "database error in the currents sender; retrying",
-                    extra={"action": "sender_db_error", "error": type(exc).__name__},
-                )
-                handled = 0
-            except Exception:
-                logger.exception(
-                    "currents sender iteration failed", extra={"action": "sender_error"}
-                )
-                handled = 0
-            if not handled:
-                self.stop.wait(poll)
-
-    def run_once(self) -> int:
-        """One round: housekeeping, batch forming, probes, sends. Returns batches handled."""
+    def before_claim(self, now: float) -> int:
+        """Sync feed rows, probe paused feeds, cut queued events into batches (sending those
+        leased at formation); returns the batches handled."""
         if self.url_problem:
             return 0
-        now = self.clock()
         handled = 0
         if now >= self._next_housekeeping:
             self._next_housekeeping = now + HOUSEKEEPING_INTERVAL_S
             self._housekeeping(now)
             handled += self._probe(now)
-        handled += self.form_batches(now)
+        return handled + self.form_batches(now)
+
+    def claim(self, now: float) -> Sequence[queue.ClaimedBatch]:
+        """Lease the oldest due batches of the active feeds, one per user at a time."""
+        if self.url_problem:
+            return []
         active = [n for n in self.credentials if self.states.get(n) != queue.FeedState.PAUSED]
-        claims = in_transaction(
-            self.engine,
+        return self.transaction(
             lambda conn: queue.claim_batches(
                 conn,
                 feeds=active,
@@ -172,12 +166,10 @@ class CurrentsSender:
             ),
             action="currents_claim",
         )
-        by_feed: dict[str, list[queue.ClaimedBatch]] = defaultdict(list)
-        for claim in claims:
-            by_feed[claim.feed].append(claim)
-        for feed, batches in by_feed.items():
-            self.deliver(feed, batches)
-        return handled + len(claims)
+
+    def group_of(self, item: queue.ClaimedBatch) -> str:
+        """Requests never mix feeds (each has its own credentials)."""
+        return item.feed
 
     def _housekeeping(self, now: float) -> None:
         reroute = not self._rerouted
@@ -196,7 +188,7 @@ class CurrentsSender:
                     )
             return states
 
-        self.states = in_transaction(self.engine, work, action="currents_feeds")
+        self.states = self.transaction(work, action="currents_feeds")
         self._rerouted = True
 
     def form_batches(self, now: float) -> int:
@@ -236,14 +228,13 @@ class CurrentsSender:
                 plan = plan_batches(events, environment=self.environment)
                 return plan, queue.save_plan(conn, plan, now=now, claim=claim)
 
-            return in_transaction(self.engine, locked, action="currents_plan")
+            return self.transaction(locked, action="currents_plan")
         # SQLite: read and plan without the writer lock (the importer keeps writing meanwhile);
         # the write then checks that every planned event is still queued.
         with read_only(self.engine) as conn:
             events = queue.queued_events(conn, feed, limit=PLAN_EVENTS)
         plan = plan_batches(events, environment=self.environment)
-        claimed = in_transaction(
-            self.engine,
+        claimed = self.transaction(
             lambda conn: queue.save_plan(conn, plan, now=now, claim=claim),
             action="currents_plan",
         )
@@ -252,8 +243,7 @@ class CurrentsSender:
     # -- probes --------------------------------------------------------------------------------
 
     def _probe(self, now: float) -> int:
-        due = in_transaction(
-            self.engine,
+        due = self.transaction(
             lambda conn: queue.claim_probe_turn(
                 conn, now=now, probe_interval_s=self.probe_interval_s
             ),
@@ -263,8 +253,7 @@ class CurrentsSender:
         for feed in due:
             if feed not in self.credentials:
                 continue
-            claim = in_transaction(
-                self.engine,
+            claim = self.transaction(
                 lambda conn, feed=feed: queue.claim_probe(
                     conn, feed, worker_id=self.worker_id, now=now, lease_s=self.lease_s
                 ),
@@ -329,7 +318,7 @@ class CurrentsSender:
             if resume:
                 queue.resume_feed(conn, feed, now=now)
 
-        in_transaction(self.engine, work, action="currents_finish")
+        self.transaction(work, action="currents_finish")
         if resume:
             self.states[feed] = queue.FeedState.ACTIVE
             logger.info(
@@ -338,8 +327,7 @@ class CurrentsSender:
 
     def _release(self, ids: Sequence[str], *, due_at: float, reason: str | None = None) -> None:
         if ids:
-            in_transaction(
-                self.engine,
+            self.transaction(
                 lambda conn: queue.release(
                     conn, ids, worker_id=self.worker_id, due_at=due_at, reason=reason
                 ),
@@ -373,8 +361,7 @@ class CurrentsSender:
                         return False
                 return True
             reason = f"mparticle_{kind}: {outcome.message or 'refused'}"[:500]
-            in_transaction(
-                self.engine,
+            self.transaction(
                 lambda conn: queue.dead_letter(
                     conn, {ids[0]: reason}, worker_id=self.worker_id, now=now
                 ),
@@ -401,7 +388,7 @@ class CurrentsSender:
                 )
                 queue.count(conn, {f"feed_paused_{outcome.reason}": 1}, now=now)
 
-            in_transaction(self.engine, pause, action="currents_pause")
+            self.transaction(pause, action="currents_pause")
             if self.states.get(feed) != queue.FeedState.PAUSED:
                 logger.warning(
                     "feed %s paused: mParticle refused its credentials (%s)",
@@ -441,5 +428,5 @@ class CurrentsSender:
             queue.dead_letter(conn, dead, worker_id=self.worker_id, now=now)
             queue.count(conn, {f"retry_{outcome.reason}": len(retries)}, now=now)
 
-        in_transaction(self.engine, transient, action="currents_retry")
+        self.transaction(transient, action="currents_retry")
         return probe is False

@@ -10,7 +10,7 @@ import uuid
 
 from audience_sync.braze.client import BrazeClient
 from audience_sync.braze.ratelimit import RateBudget
-from audience_sync.delivery.sender import Sender
+from audience_sync.delivery.braze_sender import BrazeSender
 from audience_sync.runtime import Runtime
 
 logger = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ class SenderPool:
         # Unique per process and thread, readable in the outbox's claimed_by column.
         prefix = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.senders = [
-            Sender(
+            BrazeSender(
                 engine=runtime.engine,
                 settings=settings,
                 client=self.client,

@@ -10,6 +10,7 @@ import typing as t
 from dataclasses import dataclass
 
 from audience_sync.core.identity import Identity
+from audience_sync.core.states import SubscriptionAction
 
 MODULE_REGISTRATION_REQUEST = "module_registration_request"
 AUDIENCE_SUBSCRIPTION_REQUEST = "audience_subscription_request"
@@ -26,7 +27,7 @@ RESPONSE_TYPE = {
 }
 
 ENCODINGS = ("raw", "md5", "sha1", "sha256")
-SUBSCRIPTION_ACTIONS = ("add", "update", "remove")
+SUBSCRIPTION_ACTIONS = tuple(SubscriptionAction)
 MEMBERSHIP_ACTIONS = ("add", "delete", "attribute_update")
 
 SettingValue = str | int | float | bool | None

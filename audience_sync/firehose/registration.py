@@ -2,14 +2,14 @@
 need, and the account settings of SPEC §3.4 as mParticle shows them to its users.
 
 Firehose has no dropdown setting type, so enumerations are text fields whose description lists
-the accepted values; :func:`audience_sync.core.account.parse_connection_settings` validates them.
+the accepted values; :func:`audience_sync.core.connection.parse_connection_settings` validates them.
 """
 
 from __future__ import annotations
 
 import typing as t
 
-from audience_sync.core.account import DEFAULTS, EMAIL_IDENTITY_TYPES, EXTERNAL_IDENTITY_TYPES
+from audience_sync.core.connection import DEFAULTS, EMAIL_IDENTITY_TYPES, EXTERNAL_IDENTITY_TYPES
 
 MODULE_NAME = "audience-sync"
 MODULE_DESCRIPTION = (

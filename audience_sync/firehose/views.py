@@ -1,6 +1,6 @@
 """``POST /firehose``: mParticle's Firehose messages (SPEC §3).
 
-The view authenticates, validates, hands the message to :mod:`audience_sync.store.intake`
+The view authenticates, validates, hands the message to :mod:`audience_sync.firehose.intake`
 (one transaction, durable before the reply) and answers; Braze is never called here.
 """
 
@@ -20,6 +20,12 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from audience_sync import __version__
 from audience_sync.errors import InvalidPayloadError
+from audience_sync.firehose.intake import (
+    IntakeOptions,
+    IntakeResult,
+    receive_membership_change,
+    receive_subscription,
+)
 from audience_sync.firehose.messages import (
     RESPONSE_TYPE,
     MembershipChangeRequest,
@@ -31,12 +37,6 @@ from audience_sync.firehose.validation import load_message
 from audience_sync.http_errors import error_response
 from audience_sync.runtime import current_runtime
 from audience_sync.settings import Secret
-from audience_sync.store.intake import (
-    IntakeOptions,
-    IntakeResult,
-    receive_membership_change,
-    receive_subscription,
-)
 
 logger = logging.getLogger(__name__)
 

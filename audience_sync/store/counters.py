@@ -13,8 +13,8 @@ from datetime import UTC, datetime
 
 import sqlalchemy as sa
 
-from audience_sync.store.dialect import cached_statement, insert
 from audience_sync.store.schema import counters
+from audience_sync.store.statements import cached_statement, insert
 
 
 def utc_day(now: float) -> str:
@@ -34,7 +34,7 @@ def increment(conn: sa.Connection, counts: Mapping[tuple[str, str], int], *, now
     ]
     if not rows:
         return
-    conn.execute(cached_statement(conn, "upsert_counters", lambda: _upsert(conn)), rows)
+    conn.execute(cached_statement(conn, "counters.upsert", lambda: _upsert(conn)), rows)
 
 
 def _upsert(conn: sa.Connection) -> t.Any:

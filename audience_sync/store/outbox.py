@@ -1,87 +1,101 @@
 """The dirty-user outbox: one row per Braze user ``(workspace_id, external_id)``.
 
-Verbs: :func:`enqueue` (from the Firehose intake and the jobs), and, for senders,
-:func:`claim`, :func:`finish`, :func:`release` (no attempt spent), :func:`record_failures`
-(retry later or dead-letter) and :func:`replay`.
+Verbs: :func:`enqueue` and :func:`enqueue_select` (from the Firehose intake and the jobs),
+and, for senders, :func:`claim`, :func:`renew`, :func:`finish`, :func:`release` (no attempt
+spent), :func:`record_failures` (retry later or dead-letter) and :func:`replay`.
 """
 
 from __future__ import annotations
 
 import typing as t
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from audience_sync.store.dialect import insert
+from audience_sync.core.state import Claim, Failure
+from audience_sync.core.states import OutboxState, WorkspaceState
 from audience_sync.store.schema import outbox, workspaces
+from audience_sync.store.statements import chunks, executemany, insert
 
-PENDING = "pending"
-DEAD = "dead"
+_COLUMNS = (
+    "workspace_id",
+    "external_id",
+    "state",
+    "generation",
+    "due_at",
+    "attempts",
+    "enqueued_at",
+)
 
 
 def enqueue(
     conn: sa.Connection,
-    keys: Iterable[tuple[int, str]],
+    workspace_id: int,
+    external_ids: Iterable[str],
     *,
     now: float,
     delay_s: float = 0.0,
 ) -> int:
-    """Mark Braze users dirty, in the caller's transaction.
+    """Mark Braze users of one workspace dirty, in the caller's transaction; returns how many.
 
     A new row is due at ``now + delay_s`` (the coalescing window). An existing pending row keeps
     its due time and attempts (a change does not cut short a backoff) but its generation is
     bumped, so a sender that claimed it before this change will not drop it. A dead row comes
-    back to life: the change is new work.
+    back to life: the change is new work (:func:`on_conflict_requeue`).
     """
+    due_at = now + delay_s
+    # Sorted: concurrent transactions then lock rows in one order and cannot deadlock.
     rows = [
-        {
-            "workspace_id": workspace_id,
-            "external_id": external_id,
-            "state": PENDING,
-            "generation": 1,
-            "due_at": now + delay_s,
-            "attempts": 0,
-            "enqueued_at": now,
-        }
-        # Sorted: concurrent transactions then lock rows in one order and cannot deadlock.
-        for workspace_id, external_id in sorted(set(keys))
+        (workspace_id, external_id, OutboxState.PENDING.value, 1, due_at, 0, now)
+        for external_id in sorted(set(external_ids))
     ]
-    if not rows:
-        return 0
-    conn.execute(on_conflict_requeue(insert(conn, outbox)), rows)
+    executemany(
+        conn, "outbox.enqueue", lambda: on_conflict_requeue(insert(conn, outbox)), _COLUMNS, rows
+    )
     return len(rows)
+
+
+def enqueue_select(
+    conn: sa.Connection,
+    workspace_id: int,
+    external_ids: sa.Select[t.Any],
+    *,
+    now: float,
+    delay_s: float = 0.0,
+) -> int:
+    """:func:`enqueue` for every user ``external_ids`` selects (each once, as a column named
+    ``external_id``), in one ``INSERT ... SELECT``; returns how many rows it touched."""
+    subquery = external_ids.subquery()
+    rows = sa.select(
+        sa.literal(workspace_id, sa.Integer),
+        subquery.c.external_id,
+        sa.literal(OutboxState.PENDING.value, sa.String),
+        sa.literal(1, sa.BigInteger),
+        sa.literal(now + delay_s, sa.Float),
+        sa.literal(0, sa.Integer),
+        sa.literal(now, sa.Float),
+    ).where(sa.true())  # SQLite needs a WHERE before ON CONFLICT in INSERT ... SELECT
+    stmt = on_conflict_requeue(insert(conn, outbox).from_select(list(_COLUMNS), rows))
+    return max(conn.execute(stmt).rowcount, 0)
 
 
 def on_conflict_requeue(stmt: t.Any) -> t.Any:
     """``stmt`` (an INSERT into the outbox, of values or from a SELECT) with the rule for a user
     already in the outbox: its generation is bumped; a pending row keeps its due time and
     attempts; a dead row comes back to life, due at the inserted time, with no attempts and no
-    first failure. The one statement of that rule, for :func:`enqueue` and the set-based
-    enqueues of :mod:`audience_sync.store.intake`."""
-    was_dead = outbox.c.state == DEAD
+    first failure. The one statement of that rule, for :func:`enqueue` and
+    :func:`enqueue_select`."""
+    was_dead = outbox.c.state == OutboxState.DEAD
     return stmt.on_conflict_do_update(
         index_elements=[outbox.c.workspace_id, outbox.c.external_id],
         set_={
             "generation": outbox.c.generation + 1,
-            "state": PENDING,
+            "state": OutboxState.PENDING,
             "due_at": sa.case((was_dead, stmt.excluded.due_at), else_=outbox.c.due_at),
             "attempts": sa.case((was_dead, 0), else_=outbox.c.attempts),
             "first_failure_at": sa.case((was_dead, None), else_=outbox.c.first_failure_at),
         },
     )
-
-
-@dataclass(frozen=True, kw_only=True)
-class Claim:
-    """One Braze user a sender holds a lease on."""
-
-    workspace_id: int
-    external_id: str
-    generation: int
-    attempts: int
-    first_failure_at: float | None
-    in_flight: Mapping[str, t.Any] | None = None
 
 
 def claim(
@@ -102,14 +116,14 @@ def claim(
     gives the same exclusivity within its single sending process.
     """
     candidates = sa.select(outbox.c.workspace_id, outbox.c.external_id).where(
-        outbox.c.state == PENDING,
+        outbox.c.state == OutboxState.PENDING,
         outbox.c.due_at <= now,
         sa.or_(outbox.c.claimed_until.is_(None), outbox.c.claimed_until < now),
     )
     if workspace_id is not None:
         candidates = candidates.where(outbox.c.workspace_id == workspace_id)
     if not include_suspended:
-        active = sa.select(workspaces.c.id).where(workspaces.c.state == "active")
+        active = sa.select(workspaces.c.id).where(workspaces.c.state == WorkspaceState.ACTIVE)
         candidates = candidates.where(outbox.c.workspace_id.in_(active.scalar_subquery()))
     candidates = candidates.order_by(outbox.c.due_at).limit(limit)
     if conn.dialect.name == "postgresql":
@@ -216,7 +230,7 @@ def finish(
     still leased by us, and the release below hands it back, instead of matching neither.
     """
     owned: set[str] = set()
-    for chunk in _chunks(external_ids):
+    for chunk in chunks(external_ids):
         mine = {
             "b_workspace_id": workspace_id,
             "b_external_ids": list(chunk),
@@ -305,20 +319,6 @@ def release(
     )
 
 
-@dataclass(frozen=True, kw_only=True)
-class Failure:
-    """A failed attempt for one user: retry at ``retry_at``, or dead-letter if None."""
-
-    external_id: str
-    attempts: int
-    first_failure_at: float
-    retry_at: float | None
-    reason: str
-    # The write-ahead record to keep: the union with this attempt when Braze may have applied
-    # it (5xx, timeout, dropped connection), the previous record when it surely did not.
-    in_flight: Mapping[str, t.Any] | None = None
-
-
 def record_failures(
     conn: sa.Connection, *, worker_id: str, workspace_id: int, failures: Sequence[Failure]
 ) -> None:
@@ -340,7 +340,7 @@ def record_failures(
             due_at=sa.bindparam("b_due"),
             # A change that arrived while the user was in flight is new work: not buried.
             state=sa.case(
-                (outbox.c.generation != outbox.c.claimed_generation, PENDING),
+                (outbox.c.generation != outbox.c.claimed_generation, OutboxState.PENDING.value),
                 else_=sa.bindparam("b_state"),
             ),
             last_reason=sa.bindparam("b_reason"),
@@ -352,7 +352,9 @@ def record_failures(
                 "b_attempts": f.attempts,
                 "b_first": f.first_failure_at,
                 "b_due": f.retry_at if f.retry_at is not None else f.first_failure_at,
-                "b_state": PENDING if f.retry_at is not None else DEAD,
+                "b_state": (
+                    OutboxState.PENDING if f.retry_at is not None else OutboxState.DEAD
+                ).value,
                 "b_reason": f.reason,
                 "b_in_flight": f.in_flight,
             }
@@ -363,12 +365,12 @@ def record_failures(
 
 def replay(conn: sa.Connection, *, now: float, workspace_ids: Sequence[int] | None = None) -> int:
     """Re-queue dead-lettered users: pending again, due now, with a fresh attempt budget."""
-    stmt = outbox.update().where(outbox.c.state == DEAD)
+    stmt = outbox.update().where(outbox.c.state == OutboxState.DEAD)
     if workspace_ids is not None:
         stmt = stmt.where(outbox.c.workspace_id.in_(workspace_ids))
     result = conn.execute(
         stmt.values(
-            state=PENDING,
+            state=OutboxState.PENDING,
             due_at=now,
             attempts=0,
             first_failure_at=None,
@@ -384,8 +386,3 @@ def backlog(conn: sa.Connection) -> dict[str, int]:
     """Rows per state: ``{"pending": n, "dead": m}``."""
     rows = conn.execute(sa.select(outbox.c.state, sa.func.count()).group_by(outbox.c.state))
     return {state: count for state, count in rows}
-
-
-def _chunks(items: Sequence[str], size: int = 500) -> Iterable[Sequence[str]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]

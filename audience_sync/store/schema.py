@@ -14,6 +14,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
+from audience_sync.core.states import WorkspaceState
+
 metadata = sa.MetaData(
     naming_convention={
         "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -33,7 +35,7 @@ workspaces = sa.Table(
     sa.Column("endpoint", sa.String(512), nullable=False),
     # sha256 of the REST key: identifies the workspace without storing the key twice.
     sa.Column("key_fingerprint", sa.String(64), nullable=False),
-    sa.Column("state", sa.String(32), nullable=False, server_default="active"),
+    sa.Column("state", sa.String(32), nullable=False, server_default=WorkspaceState.ACTIVE.value),
     sa.Column("state_reason", sa.Text),
     sa.Column("suspended_at", sa.Float),
     sa.Column("next_probe_at", sa.Float),
@@ -49,7 +51,7 @@ connections = sa.Table(
     # unmasked, never logged.
     sa.Column("account_settings", JSONType, nullable=False),
     sa.Column("settings_fingerprint", sa.String(64), nullable=False),
-    sa.Column("state", sa.String(32), nullable=False),  # active | invalid_settings
+    sa.Column("state", sa.String(32), nullable=False),  # ConnectionState
     sa.Column("settings_errors", JSONType, nullable=False),
     sa.Column("workspace_id", sa.Integer, sa.ForeignKey("workspaces.id")),
     sa.Column("created_at", sa.Float, nullable=False),
@@ -62,7 +64,7 @@ audiences = sa.Table(
     sa.Column("account_id", sa.BigInteger, primary_key=True, autoincrement=False),
     sa.Column("audience_id", sa.BigInteger, primary_key=True, autoincrement=False),
     sa.Column("name", sa.Text, nullable=False),
-    sa.Column("state", sa.String(16), nullable=False),  # active | removed
+    sa.Column("state", sa.String(16), nullable=False),  # AudienceState
     # Removed with cleanupOnRemove: members' attributes are to be cleared.
     sa.Column("cleanup", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("cleanup_done_at", sa.Float),
@@ -117,7 +119,7 @@ outbox = sa.Table(
     metadata,
     sa.Column("workspace_id", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("external_id", sa.String(1024), primary_key=True),
-    sa.Column("state", sa.String(16), nullable=False),  # pending | dead
+    sa.Column("state", sa.String(16), nullable=False),  # OutboxState
     # Bumped by every change; a sender finishes a row only if it is unchanged since its claim.
     sa.Column("generation", sa.BigInteger, nullable=False),
     sa.Column("due_at", sa.Float, nullable=False),

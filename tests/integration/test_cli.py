@@ -13,6 +13,7 @@ import requests
 from click.testing import CliRunner
 
 from audience_sync.cli import main
+from audience_sync.core.states import OutboxState
 
 
 def test_config_check_reports_every_problem_and_exits_2(tmp_path):
@@ -121,7 +122,7 @@ def test_replay_requeues_dead_letters(tmp_path):
                     "attempts": 12,
                     "enqueued_at": 0,
                 }
-                for i, state in enumerate(["dead", "dead", "pending"])
+                for i, state in enumerate([OutboxState.DEAD, OutboxState.DEAD, OutboxState.PENDING])
             ],
         )
     result = CliRunner().invoke(main, ["replay"], env={"AUDIENCE_SYNC_DATABASE__URL": url})
@@ -129,4 +130,8 @@ def test_replay_requeues_dead_letters(tmp_path):
     assert "re-queued 2 dead-lettered user(s)" in result.output
     with engine.connect() as conn:
         rows = conn.execute(sa.select(outbox.c.state, outbox.c.attempts)).all()
-    assert sorted(rows) == [("pending", 0), ("pending", 0), ("pending", 12)]
+    assert sorted(rows) == [
+        (OutboxState.PENDING, 0),
+        (OutboxState.PENDING, 0),
+        (OutboxState.PENDING, 12),
+    ]

@@ -13,7 +13,8 @@ import sqlalchemy as sa
 from audience_sync.braze.client import BrazeClient
 from audience_sync.braze.ratelimit import RateBudget
 from audience_sync.core.attributes import segment_membership_string
-from audience_sync.delivery.sender import Sender
+from audience_sync.core.states import DeliveryReason, OutboxState, WorkspaceState
+from audience_sync.delivery.braze_sender import BrazeSender
 from audience_sync.store.schema import datapoints, outbox, workspaces
 from tests.fakes.braze_server import FakeBraze
 from tests.support import dead_count, drain, membership, pending_count, post, profile, subscription
@@ -54,7 +55,7 @@ def connection_settings(braze, mode="string", **extra):
 
 def make_sender(runtime, settings=None, worker_id="test-sender", budget=None, stop=None):
     settings = settings or runtime.settings
-    return Sender(
+    return BrazeSender(
         engine=runtime.engine,
         settings=settings,
         client=BrazeClient(timeout_s=5),
@@ -253,7 +254,7 @@ def test_a_429_pauses_the_key_and_spends_no_attempt(fast_runtime, braze, auth_he
     sender.run_once()
     with runtime.engine.connect() as conn:
         row = conn.execute(sa.select(outbox.c.attempts, outbox.c.last_reason)).one()
-    assert row == (0, "rate_limited")
+    assert row == (0, DeliveryReason.RATE_LIMITED)
     assert sender.budget.paused_until(sender_key()) is not None
     braze.configure(rate_429=0.0)
     drain(sender, runtime.engine, timeout_s=10)
@@ -304,7 +305,7 @@ def test_auth_failure_suspends_and_a_probe_resumes(fast_runtime, braze, auth_hea
     sender = make_sender(runtime)
     sender.run_once()
     with runtime.engine.connect() as conn:
-        assert conn.execute(sa.select(workspaces.c.state)).scalar_one() == "suspended"
+        assert conn.execute(sa.select(workspaces.c.state)).scalar_one() == WorkspaceState.SUSPENDED
     response = post(client, membership(ACCOUNT, [], **settings), auth_headers)
     assert response["suspend_subscription"] is True
     requests_while_failing = braze.stats()["requests"]
@@ -317,7 +318,7 @@ def test_auth_failure_suspends_and_a_probe_resumes(fast_runtime, braze, auth_hea
     sender._next_probe_check = 0
     drain(sender, runtime.engine, timeout_s=10)
     with runtime.engine.connect() as conn:
-        assert conn.execute(sa.select(workspaces.c.state)).scalar_one() == "active"
+        assert conn.execute(sa.select(workspaces.c.state)).scalar_one() == WorkspaceState.ACTIVE
     assert braze.users["u1"] == {"SegmentMembership": "'101'"}
     response = post(client, membership(ACCOUNT, [], **settings), auth_headers)
     assert response["suspend_subscription"] is False
@@ -333,7 +334,7 @@ def test_dry_run_appends_each_request_as_a_json_line(fast_runtime, braze, auth_h
     post(
         client, membership(ACCOUNT, [profile("u1", [(101, "A", "add")])], **settings), auth_headers
     )
-    sender = Sender(
+    sender = BrazeSender(
         engine=runtime.engine,
         settings=runtime.settings,
         client=BrazeClient(dry_run=True, dry_run_path=str(path)),
@@ -401,7 +402,9 @@ def test_faults_never_leave_a_wrong_final_state(fast_runtime, auth_headers, mode
             for thread in threads:
                 thread.join(10)
         with runtime.engine.connect() as conn:
-            stuck = conn.execute(sa.select(outbox).where(outbox.c.state == "pending")).fetchall()
+            stuck = conn.execute(
+                sa.select(outbox).where(outbox.c.state == OutboxState.PENDING)
+            ).fetchall()
         assert stuck == []
         assert dead_count(runtime.engine) == 0
         assert braze.stats()["status_counts"].get("429", 0) > 0
@@ -428,7 +431,7 @@ def test_a_refused_key_does_not_hold_up_another_workspace(fast_runtime, auth_hea
             states = dict(
                 conn.execute(sa.select(workspaces.c.key_fingerprint, workspaces.c.state)).all()
             )
-        assert sorted(states.values()) == ["active", "suspended"]
+        assert sorted(states.values()) == [WorkspaceState.ACTIVE, WorkspaceState.SUSPENDED]
         assert pending_count(runtime.engine) == 1  # a1 waits for a probe or new settings
 
 

@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from audience_sync.core.states import AudienceState, ConnectionState
 from audience_sync.firehose import testing as ft
 from audience_sync.store.schema import metadata
 from tests.conftest import SAMPLES
@@ -81,10 +82,10 @@ def test_subscription_sample(client, engine, auth_headers):
         connection = conn.execute(
             sa.text("SELECT account_id, state, settings_errors FROM connections")
         ).one()
-    assert tuple(audience) == ("New Users Low Engagement", "active")
+    assert tuple(audience) == ("New Users Low Engagement", AudienceState.ACTIVE)
     # The sample has no restApiKey: accepted, and the connection waits for valid settings.
     assert connection.account_id == 123456
-    assert connection.state == "invalid_settings"
+    assert connection.state == ConnectionState.INVALID_SETTINGS
     errors = connection.settings_errors
     errors = json.loads(errors) if isinstance(errors, str) else errors
     assert "restApiKey: required" in errors

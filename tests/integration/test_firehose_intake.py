@@ -10,6 +10,13 @@ import uuid
 import pytest
 import sqlalchemy as sa
 
+from audience_sync.core.states import (
+    AudienceState,
+    ConnectionState,
+    IntakeCounter,
+    OutboxState,
+    WorkspaceState,
+)
 from audience_sync.firehose import testing as ft
 
 ACCOUNT = 4242
@@ -122,7 +129,7 @@ def test_generated_membership_stream_leaves_exactly_the_expected_state(engine, p
     ws = workspace_id(engine)
     assert set(outbox(engine)) == {(ws, e) for e in touched}
     assert counter(engine, "no_external_id") == 40
-    assert counter(engine, "duplicate_message") == 10
+    assert counter(engine, IntakeCounter.DUPLICATE_MESSAGE) == 10
     applied = sum(
         len(
             {
@@ -135,7 +142,7 @@ def test_generated_membership_stream_leaves_exactly_the_expected_state(engine, p
         )
         for m in messages
     )
-    assert counter(engine, "memberships_applied") == applied
+    assert counter(engine, IntakeCounter.MEMBERSHIPS_APPLIED) == applied
     assert rows(engine, "SELECT COUNT(*) FROM firehose_messages") == [(40,)]
 
 
@@ -194,14 +201,14 @@ def test_a_repeated_message_id_is_acknowledged_without_being_applied_again(engin
     assert second["id"] != first["id"]
     assert memberships(engine) == {("u1", 7): (True, T0 / 1000)}
     assert outbox(engine) == before
-    assert counter(engine, "memberships_applied") == 1
-    assert counter(engine, "duplicate_message") == 1
+    assert counter(engine, IntakeCounter.MEMBERSHIPS_APPLIED) == 1
+    assert counter(engine, IntakeCounter.DUPLICATE_MESSAGE) == 1
 
 
 def test_verification_noop_is_answered_and_registers_the_connection(engine, post):
     body = post(ft.membership_request(ACCOUNT))
     assert body["suspend_subscription"] is False
-    assert connection(engine).state == "active"
+    assert connection(engine).state == ConnectionState.ACTIVE
     assert rows(engine, "SELECT COUNT(*) FROM users") == [(0,)]
 
 
@@ -250,8 +257,8 @@ def test_unknown_audiences_are_registered_and_known_names_kept(engine, post):
         )
     )
     assert rows(engine, "SELECT audience_id, name, state FROM audiences ORDER BY 1") == [
-        (7, "Ibiza Dreamers", "active"),
-        (8, "  Spaced  ", "active"),
+        (7, "Ibiza Dreamers", AudienceState.ACTIVE),
+        (8, "  Spaced  ", AudienceState.ACTIVE),
     ]
 
 
@@ -271,7 +278,7 @@ def test_changes_for_a_removed_audience_are_ignored_and_counted(engine, post):
         )
     )
     assert {k: v[0] for k, v in memberships(engine).items()} == {("u1", 7): True, ("u1", 8): True}
-    assert counter(engine, "audience_removed") == 2
+    assert counter(engine, IntakeCounter.AUDIENCE_REMOVED) == 2
 
 
 def test_invalid_settings_store_state_but_mark_nobody_dirty(engine, post):
@@ -282,7 +289,7 @@ def test_invalid_settings_store_state_but_mark_nobody_dirty(engine, post):
         )
     )
     state = connection(engine)
-    assert state.state == "invalid_settings"
+    assert state.state == ConnectionState.INVALID_SETTINGS
     assert state.workspace_id is None
     assert set(as_json(state.settings_errors)) == {
         "restApiKey: required",
@@ -297,7 +304,7 @@ def test_users_are_marked_dirty_after_the_coalescing_window(engine, make_client,
     client = make_client(**{"delivery.coalesce_s": 30})
     post(ft.membership_request(ACCOUNT, [ft.profile("u1", [ft.audience_change(7)])]), to=client)
     ((due_at, enqueued_at, state),) = rows(engine, "SELECT due_at, enqueued_at, state FROM outbox")
-    assert state == "pending"
+    assert state == OutboxState.PENDING
     assert due_at - enqueued_at == pytest.approx(30)
 
 
@@ -327,7 +334,7 @@ def _clean_outbox(engine):
 def test_subscription_add_update_remove_lifecycle(engine, post):
     post(ft.subscription_request(ACCOUNT, 7, "add", "Ibiza Dreamers"))
     assert rows(engine, "SELECT name, state, cleanup, removed_at FROM audiences") == [
-        ("Ibiza Dreamers", "active", False, None)
+        ("Ibiza Dreamers", AudienceState.ACTIVE, False, None)
     ]
     _members_of_7(post)
     ws = workspace_id(engine)
@@ -348,14 +355,14 @@ def test_subscription_add_update_remove_lifecycle(engine, post):
     ((state, cleanup, removed_at),) = rows(
         engine, "SELECT state, cleanup, removed_at FROM audiences WHERE audience_id = 7"
     )
-    assert (state, cleanup) == ("removed", False)
+    assert (state, cleanup) == (AudienceState.REMOVED, False)
     assert removed_at is not None
     assert outbox(engine) == {}  # no cleanup asked: attributes stay
 
     post(ft.subscription_request(ACCOUNT, 7, "add", "Mallorca Dreamers"))
     assert rows(
         engine, "SELECT state, cleanup, removed_at FROM audiences WHERE audience_id = 7"
-    ) == [("active", False, None)]
+    ) == [(AudienceState.ACTIVE, False, None)]
     assert set(outbox(engine)) == {(ws, "in-1"), (ws, "in-2"), (ws, "left")}
     assert counter(engine, "subscription_add") == 2
     assert counter(engine, "subscription_update") == 2
@@ -371,7 +378,7 @@ def test_remove_with_cleanup_marks_every_recorded_member_dirty(engine, post):
     post(ft.subscription_request(ACCOUNT, 7, "remove", settings=settings))
     ws = workspace_id(engine)
     assert rows(engine, "SELECT state, cleanup FROM audiences WHERE audience_id = 7") == [
-        ("removed", True)
+        (AudienceState.REMOVED, True)
     ]
     assert set(outbox(engine)) == {(ws, "in-1"), (ws, "in-2"), (ws, "left")}
     # A repeated remove (new message id) changes nothing.
@@ -384,8 +391,8 @@ def test_subscription_for_unknown_audience_registers_it(engine, post):
     post(ft.subscription_request(ACCOUNT, 5, "update", "Renamed"))
     post(ft.subscription_request(ACCOUNT, 6, "remove", "Gone"))
     assert rows(engine, "SELECT audience_id, name, state FROM audiences ORDER BY 1") == [
-        (5, "Renamed", "active"),
-        (6, "Gone", "removed"),
+        (5, "Renamed", AudienceState.ACTIVE),
+        (6, "Gone", AudienceState.REMOVED),
     ]
 
 
@@ -415,7 +422,7 @@ def test_invalid_then_valid_settings_marks_every_user_dirty(engine, post):
     assert outbox(engine) == {}
     post(ft.membership_request(ACCOUNT, settings=ft.account_settings()))
     state = connection(engine)
-    assert state.state == "active"
+    assert state.state == ConnectionState.ACTIVE
     assert as_json(state.settings_errors) == []
     assert set(outbox(engine)) == {(state.workspace_id, f"u{i}") for i in range(5)}
 
@@ -498,10 +505,10 @@ def test_a_settings_change_resumes_a_suspended_workspace(engine, post):
     post(ft.membership_request(ACCOUNT))
     _suspend(engine)
     post(ft.membership_request(ACCOUNT))  # same settings: stays suspended
-    assert rows(engine, "SELECT state FROM workspaces") == [("suspended",)]
+    assert rows(engine, "SELECT state FROM workspaces") == [(WorkspaceState.SUSPENDED,)]
     post(ft.membership_request(ACCOUNT, settings=ft.account_settings(restApiKey="fixed-key")))
     assert rows(engine, "SELECT state, state_reason, suspended_at FROM workspaces") == [
-        ("active", None, None)
+        (WorkspaceState.ACTIVE, None, None)
     ]
 
 
@@ -542,7 +549,7 @@ def test_local_overrides_complete_the_settings(engine, make_client, auth_headers
     )
     assert response.status_code == 200
     state = connection(engine)
-    assert state.state == "active"
+    assert state.state == ConnectionState.ACTIVE
     assert "restApiKey" not in as_json(state.account_settings)  # only mParticle's are stored
     assert set(outbox(engine)) == {(state.workspace_id, "u1")}
 
@@ -553,7 +560,7 @@ def test_a_message_without_account_settings_keeps_the_stored_ones(engine, post):
     del message["account"]["account_settings"]
     post(message)
     state = connection(engine)
-    assert state.state == "active"
+    assert state.state == ConnectionState.ACTIVE
     assert as_json(state.account_settings)["sendSegmentsAs"] == "array"
     assert set(outbox(engine)) == {(state.workspace_id, "u1")}
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
+from audience_sync.core.states import OutboxState, WorkspaceState
 from audience_sync.store import outbox
 from audience_sync.store.schema import outbox as outbox_table
 from audience_sync.store.schema import workspaces
 
 
-def _workspace(engine, state="active"):
+def _workspace(engine, state=WorkspaceState.ACTIVE):
     with engine.begin() as conn:
         return conn.execute(
             workspaces.insert()
@@ -26,7 +27,7 @@ def _claim(engine, worker, now, limit=10, lease_s=10):
 def test_claims_are_exclusive_until_the_lease_runs_out(engine):
     ws = _workspace(engine)
     with engine.begin() as conn:
-        outbox.enqueue(conn, [(ws, f"u{i}") for i in range(5)], now=100)
+        outbox.enqueue(conn, ws, [f"u{i}" for i in range(5)], now=100)
     first = _claim(engine, "a", now=100, limit=3)
     second = _claim(engine, "b", now=101)
     assert len(first) == 3
@@ -39,16 +40,16 @@ def test_claims_are_exclusive_until_the_lease_runs_out(engine):
 
 
 def test_suspended_workspaces_are_not_claimed(engine):
-    ws = _workspace(engine, state="suspended")
+    ws = _workspace(engine, state=WorkspaceState.SUSPENDED)
     with engine.begin() as conn:
-        outbox.enqueue(conn, [(ws, "u1")], now=0)
+        outbox.enqueue(conn, ws, ["u1"], now=0)
     assert _claim(engine, "a", now=1) == []
 
 
 def test_renew_keeps_only_users_still_held(engine):
     ws = _workspace(engine)
     with engine.begin() as conn:
-        outbox.enqueue(conn, [(ws, "u1"), (ws, "u2")], now=0)
+        outbox.enqueue(conn, ws, ["u1", "u2"], now=0)
     _claim(engine, "a", now=0, lease_s=5)
     with engine.begin() as conn:  # u2's lease ran out and "b" took it
         conn.execute(
@@ -65,10 +66,10 @@ def test_renew_keeps_only_users_still_held(engine):
 def test_a_change_during_flight_keeps_the_user_pending(engine):
     ws = _workspace(engine)
     with engine.begin() as conn:
-        outbox.enqueue(conn, [(ws, "u1"), (ws, "u2")], now=0)
+        outbox.enqueue(conn, ws, ["u1", "u2"], now=0)
     _claim(engine, "a", now=0)
     with engine.begin() as conn:
-        outbox.enqueue(conn, [(ws, "u2")], now=1)  # changed while in flight
+        outbox.enqueue(conn, ws, ["u2"], now=1)  # changed while in flight
         owned = outbox.finish(
             conn, worker_id="a", workspace_id=ws, external_ids=["u1", "u2"], now=2, next_due_at=5
         )
@@ -83,7 +84,7 @@ def test_a_change_during_flight_keeps_the_user_pending(engine):
 def test_failures_back_off_then_dead_letter_and_replay(engine):
     ws = _workspace(engine)
     with engine.begin() as conn:
-        outbox.enqueue(conn, [(ws, "u1"), (ws, "u2")], now=0)
+        outbox.enqueue(conn, ws, ["u1", "u2"], now=0)
     _claim(engine, "a", now=0)
     with engine.begin() as conn:
         outbox.record_failures(
@@ -105,8 +106,12 @@ def test_failures_back_off_then_dead_letter_and_replay(engine):
         )
     with engine.connect() as conn:
         rows = dict((r.external_id, r) for r in conn.execute(sa.select(outbox_table)))
-    assert (rows["u1"].state, rows["u1"].due_at, rows["u1"].attempts) == ("pending", 30, 1)
-    assert (rows["u2"].state, rows["u2"].last_reason) == ("dead", "blacklisted")
+    assert (rows["u1"].state, rows["u1"].due_at, rows["u1"].attempts) == (
+        OutboxState.PENDING,
+        30,
+        1,
+    )
+    assert (rows["u2"].state, rows["u2"].last_reason) == (OutboxState.DEAD, "blacklisted")
     assert _claim(engine, "b", now=31)[0].external_id == "u1"
     with engine.begin() as conn:
         assert outbox.replay(conn, now=40) == 1
@@ -116,7 +121,7 @@ def test_failures_back_off_then_dead_letter_and_replay(engine):
 def test_a_new_change_revives_a_dead_letter(engine):
     ws = _workspace(engine)
     with engine.begin() as conn:
-        outbox.enqueue(conn, [(ws, "u1")], now=0)
+        outbox.enqueue(conn, ws, ["u1"], now=0)
     _claim(engine, "a", now=0)
     with engine.begin() as conn:
         outbox.record_failures(
@@ -129,6 +134,6 @@ def test_a_new_change_revives_a_dead_letter(engine):
                 )
             ],
         )
-        outbox.enqueue(conn, [(ws, "u1")], now=100, delay_s=1)
+        outbox.enqueue(conn, ws, ["u1"], now=100, delay_s=1)
         row = conn.execute(sa.select(outbox_table)).one()
-    assert (row.state, row.attempts, row.due_at) == ("pending", 0, 101)
+    assert (row.state, row.attempts, row.due_at) == (OutboxState.PENDING, 0, 101)

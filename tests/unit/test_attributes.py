@@ -8,7 +8,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from audience_sync.core.account import parse_send_segments_as
 from audience_sync.core.attributes import (
     ARRAY_ATTRIBUTE,
     FLAG_ARRAY_TOO_LONG,
@@ -21,6 +20,7 @@ from audience_sync.core.attributes import (
     desired_attributes,
     diff,
 )
+from audience_sync.core.connection import parse_send_segments_as
 from audience_sync.core.datapoints import datapoints_of
 
 ALL_MODES = [

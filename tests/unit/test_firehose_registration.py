@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from audience_sync.core.account import DEFAULTS, parse_connection_settings
+from audience_sync.core.connection import DEFAULTS, parse_connection_settings
 from audience_sync.firehose.registration import registration_content
 
 SPEC_SETTING_IDS = [

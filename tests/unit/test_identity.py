@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from audience_sync.core.account import parse_connection_settings
+from audience_sync.core.connection import parse_connection_settings
 from audience_sync.core.identity import Identity, ResolvedUser, Unresolved, resolve_user
 
 

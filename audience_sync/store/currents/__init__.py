@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from audience_sync.store.currents.base import (
     COUNTER_SCOPE,
-    ID_CHUNK,
     BatchState,
     EventState,
     FeedState,
@@ -66,7 +65,6 @@ from audience_sync.store.currents.reads import (
 
 __all__ = [
     "COUNTER_SCOPE",
-    "ID_CHUNK",
     "BatchState",
     "ClaimedBatch",
     "EventState",

@@ -17,12 +17,12 @@ from audience_sync.store.currents.base import (
     chunks,
     count,
 )
-from audience_sync.store.dialect import insert
 from audience_sync.store.schema import (
     currents_batches,
     currents_dedup,
     currents_events,
 )
+from audience_sync.store.statements import insert
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -9,10 +9,10 @@ import sqlalchemy as sa
 from audience_sync.store.currents.base import (
     FeedState,
 )
-from audience_sync.store.dialect import insert
 from audience_sync.store.schema import (
     currents_feeds,
 )
+from audience_sync.store.statements import insert
 
 
 def sync_feeds(

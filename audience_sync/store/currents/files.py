@@ -6,10 +6,10 @@ from collections.abc import Mapping
 
 import sqlalchemy as sa
 
-from audience_sync.store.dialect import insert
 from audience_sync.store.schema import (
     currents_files,
 )
+from audience_sync.store.statements import insert
 
 
 def is_imported(conn: sa.Connection, path: str, checksum: str) -> bool:

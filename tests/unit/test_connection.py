@@ -2,7 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-from audience_sync.core.account import (
+from audience_sync.core.connection import (
+    delivery_changed,
+    effective_settings,
     merge_settings,
     parse_connection_settings,
     parse_instance,
@@ -146,3 +148,43 @@ def test_local_overrides_win_key_by_key_and_change_the_fingerprint():
 def test_rest_key_is_not_in_repr():
     s = parse_connection_settings(1, {"restApiKey": "super-secret"})
     assert "super-secret" not in repr(s)
+
+
+@pytest.mark.parametrize(
+    ("stored", "overrides", "has_overrides", "valid"),
+    [
+        pytest.param({"restApiKey": "k"}, {}, False, True, id="mparticle-only"),
+        pytest.param({}, {"restApiKey": "local"}, True, True, id="override-completes"),
+        pytest.param({"restApiKey": "k"}, {"restApiKey": ""}, True, False, id="override-blanks"),
+        pytest.param({"restApiKey": None}, {}, False, False, id="null-is-empty"),
+    ],
+)
+def test_effective_settings_merge_parse_and_fingerprint_in_one_place(
+    stored, overrides, has_overrides, valid
+):
+    effective = effective_settings(7, stored, overrides=overrides)
+    merged = merge_settings(stored, overrides)
+    assert effective.raw == stored  # what mParticle sent is what is stored
+    assert effective.has_overrides is has_overrides
+    assert effective.settings.is_valid is valid
+    assert effective.settings == parse_connection_settings(7, merged)
+    assert effective.fingerprint == settings_fingerprint(merged)
+
+
+@pytest.mark.parametrize(
+    ("change", "changed"),
+    [
+        pytest.param({}, False, id="same"),
+        pytest.param({"sendSegmentsAs": "array"}, True, id="format"),
+        pytest.param({"apiKey": "other-app"}, True, id="app"),
+        pytest.param({"apiKeyOperatingSystem": "ios"}, True, id="platform"),
+        pytest.param({"emailIdentityType": "none"}, True, id="email-identity"),
+        pytest.param({"updateExistingOnly": "true"}, True, id="update-existing-only"),
+        pytest.param({"cleanupOnRemove": "true"}, False, id="cleanup-is-not-delivery"),
+    ],
+)
+def test_delivery_changed_names_what_braze_should_hold(change, changed):
+    base = {"restApiKey": "k", "apiKey": "app"}
+    old = parse_connection_settings(1, base)
+    new = parse_connection_settings(1, {**base, **change})
+    assert delivery_changed(old, new) is changed

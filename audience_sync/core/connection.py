@@ -1,6 +1,10 @@
 """Connection settings: mParticle's ``account_settings`` (all strings) parsed and validated
 (SPEC §3.3, §3.4). Invalid settings never fail a Firehose request; they come back as a list of
 errors that put the connection in the ``invalid_settings`` state.
+
+:func:`effective_settings` is the one derivation of what a connection delivers with: the stored
+(or received) account settings, merged with the local ``connections.<id>.*`` overrides, parsed,
+and fingerprinted. The intake, the connection repository and the senders all call it.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 PART_STRING = "string"
 PART_ARRAY = "array"
@@ -246,4 +251,47 @@ def parse_connection_settings(
         cleanup_on_remove=_parse_bool("cleanupOnRemove", value("cleanupOnRemove"), errors),
         update_existing_only=_parse_bool("updateExistingOnly", value("updateExistingOnly"), errors),
         errors=tuple(errors),
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class EffectiveSettings:
+    """A connection's account settings as received, and what they mean once merged with the
+    local overrides."""
+
+    raw: Mapping[str, Any]
+    settings: ConnectionSettings
+    fingerprint: str
+    # The stored settings are mParticle's; the overrides they were merged with are not kept,
+    # so with overrides any settings change may change what Braze should hold.
+    has_overrides: bool
+
+
+def effective_settings(
+    account_id: int,
+    account_settings: Mapping[str, Any],
+    *,
+    overrides: Mapping[str, str],
+    allowed_custom_endpoints: tuple[str, ...] = (),
+) -> EffectiveSettings:
+    """Merge ``overrides`` over ``account_settings``, parse and fingerprint the result."""
+    merged = merge_settings(account_settings, overrides)
+    return EffectiveSettings(
+        raw=account_settings,
+        settings=parse_connection_settings(
+            account_id, merged, allowed_custom_endpoints=tuple(allowed_custom_endpoints)
+        ),
+        fingerprint=settings_fingerprint(merged),
+        has_overrides=bool(overrides),
+    )
+
+
+def delivery_changed(old: ConnectionSettings, new: ConnectionSettings) -> bool:
+    """Whether what Braze should hold for the connection's users may have changed."""
+    return (
+        old.parts != new.parts
+        or old.api_key != new.api_key
+        or old.operating_system != new.operating_system
+        or old.email_identity_type != new.email_identity_type
+        or old.update_existing_only != new.update_existing_only
     )

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pytest
 
-from audience_sync.core.account import parse_connection_settings
+from audience_sync.core.connection import parse_connection_settings
+from audience_sync.core.identity import Identity
+from audience_sync.core.membership import merge_push_tokens, plan_membership_changes
 from audience_sync.firehose import testing as ft
-from audience_sync.firehose.plan import merge_push_tokens, plan_membership_changes
 from audience_sync.firehose.validation import load_message
 
 
@@ -82,3 +85,29 @@ def test_mpid_as_external_identity():
 )
 def test_merge_push_tokens(stored, new, expected):
     assert merge_push_tokens(stored, new) == expected
+
+
+@dataclass(frozen=True)
+class _Audience:
+    audience_id: int
+    audience_name: str
+    action: str
+
+
+@dataclass(frozen=True)
+class _Profile:
+    user_identities: tuple[Identity, ...]
+    audiences: tuple[_Audience, ...]
+    device_identities: tuple[Identity, ...] = ()
+    mpid: str | None = None
+
+
+def test_any_value_with_the_profile_shape_can_be_planned():
+    """The core is typed by Protocols, not by the Firehose message classes."""
+    profile = _Profile(
+        user_identities=(Identity(type="customer", value="c1", encoding="raw"),),
+        audiences=(_Audience(5, "Five", "add"), _Audience(6, "Six", "delete")),
+    )
+    plan = plan_membership_changes(settings(), [profile])
+    assert plan.memberships == {("c1", 5): True, ("c1", 6): False}
+    assert plan.audience_names == {5: "Five", 6: "Six"}

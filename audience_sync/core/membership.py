@@ -2,23 +2,50 @@
 
 Profiles are resolved to users with :func:`audience_sync.core.identity.resolve_user`; several
 profiles of one request may be the same user, and later entries win (SPEC §3.2, §4.1).
+
+The profiles are typed by the Protocols below, which the Firehose message values
+(:mod:`audience_sync.firehose.messages`) satisfy: the core plans without knowing the protocol.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
-from audience_sync.core.account import ConnectionSettings
-from audience_sync.core.identity import ResolvedUser, resolve_user
-from audience_sync.firehose.messages import UserProfile
+from audience_sync.core.connection import ConnectionSettings
+from audience_sync.core.identity import Identity, ResolvedUser, resolve_user
 
 MAX_PUSH_TOKENS = 10
 """Push tokens kept per user: the newest ones."""
 
 IS_MEMBER_BY_ACTION = {"add": True, "delete": False}
 """``attribute_update`` changes no membership."""
+
+
+class AudienceChange(Protocol):
+    """One audience entry of a profile: which audience, and ``add``/``delete``/other."""
+
+    @property
+    def audience_id(self) -> int: ...
+    @property
+    def audience_name(self) -> str: ...
+    @property
+    def action(self) -> str: ...
+
+
+class UserProfile(Protocol):
+    """One profile of a membership-change request."""
+
+    @property
+    def user_identities(self) -> Sequence[Identity]: ...
+    @property
+    def device_identities(self) -> Sequence[Identity]: ...
+    @property
+    def mpid(self) -> str | None: ...
+    @property
+    def audiences(self) -> Sequence[AudienceChange]: ...
 
 
 @dataclass(kw_only=True)

@@ -1,71 +1,21 @@
-"""Read what a batch of Braze users should hold and did hold; record what Braze accepted.
+"""Reads of what a batch of Braze users should hold (desired) and did hold (acknowledged).
 
 :func:`load_snapshot` gathers, for users of one workspace, every connection's desired state
 (memberships, audience names, email, push tokens) and the acknowledged attributes, in a fixed
-number of queries whatever the batch size. :func:`save_acknowledged` stores the outcome of a
-write. Both are called by the senders; neither decides anything (the core does).
+number of queries whatever the batch size. It decides nothing (the core does).
 """
 
 from __future__ import annotations
 
-import time
 import typing as t
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 
 import sqlalchemy as sa
 
-from audience_sync.store.dialect import cached_statement, insert
-from audience_sync.store.schema import (
-    audiences,
-    braze_users,
-    connections,
-    datapoints,
-    memberships,
-    users,
-)
-
-
-@dataclass(frozen=True, kw_only=True)
-class UserDesired:
-    """One connection's desired state for one user (rows, not yet merged)."""
-
-    account_id: int
-    email: str | None = None
-    email_updated_at: float = 0.0
-    push_tokens: tuple[str, ...] = ()
-    # (audience_id, name, is_member); audiences removed with cleanup are left out.
-    memberships: tuple[tuple[int, str, bool], ...] = ()
-
-
-@dataclass(frozen=True, kw_only=True)
-class Acknowledged:
-    """What Braze confirmed for one user."""
-
-    attributes: Mapping[str, t.Any] = field(default_factory=dict)
-    flags: tuple[str, ...] = ()
-    last_write_at: float | None = None
-
-
-@dataclass(frozen=True, kw_only=True)
-class ConnectionRow:
-    """A connection attached to the workspace, with its raw settings (parsed by the caller)."""
-
-    account_id: int
-    account_settings: Mapping[str, t.Any]
-    settings_fingerprint: str
-    state: str
-
-
-@dataclass(frozen=True, kw_only=True)
-class Snapshot:
-    """Everything needed to compute the writes for a batch of users of one workspace."""
-
-    connections: tuple[ConnectionRow, ...]
-    desired: Mapping[str, tuple[UserDesired, ...]]
-    acknowledged: Mapping[str, Acknowledged]
-    audience_accounts: Mapping[int, int]
+from audience_sync.core.state import Acknowledged, ConnectionRow, Desired, Snapshot
+from audience_sync.core.states import AudienceState, ConnectionState
+from audience_sync.store.schema import audiences, braze_users, connections, memberships, users
 
 
 def load_connections(conn: sa.Connection, workspace_id: int) -> tuple[ConnectionRow, ...]:
@@ -139,7 +89,9 @@ def load_snapshot(
     them with ``all_connections``) and the acknowledged attributes for ``external_ids``."""
     conns = load_connections(conn, workspace_id)
     if account_ids is None:
-        account_ids = [c.account_id for c in conns if all_connections or c.state == "active"]
+        account_ids = [
+            c.account_id for c in conns if all_connections or c.state == ConnectionState.ACTIVE
+        ]
     accounts = list(account_ids)
     ids = list(external_ids)
 
@@ -168,10 +120,10 @@ def load_snapshot(
                 _SELECT_AUDIENCES,
                 {"b_accounts": accounts, "b_audience_ids": sorted(audience_ids)},
             ):
-                cleaned = state == "removed" and bool(cleanup)
+                cleaned = state == AudienceState.REMOVED and bool(cleanup)
                 names[(account_id, audience_id)] = (name, cleaned)
 
-    desired: dict[str, list[UserDesired]] = defaultdict(list)
+    desired: dict[str, list[Desired]] = defaultdict(list)
     audience_accounts: dict[int, int] = {}
     # Many users share one membership pattern: build each pattern's tuple once.
     patterns: dict[tuple[int, tuple[tuple[int, bool], ...]], tuple[tuple[int, str, bool], ...]]
@@ -192,7 +144,7 @@ def load_snapshot(
                 audience_accounts.setdefault(audience_id, account_id)
             kept = patterns[pattern] = tuple(sorted(kept_list))
         desired[external_id].append(
-            UserDesired(
+            Desired(
                 account_id=account_id,
                 email=row[0] if row is not None else None,
                 email_updated_at=row[2] if row is not None else 0.0,
@@ -216,97 +168,4 @@ def load_snapshot(
         desired={k: tuple(v) for k, v in desired.items()},
         acknowledged=acknowledged,
         audience_accounts=audience_accounts,
-    )
-
-
-@dataclass(frozen=True, kw_only=True)
-class AckRow:
-    """The new acknowledged state of one user after an outcome."""
-
-    external_id: str
-    attributes: Mapping[str, t.Any]
-    flags: Sequence[str]
-    outcome: str
-    wrote: bool
-
-
-def _upsert_acknowledged(conn: sa.Connection) -> t.Any:
-    stmt = insert(conn, braze_users)
-    wrote = stmt.excluded.last_write_at.is_not(None)
-    return stmt.on_conflict_do_update(
-        index_elements=[braze_users.c.workspace_id, braze_users.c.external_id],
-        set_={
-            "attributes": stmt.excluded.attributes,
-            "flags": stmt.excluded.flags,
-            "last_write_at": sa.case(
-                (wrote, stmt.excluded.last_write_at), else_=braze_users.c.last_write_at
-            ),
-            "last_outcome": stmt.excluded.last_outcome,
-            "last_outcome_at": stmt.excluded.last_outcome_at,
-            "updated_at": stmt.excluded.updated_at,
-        },
-    )
-
-
-def save_acknowledged(
-    conn: sa.Connection, *, workspace_id: int, rows: Sequence[AckRow], now: float
-) -> None:
-    """Upsert acknowledged attributes, guard flags and the last outcome of each user."""
-    if not rows:
-        return
-    conn.execute(
-        cached_statement(conn, "upsert_acknowledged", lambda: _upsert_acknowledged(conn)),
-        [
-            {
-                "workspace_id": workspace_id,
-                "external_id": r.external_id,
-                "attributes": dict(r.attributes),
-                "flags": sorted(r.flags),
-                "last_write_at": now if r.wrote else None,
-                "last_outcome": r.outcome,
-                "last_outcome_at": now,
-                "updated_at": now,
-            }
-            for r in rows
-        ],
-    )
-
-
-def _upsert_datapoints(conn: sa.Connection) -> t.Any:
-    stmt = insert(conn, datapoints)
-    return stmt.on_conflict_do_update(
-        index_elements=[
-            datapoints.c.day,
-            datapoints.c.workspace_id,
-            datapoints.c.account_id,
-            datapoints.c.audience_id,
-        ],
-        set_={"points": datapoints.c.points + stmt.excluded.points},
-    )
-
-
-def add_datapoints(
-    conn: sa.Connection,
-    *,
-    workspace_id: int,
-    charges: Mapping[tuple[int, int], int],
-    now: float,
-) -> None:
-    """Add data points per (connection, audience) to today's totals (UTC)."""
-    if not charges:
-        return
-    day = time.strftime("%Y-%m-%d", time.gmtime(now))
-    conn.execute(
-        cached_statement(conn, "upsert_datapoints", lambda: _upsert_datapoints(conn)),
-        [
-            {
-                "day": day,
-                "workspace_id": workspace_id,
-                "account_id": account_id,
-                "audience_id": audience_id,
-                "points": points,
-            }
-            for (account_id, audience_id), points in sorted(charges.items())
-            if points
-        ],
     )

@@ -1,0 +1,116 @@
+"""What the Braze sender writes after each step, one function per transaction: the store work
+of a planned batch, of a request's outcome, of a hand-back, of a suspension. Each takes the
+connection of the sender's transaction (:meth:`audience_sync.delivery.loop.SenderLoop.transaction`).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+
+import sqlalchemy as sa
+
+from audience_sync.core.delivery_plan import BatchPlan, PendingWrite, accepted_rows
+from audience_sync.core.state import Failure
+from audience_sync.core.states import DeliveryCounter, DeliveryReason
+from audience_sync.store import connections, outbox
+from audience_sync.store.counters import increment
+from audience_sync.store.datapoints import add_datapoints
+from audience_sync.store.ledger import save_acknowledged
+
+
+def _scope(workspace_id: int) -> str:
+    return f"workspace:{workspace_id}"
+
+
+def record_plan(
+    conn: sa.Connection, *, worker_id: str, workspace_id: int, plan: BatchPlan, now: float
+) -> None:
+    """Hand back the users that wait, finish those that need no write (recording their
+    acknowledged state where it changed), and count new guard flags."""
+    outbox.release(conn, worker_id=worker_id, workspace_id=workspace_id, due_at=plan.deferred)
+    outbox.release(
+        conn,
+        worker_id=worker_id,
+        workspace_id=workspace_id,
+        due_at=plan.held_back,
+        reason=DeliveryReason.CONNECTION_INVALID,
+    )
+    save_acknowledged(conn, workspace_id=workspace_id, rows=plan.changed_acks, now=now)
+    outbox.finish(
+        conn,
+        worker_id=worker_id,
+        workspace_id=workspace_id,
+        external_ids=[r.external_id for r in plan.unchanged],
+        now=now,
+        next_due_at=now,
+    )
+    scope = _scope(workspace_id)
+    counts = {(scope, flag): n for flag, n in plan.new_flags.items()}
+    if plan.unchanged:
+        counts[(scope, DeliveryCounter.UNCHANGED)] = len(plan.unchanged)
+    if counts:
+        increment(conn, counts, now=now)
+
+
+def record_request(
+    conn: sa.Connection,
+    *,
+    worker_id: str,
+    workspace_id: int,
+    accepted: Sequence[PendingWrite],
+    failures: Sequence[Failure],
+    counts: Mapping[str, int],
+    now: float,
+    next_due_at: float,
+) -> None:
+    """Persist one request's outcome for every user in it."""
+    owned = outbox.finish(
+        conn,
+        worker_id=worker_id,
+        workspace_id=workspace_id,
+        external_ids=[p.claim.external_id for p in accepted],
+        now=now,
+        next_due_at=next_due_at,
+    )
+    # Only the lease holder records what Braze acknowledged (see outbox.renew).
+    rows, charges = accepted_rows(p for p in accepted if p.claim.external_id in owned)
+    save_acknowledged(conn, workspace_id=workspace_id, rows=rows, now=now)
+    outbox.record_failures(conn, worker_id=worker_id, workspace_id=workspace_id, failures=failures)
+    add_datapoints(conn, workspace_id=workspace_id, charges=charges, now=now)
+    totals = Counter(counts) + Counter({DeliveryCounter.DATAPOINTS: sum(charges.values())})
+    scope = _scope(workspace_id)
+    increment(conn, {(scope, r): n for r, n in totals.items() if n}, now=now)
+
+
+def release(
+    conn: sa.Connection,
+    *,
+    worker_id: str,
+    workspace_id: int,
+    batch: Sequence[PendingWrite],
+    due_at: float,
+    reason: str,
+    now: float,
+) -> None:
+    """Hand users back without an attempt; Braze surely applied nothing of this write."""
+    outbox.release(
+        conn,
+        worker_id=worker_id,
+        workspace_id=workspace_id,
+        due_at={p.external_id: due_at for p in batch},
+        reason=reason,
+        in_flight={p.external_id: p.in_flight_before() for p in batch},
+    )
+    increment(conn, {(_scope(workspace_id), reason): len(batch)}, now=now)
+
+
+def suspend(
+    conn: sa.Connection, *, workspace_id: int, reason: str, now: float, probe_at: float
+) -> bool:
+    """Suspend the workspace (its key or URL is refused); True if this sender was first."""
+    first = connections.suspend_workspace(
+        conn, workspace_id=workspace_id, reason=reason, now=now, probe_at=probe_at
+    )
+    increment(conn, {(_scope(workspace_id), reason): 1}, now=now)
+    return first

@@ -1,0 +1,396 @@
+"""The Braze sender: the skeleton of :mod:`audience_sync.delivery.loop` with Braze's parts
+(SPEC §4.1, §5). Users are claimed from the outbox and grouped by workspace; for every batch:
+
+1. read their desired and acknowledged state (:mod:`audience_sync.store.snapshot`) and plan
+   each minimal write (:func:`audience_sync.core.delivery_plan.plan_batch`);
+2. pack full ``/users/track`` requests (:func:`audience_sync.braze.requests.build_requests`) and
+   send them within the key's rate budget, after renewing the lease and recording write-ahead
+   what each request may change;
+3. record each user's outcome in one transaction per request: acknowledged state and data
+   points for the accepted, a durable retry time (or the dead-letter store) for the failed, and
+   a new due time without an attempt for the rate-limited and the suspended.
+
+Resending after a crash resends the same difference, which sets the same values (idempotent).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+
+import sqlalchemy as sa
+
+from audience_sync.braze.client import BrazeClient
+from audience_sync.braze.outcomes import Kind, TrackOutcome, classify_response
+from audience_sync.braze.ratelimit import RateBudget
+from audience_sync.braze.requests import ObjectTooLargeError, build_requests
+from audience_sync.core.delivery_plan import (
+    WAIT_FOR_CONNECTION_S,
+    FailedWrite,
+    PendingWrite,
+    fail_all,
+    plan_batch,
+)
+from audience_sync.core.retry import RetryPolicy
+from audience_sync.core.state import Claim
+from audience_sync.core.states import DeliveryCounter, DeliveryReason
+from audience_sync.delivery import braze_record as record
+from audience_sync.delivery.braze_target import ActiveConnections, Target, target_of
+from audience_sync.delivery.loop import SenderLoop
+from audience_sync.settings import Settings
+from audience_sync.store import connections, outbox
+from audience_sync.store.engine import read_only
+from audience_sync.store.snapshot import load_snapshot
+
+logger = logging.getLogger(__name__)
+
+CLAIM_REQUESTS = 4
+"""A sender claims this many full requests' worth of users at a time."""
+PROBE_CHECK_INTERVAL_S = 1.0
+"""How often a sender looks for suspended workspaces whose probe is due."""
+
+
+class BrazeSender(SenderLoop[Claim]):
+    """Delivers dirty users to Braze ``/users/track``."""
+
+    vendor = "braze"
+
+    def __init__(
+        self,
+        *,
+        engine: sa.Engine,
+        settings: Settings,
+        client: BrazeClient,
+        budget: RateBudget,
+        worker_id: str,
+        clock: Callable[[], float] = time.time,
+        jitter: Callable[[], float] = random.random,
+        stop: threading.Event | None = None,
+    ) -> None:
+        super().__init__(
+            engine=engine,
+            worker_id=worker_id,
+            policy=RetryPolicy(
+                base_s=settings.get("delivery.backoff_base_s"),
+                cap_s=settings.get("delivery.backoff_cap_s"),
+                retry_window_s=settings.get("delivery.retry_window_s"),
+                max_attempts=settings.get("delivery.max_attempts"),
+            ),
+            poll_interval_s=settings.get("delivery.poll_interval_s"),
+            clock=clock,
+            jitter=jitter,
+            stop=stop,
+        )
+        self.settings = settings
+        self.client = client
+        self.budget = budget
+        self.max_objects: int = settings.get("braze.max_objects_per_request")
+        self.max_bytes: int = settings.get("braze.max_request_bytes")
+        self.min_resend_s: float = settings.get("braze.min_resend_interval_s")
+        self.array_max_length: int = settings.get("braze.array_max_length")
+        self.array_write: str = settings.get("braze.array_write")
+        self.lease_s: float = settings.get("delivery.lease_s")
+        self.probe_interval_s: float = settings.get("braze.probe_interval_s")
+        self.active_connections = ActiveConnections(
+            settings.connection_overrides, tuple(settings.get("braze.allowed_custom_endpoints"))
+        )
+        self._next_probe_check = 0.0
+
+    # -- claim ---------------------------------------------------------------------------------
+
+    def claim(self, now: float) -> Sequence[Claim]:
+        """Lease up to ``CLAIM_REQUESTS`` full requests' worth of due users."""
+        return self.transaction(
+            lambda conn: outbox.claim(
+                conn,
+                worker_id=self.worker_id,
+                now=now,
+                lease_s=self.lease_s,
+                limit=self.max_objects * CLAIM_REQUESTS,
+            ),
+            action="claim",
+        )
+
+    def group_of(self, item: Claim) -> int:
+        """Requests go to one workspace."""
+        return item.workspace_id
+
+    def before_claim(self, now: float) -> int:
+        """Probe suspended workspaces whose probe is due, at most every second."""
+        if now < self._next_probe_check:
+            return 0
+        self._next_probe_check = now + PROBE_CHECK_INTERVAL_S
+        due = self.transaction(
+            lambda conn: connections.claim_probes(conn, now=now, interval_s=self.probe_interval_s),
+            action="claim_probes",
+        )
+        handled = 0
+        for workspace_id in due:
+            claims = self.transaction(
+                lambda conn, ws=workspace_id: outbox.claim(
+                    conn,
+                    worker_id=self.worker_id,
+                    now=now,
+                    lease_s=self.lease_s,
+                    limit=1,
+                    workspace_id=ws,
+                    include_suspended=True,
+                ),
+                action="claim_probe",
+            )
+            if claims:
+                logger.info(
+                    "probing suspended workspace",
+                    extra={"action": "braze_probe", "workspace_id": workspace_id},
+                )
+                self.deliver(workspace_id, claims, probe=True)
+                handled += len(claims)
+        return handled
+
+    # -- plan ----------------------------------------------------------------------------------
+
+    def deliver(self, group: int, items: Sequence[Claim], *, probe: bool = False) -> None:
+        """Plan and send the writes of claimed users of one workspace."""
+        workspace_id, claims = group, items
+        now = self.clock()
+        ids = [c.external_id for c in claims]
+        with read_only(self.engine) as conn:
+            snapshot = load_snapshot(conn, workspace_id, ids, all_connections=True)
+        active = self.active_connections.of(snapshot)
+        if not active:
+            self.transaction(
+                lambda conn: outbox.release(
+                    conn,
+                    worker_id=self.worker_id,
+                    workspace_id=workspace_id,
+                    due_at={i: now + WAIT_FOR_CONNECTION_S for i in ids},
+                    reason=DeliveryReason.NO_ACTIVE_CONNECTION,
+                ),
+                action="release",
+            )
+            return
+        target = target_of(workspace_id, active)
+        plan = plan_batch(
+            claims,
+            snapshot,
+            active,
+            now=now,
+            min_resend_s=self.min_resend_s,
+            array_max_length=self.array_max_length,
+            array_write=self.array_write,
+        )
+
+        self.transaction(
+            lambda conn: record.record_plan(
+                conn, worker_id=self.worker_id, workspace_id=workspace_id, plan=plan, now=now
+            ),
+            action="record_unchanged",
+        )
+        if plan.pending:
+            self._send_all(target, list(plan.pending), probe=probe)
+
+    # -- pack and send -------------------------------------------------------------------------
+
+    def _send_all(self, target: Target, pending: list[PendingWrite], *, probe: bool) -> None:
+        objects = [p.write.attributes for p in pending]
+        while True:
+            try:
+                requests = build_requests(
+                    objects, max_objects=self.max_objects, max_bytes=self.max_bytes
+                )
+                break
+            except ObjectTooLargeError as exc:
+                culprit = pending.pop(exc.index)
+                objects.pop(exc.index)
+                too_large = fail_all(
+                    [culprit],
+                    permanent=True,
+                    reason=DeliveryReason.OBJECT_TOO_LARGE,
+                    maybe_applied=False,
+                )
+                self._record(target, [], too_large, Counter())
+        for request in requests:
+            batch = [pending[i] for i in request.indices]
+            if self.stop.is_set():
+                self._release(target, batch, self.clock(), reason=DeliveryReason.SHUTDOWN)
+                continue
+            self._send(target, batch, request.body, probe=probe)
+
+    def _send_packed(self, target: Target, batch: list[PendingWrite], *, probe: bool) -> None:
+        objects = [p.write.attributes for p in batch]
+        for request in build_requests(
+            objects, max_objects=self.max_objects, max_bytes=self.max_bytes
+        ):
+            self._send(target, [batch[i] for i in request.indices], request.body, probe=probe)
+
+    def _wait_for_budget(self, target: Target) -> bool:
+        """Sleep until the key's budget allows a request; False if asked to stop meanwhile."""
+        wait = self.budget.reserve(target.key_id)
+        if wait > 0:
+            return not self.stop.wait(wait)
+        return True
+
+    def _send(self, target: Target, batch: list[PendingWrite], body: bytes, *, probe: bool) -> None:
+        if not self._wait_for_budget(target):
+            self._release(target, batch, self.clock(), reason=DeliveryReason.SHUTDOWN)
+            return
+        held = self.transaction(
+            lambda conn: outbox.renew(
+                conn,
+                worker_id=self.worker_id,
+                workspace_id=target.workspace_id,
+                in_flight={p.external_id: p.in_flight_during() for p in batch},
+                until=self.clock() + self.lease_s,
+            ),
+            action="renew",
+        )
+        if len(held) < len(batch):
+            # A lease ran out (the process stalled): another sender owns those users now.
+            lost = len(batch) - len(held)
+            logger.warning(
+                "lease lost before sending; leaving those users to their new sender",
+                extra={"action": "lease_lost", "workspace_id": target.workspace_id, "users": lost},
+            )
+            batch = [p for p in batch if p.claim.external_id in held]
+            if batch:
+                self._send_packed(target, batch, probe=probe)
+            return
+        started = time.perf_counter()
+        response = self.client.track(target.endpoint, target.api_key, body)
+        now = self.clock()
+        self.budget.observe(target.key_id, response.headers)
+        outcome = classify_response(response, sent=len(batch), now=now)
+        logger.debug(
+            "braze request",
+            extra={
+                "action": "braze_batch_sent",
+                "workspace_id": target.workspace_id,
+                "objects": len(batch),
+                "bytes": len(body),
+                "status": response.status,
+                "outcome": outcome.kind,
+                "ms": round((time.perf_counter() - started) * 1000, 1),
+            },
+        )
+        self._act(target, batch, outcome, probe=probe, now=now)
+
+    # -- record --------------------------------------------------------------------------------
+
+    def _act(
+        self,
+        target: Target,
+        batch: list[PendingWrite],
+        outcome: TrackOutcome,
+        *,
+        probe: bool,
+        now: float,
+    ) -> None:
+        counts: Counter[str] = Counter()
+        kind = outcome.kind
+        if kind in (Kind.ACCEPTED, Kind.PARTIAL):
+            if probe and self.transaction(
+                lambda conn: connections.resume_workspace(conn, workspace_id=target.workspace_id),
+                action="resume",
+            ):
+                logger.info(
+                    "workspace resumed after a successful probe",
+                    extra={"action": "braze_resumed", "workspace_id": target.workspace_id},
+                )
+            accepted = [p for i, p in enumerate(batch) if i not in outcome.per_object]
+            # Braze names these objects as not applied: nothing about them became uncertain.
+            failed = [
+                FailedWrite(
+                    pending=batch[i], permanent=o.permanent, reason=o.reason, maybe_applied=False
+                )
+                for i, o in sorted(outcome.per_object.items())
+            ]
+            counts[DeliveryCounter.ACCEPTED] += len(accepted)
+            self._record(target, accepted, failed, counts)
+            return
+        if kind == Kind.RETRY_ALL:
+            # 5xx, timeout, dropped connection: Braze may have applied any of it.
+            failed = fail_all(batch, permanent=False, reason=outcome.reason, maybe_applied=True)
+            self._record(target, [], failed, counts)
+            return
+        if kind == Kind.RATE_LIMITED:
+            retry_at = outcome.retry_at or now + 1.0
+            self.budget.pause(target.key_id, retry_at)
+            self._release(target, batch, retry_at, reason=DeliveryReason.RATE_LIMITED)
+            return
+        if kind == Kind.SPLIT and len(batch) > 1:
+            middle = len(batch) // 2
+            for half in (batch[:middle], batch[middle:]):
+                self._send_packed(target, half, probe=probe)
+            return
+        if kind in (Kind.SPLIT, Kind.BAD_REQUEST):
+            failed = fail_all(batch, permanent=True, reason=outcome.reason, maybe_applied=False)
+            self._record(target, [], failed, counts)
+            return
+
+        # SUSPEND, CONFIG_ERROR: the key or URL is wrong for every user of the workspace.
+        def suspend(conn: sa.Connection) -> bool:
+            return record.suspend(
+                conn,
+                workspace_id=target.workspace_id,
+                reason=outcome.reason,
+                now=now,
+                probe_at=now + self.probe_interval_s,
+            )
+
+        if self.transaction(suspend, action="suspend"):
+            logger.warning(
+                "workspace suspended: Braze refused the key or URL",
+                extra={
+                    "action": "braze_suspended",
+                    "workspace_id": target.workspace_id,
+                    "reason": outcome.reason,
+                },
+            )
+        self._release(target, batch, now, reason=outcome.reason)
+
+    def _release(
+        self, target: Target, batch: Sequence[PendingWrite], due_at: float, *, reason: str
+    ) -> None:
+        """Hand users back without an attempt; Braze surely applied nothing of this write."""
+
+        self.transaction(
+            lambda conn: record.release(
+                conn,
+                worker_id=self.worker_id,
+                workspace_id=target.workspace_id,
+                batch=batch,
+                due_at=due_at,
+                reason=reason,
+                now=self.clock(),
+            ),
+            action="release",
+        )
+
+    def _record(
+        self,
+        target: Target,
+        accepted: Sequence[PendingWrite],
+        failed: Sequence[FailedWrite],
+        counts: Counter[str],
+    ) -> None:
+        """Persist one request's outcome for every user in it, in one transaction."""
+        now = self.clock()
+        failures = self.plan_failures(failed, now=now, workspace_id=target.workspace_id)
+        counts = counts + Counter(failures.counts)
+        self.transaction(
+            lambda conn: record.record_request(
+                conn,
+                worker_id=self.worker_id,
+                workspace_id=target.workspace_id,
+                accepted=accepted,
+                failures=failures.failures,
+                counts=counts,
+                now=now,
+                next_due_at=now + self.min_resend_s,
+            ),
+            action="record",
+        )

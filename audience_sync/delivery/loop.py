@@ -1,0 +1,133 @@
+"""The sender skeleton every vendor shares: claim → plan → pack → send → record.
+
+:class:`SenderLoop` owns the loop (poll when idle, survive a database outage, stop on request),
+the grouping of claimed work by destination, the one transaction runner and the one retry
+policy (:mod:`audience_sync.core.retry` via :func:`audience_sync.core.delivery_plan.plan_failures`).
+A vendor's sender subclasses it and supplies what differs: how work is claimed, what groups it
+(a Braze workspace, an mParticle feed), and how a group is planned, packed, sent and recorded.
+
+A SIGKILL anywhere loses nothing: until the record step commits, claimed work is only leased,
+and the lease runs out.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import random
+import threading
+import time
+import typing as t
+from collections.abc import Callable, Hashable, Sequence
+
+import sqlalchemy as sa
+
+from audience_sync.core.delivery_plan import FailedWrite, FailurePlan, plan_failures
+from audience_sync.core.retry import RetryPolicy
+from audience_sync.store.transactions import in_transaction
+
+logger = logging.getLogger(__name__)
+
+Item = t.TypeVar("Item")
+T = t.TypeVar("T")
+
+
+class SenderLoop(abc.ABC, t.Generic[Item]):
+    """One sender; several may run at once (threads or processes)."""
+
+    vendor: t.ClassVar[str]
+    """Names the vendor in log lines."""
+
+    def __init__(
+        self,
+        *,
+        engine: sa.Engine,
+        worker_id: str,
+        policy: RetryPolicy,
+        poll_interval_s: float,
+        clock: Callable[[], float] = time.time,
+        jitter: Callable[[], float] = random.random,
+        stop: threading.Event | None = None,
+    ) -> None:
+        self.engine = engine
+        self.worker_id = worker_id
+        self.policy = policy
+        self.poll_interval_s = poll_interval_s
+        self.clock = clock
+        self.jitter = jitter
+        self.stop = stop or threading.Event()
+
+    # -- what a vendor supplies ----------------------------------------------------------------
+
+    @abc.abstractmethod
+    def claim(self, now: float) -> Sequence[Item]:
+        """Lease the next due work (in one transaction)."""
+
+    @abc.abstractmethod
+    def group_of(self, item: Item) -> Hashable:
+        """The destination an item is sent to (requests never mix destinations)."""
+
+    @abc.abstractmethod
+    def deliver(self, group: t.Any, items: Sequence[Item]) -> None:
+        """Plan, pack, send and record the items of one destination."""
+
+    def before_claim(self, now: float) -> int:
+        """Work to do before each claim (probes of paused destinations); returns items handled."""
+        return 0
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def run_forever(self) -> None:
+        """Deliver until ``stop`` is set; sleep ``poll_interval_s`` when idle."""
+        while not self.stop.is_set():
+            try:
+                handled = self.run_once()
+            except sa.exc.OperationalError as exc:
+                # Database unavailable or locked for too long: leases protect the work.
+                logger.warning(
+                    "database error in sender; retrying",
+                    extra={"action": "sender_db_error", "error": type(exc).__name__},
+                )
+                handled = 0
+            except Exception:
+                logger.exception("sender iteration failed", extra={"action": "sender_error"})
+                handled = 0
+            if not handled:
+                self.stop.wait(self.poll_interval_s)
+
+    def run_once(self) -> int:
+        """Claim and deliver one batch; returns the number of items handled."""
+        now = self.clock()
+        handled = self.before_claim(now)
+        items = self.claim(now)
+        groups: dict[Hashable, list[Item]] = {}
+        for item in items:
+            groups.setdefault(self.group_of(item), []).append(item)
+        for group, members in groups.items():
+            self.deliver(group, members)
+        return handled + len(items)
+
+    # -- shared steps --------------------------------------------------------------------------
+
+    def transaction(self, work: Callable[[sa.Connection], T], *, action: str) -> T:
+        """Run ``work`` in one write transaction (the one runner of the store)."""
+        return in_transaction(self.engine, work, action=action)
+
+    def plan_failures(
+        self, failed: Sequence[FailedWrite], *, now: float, **log: t.Any
+    ) -> FailurePlan:
+        """Each failed item's retry or dead letter under the one retry policy; logs the
+        items given up on."""
+        plan = plan_failures(failed, self.policy, now=now, jitters=[self.jitter() for _ in failed])
+        for failure in plan.dead:
+            logger.warning(
+                "delivery gave up for a user",
+                extra={
+                    "action": "delivery_gave_up",
+                    "vendor": self.vendor,
+                    "reason": failure.reason,
+                    "attempts": failure.attempts,
+                    **log,
+                },
+            )
+        return plan

@@ -1,0 +1,204 @@
+"""The Firehose intake service: applies one validated message in one transaction, together
+with its message id (idempotency, SPEC §3.1) and the outbox marks of the users it touched
+(SPEC §4.1). The view calls :func:`receive_subscription` and :func:`receive_membership_change`;
+the tables are written by the store's repositories, the decisions come from the core; nothing
+here talks to Braze.
+
+Everything pure (merging and parsing the settings, resolving profiles) runs before the write
+transaction, so SQLite's write lock is held only for the statements.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from audience_sync.core.connection import EffectiveSettings, effective_settings
+from audience_sync.core.membership import plan_membership_changes
+from audience_sync.core.states import IntakeCounter, WorkspaceState
+from audience_sync.firehose.messages import Account, MembershipChangeRequest, SubscriptionRequest
+from audience_sync.settings import Settings
+from audience_sync.store import counters
+from audience_sync.store.audiences import apply_subscription
+from audience_sync.store.connections import (
+    Connection,
+    stored_account_settings,
+    sync_connection,
+    workspace_state_of_account,
+)
+from audience_sync.store.memberships import apply_membership_plan
+from audience_sync.store.messages import is_recorded, record_message
+from audience_sync.store.transactions import in_transaction
+
+
+@dataclass(frozen=True, kw_only=True)
+class IntakeOptions:
+    """The settings the intake needs, read once from :class:`Settings`."""
+
+    connection_overrides: Callable[[int], Mapping[str, str]]
+    allowed_custom_endpoints: tuple[str, ...] = ()
+    coalesce_s: float = 0.0
+    suspend_on_auth_failure: bool = False
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> IntakeOptions:
+        """Pick the Firehose intake's values out of the process settings."""
+        return cls(
+            connection_overrides=settings.connection_overrides,
+            allowed_custom_endpoints=tuple(settings.get("braze.allowed_custom_endpoints")),
+            coalesce_s=settings.get("delivery.coalesce_s"),
+            suspend_on_auth_failure=settings.get("firehose.suspend_on_auth_failure"),
+        )
+
+    def effective(
+        self, account_id: int, account_settings: Mapping[str, object]
+    ) -> EffectiveSettings:
+        """The connection's effective settings with this process's local overrides."""
+        return effective_settings(
+            account_id,
+            account_settings,
+            overrides=self.connection_overrides(account_id),
+            allowed_custom_endpoints=self.allowed_custom_endpoints,
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class IntakeResult:
+    """What the reply and the log line need to know."""
+
+    duplicate: bool = False
+    suspend_subscription: bool = False
+    users: int = 0
+    memberships: int = 0
+    enqueued: int = 0
+    connection_state: str | None = None
+
+
+def receive_subscription(
+    engine: sa.Engine, message: SubscriptionRequest, options: IntakeOptions, *, now: float
+) -> IntakeResult:
+    """Apply an ``audience_subscription_request`` (SPEC §3.2): add, rename or remove."""
+    account_id = message.account.account_id
+    prepared = _prepare_settings(engine, message.account, options)
+
+    def work(conn: sa.Connection) -> IntakeResult:
+        if not record_message(conn, message.id, message.type, account_id, now):
+            return _duplicate(conn, account_id, options, now)
+        connection = _sync(conn, account_id, prepared, options, now)
+        enqueued = apply_subscription(
+            conn,
+            account_id=account_id,
+            audience_id=message.audience_id,
+            name=message.audience_name,
+            action=message.action,
+            cleanup_on_remove=connection.settings.cleanup_on_remove,
+            workspace_id=connection.delivery_workspace,
+            coalesce_s=options.coalesce_s,
+            now=now,
+        )
+        counters.increment(
+            conn, {(_scope(account_id), f"subscription_{message.action}"): 1}, now=now
+        )
+        return IntakeResult(enqueued=enqueued, connection_state=connection.state)
+
+    return _run(engine, message.id, work)
+
+
+def receive_membership_change(
+    engine: sa.Engine, message: MembershipChangeRequest, options: IntakeOptions, *, now: float
+) -> IntakeResult:
+    """Apply an ``audience_membership_change_request`` (SPEC §3.2, §4.1, §4.2)."""
+    account_id = message.account.account_id
+    prepared = _prepare_settings(engine, message.account, options)
+    # Resolving profiles is pure: do it before taking SQLite's write lock.
+    plan = plan_membership_changes(prepared.settings, message.user_profiles)
+    changed_at = message.timestamp_ms / 1000 if message.timestamp_ms is not None else now
+
+    def work(conn: sa.Connection) -> IntakeResult:
+        if not record_message(conn, message.id, message.type, account_id, now):
+            return _duplicate(conn, account_id, options, now)
+        connection = _sync(conn, account_id, prepared, options, now)
+        counts, applied = apply_membership_plan(
+            conn,
+            account_id=account_id,
+            plan=plan,
+            workspace_id=connection.delivery_workspace,
+            changed_at=changed_at,
+            coalesce_s=options.coalesce_s,
+            now=now,
+        )
+        scope = _scope(account_id)
+        counters.increment(conn, {(scope, r): n for r, n in counts.items()}, now=now)
+        return IntakeResult(
+            suspend_subscription=_should_suspend(connection.workspace_state, options),
+            users=len(plan.users),
+            memberships=applied,
+            enqueued=len(plan.users) if connection.delivery_workspace is not None else 0,
+            connection_state=connection.state,
+        )
+
+    return _run(engine, message.id, work)
+
+
+def _run(
+    engine: sa.Engine, message_id: str, work: Callable[[sa.Connection], IntakeResult]
+) -> IntakeResult:
+    """Run ``work`` in one transaction, again after a unique-key race or a deadlock (a repeated
+    id is then a duplicate)."""
+    try:
+        return in_transaction(engine, work, action="firehose", retry_conflicts=True)
+    except sa.exc.IntegrityError:
+        if is_recorded(engine, message_id):
+            return IntakeResult(duplicate=True)
+        raise
+
+
+def _prepare_settings(
+    engine: sa.Engine, account: Account, options: IntakeOptions
+) -> EffectiveSettings:
+    """Merge and parse the message's settings. A message without ``account_settings`` keeps
+    the stored ones (absent is not the same as empty)."""
+    raw = account.account_settings
+    if raw is None:
+        with engine.begin() as conn:
+            raw = stored_account_settings(conn, account.account_id)
+    return options.effective(account.account_id, raw)
+
+
+def _sync(
+    conn: sa.Connection,
+    account_id: int,
+    prepared: EffectiveSettings,
+    options: IntakeOptions,
+    now: float,
+) -> Connection:
+    return sync_connection(
+        conn,
+        account_id,
+        prepared,
+        derive=functools.partial(options.effective, account_id),
+        coalesce_s=options.coalesce_s,
+        now=now,
+    )
+
+
+def _duplicate(
+    conn: sa.Connection, account_id: int, options: IntakeOptions, now: float
+) -> IntakeResult:
+    workspace_state = workspace_state_of_account(conn, account_id)
+    counters.increment(conn, {(_scope(account_id), IntakeCounter.DUPLICATE_MESSAGE): 1}, now=now)
+    return IntakeResult(
+        duplicate=True, suspend_subscription=_should_suspend(workspace_state, options)
+    )
+
+
+def _should_suspend(workspace_state: str | None, options: IntakeOptions) -> bool:
+    """SPEC §5.5: ask mParticle to pause while the Braze key is known bad, if configured."""
+    return options.suspend_on_auth_failure and workspace_state == WorkspaceState.SUSPENDED
+
+
+def _scope(account_id: int) -> str:
+    return f"account:{account_id}"
