@@ -20,7 +20,7 @@ from audience_sync.mparticle.client import MParticleClient
 from audience_sync.mparticle.ratelimit import BatchBudget
 from audience_sync.store import currents as queue
 from audience_sync.store.counters import totals
-from audience_sync.store.schema import currents_batches
+from audience_sync.store.schema import currents_batches, currents_dedup
 from audience_sync.transport import Transport
 from tests.currents_support import (
     FEED_SECRETS,
@@ -372,3 +372,24 @@ def test_held_events_are_sent_once_a_feed_takes_them(make_runtime, make_client, 
     drain(make_sender(later, worker="w2"), later.engine)
     assert [r.feed_key for r in mp.received] == ["unbound-key"]
     assert mp.message_ids() == {event["id"]: 1}
+
+
+def test_an_event_accepted_again_after_the_dedup_window_forms_a_new_batch(make_client, mp):
+    client = make_client(**currents_settings(mp.url, currents__retention_s=0.2))
+    runtime = client.application.extensions["audience_sync"]
+    sender = make_sender(runtime)
+    mp.configure(unauthorized={"unbound-key"})
+    event = http_event(user="u")
+    post(client, [event])
+    for _ in range(2):
+        sender.run_once()
+    time.sleep(0.3)
+    assert currents_expire(runtime.engine, runtime.settings) == 1  # its batch is dead, kept
+    with runtime.engine.begin() as conn:
+        conn.execute(sa.update(currents_dedup).values(seen_at=0.0))  # the window has passed
+    assert post(client, [event])["queued"] == 1
+    mp.configure(unauthorized=set())
+    drain(sender, runtime.engine)  # planning is not stuck on the dead batch's id
+    assert mp.message_ids() == {event["id"]: 1}
+    with runtime.engine.connect() as conn:
+        assert len(queue.dead_letters(conn)) == 1

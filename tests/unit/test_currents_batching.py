@@ -109,9 +109,10 @@ def test_batches_stay_under_128_kb_and_oversized_events_are_rejected():
 def test_source_request_id_is_deterministic():
     first = plan_batches([queued(1), queued(2)], environment="production").batches[0]
     again = plan_batches([queued(2), queued(1)], environment="production").batches[0]
-    assert first.batch_id == again.batch_id == source_request_id("f", ["m1", "m2"])
+    assert first.batch_id == again.batch_id == source_request_id("f", 1, ["m1", "m2"])
     assert first.body == again.body
-    assert source_request_id("g", ["m1", "m2"]) != first.batch_id
+    assert source_request_id("g", 1, ["m1", "m2"]) != first.batch_id
+    assert source_request_id("f", 7, ["m1", "m2"]) != first.batch_id  # re-queued later
 
 
 def test_an_invalid_environment_is_caught_before_sending():

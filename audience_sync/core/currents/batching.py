@@ -59,9 +59,12 @@ class BatchPlan:
     rejected: tuple[tuple[int, str], ...] = ()
 
 
-def source_request_id(feed: str, event_ids: Sequence[str]) -> str:
-    """A UUID-shaped id derived from the batch's feed and event ids (stable across retries)."""
-    digest = hashlib.sha256("\x00".join([feed, *event_ids]).encode("utf-8")).digest()
+def source_request_id(feed: str, first_seq: int, event_ids: Sequence[str]) -> str:
+    """A UUID-shaped id derived from the batch's feed, first queue position and event ids:
+    stored with the batch, so stable across retries; the queue position keeps it unique even
+    when an id comes back after the dedup window."""
+    parts = [feed, str(first_seq), *event_ids]
+    digest = hashlib.sha256("\x00".join(parts).encode("utf-8")).digest()
     return str(uuid.UUID(bytes=digest[:16]))
 
 
@@ -97,7 +100,7 @@ def plan_batches(
 
         def close(run: list[QueuedEvent], feed: str = feed, user: str = user) -> None:
             ids = [e.event_id for e in run]
-            batch_id = source_request_id(feed, ids)
+            batch_id = source_request_id(feed, run[0].seq, ids)
             body = (
                 _frame(environment, batch_id, run[0].envelope_json)
                 + ",".join(e.event_json for e in run)
