@@ -16,6 +16,8 @@ SUITES: dict[str, Callable[[Sequence[str]], int]] = {
     "delivery": delivery.main,
     "currents": currents.main,
 }
+FAULT_SUITES = ("currents",)
+"""Suites that take ``--faults``: ``scripts/bench --faults`` runs these (add yours here)."""
 
 
 def main(argv: Sequence[str]) -> int:
@@ -32,6 +34,8 @@ def main(argv: Sequence[str]) -> int:
         sys.stderr.write(f"unknown suite {unknown[0]!r}; known: {', '.join(SUITES)}\n")
         return 2
     status = 0
+    if not names and "--faults" in args:
+        names = list(FAULT_SUITES)
     for name in names or list(SUITES):
         status = max(status, SUITES[name](args))
     return status
