@@ -139,7 +139,7 @@ def import_file(
             size=len(data),
             events=len(records),
             forwarded=result.forwarded,
-            skipped=result.skipped,
+            skipped=result.not_forwarded(),
             now=now,
         ):
             raise _AlreadyImportedError
@@ -148,7 +148,7 @@ def import_file(
             status="imported",
             events=len(records),
             forwarded=result.forwarded,
-            skipped=result.skipped,
+            skipped=result.not_forwarded(),
         )
 
     try:

@@ -78,8 +78,12 @@ class IntakeResult:
 
     @property
     def forwarded(self) -> int:
-        """Events queued for a feed (held ones included: they wait for one)."""
-        return self.queued + self.held
+        """Events queued for a feed (held ones are reported apart, as ``no_feed``)."""
+        return self.queued
+
+    def not_forwarded(self) -> dict[str, int]:
+        """Events not queued for a feed, by reason; ``no_feed`` ones are held, not dropped."""
+        return {**self.skipped, **({NO_FEED: self.held} if self.held else {})}
 
 
 def _dumps(value: object) -> str:

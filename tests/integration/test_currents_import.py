@@ -164,3 +164,14 @@ def test_the_writer_schema_of_each_file_is_used(crt, tmp_path):
     write_avro(tmp_path / "event_type=users.messages.email.Open" / "o.avro", schema, [record])
     summary = import_paths(crt.engine, CurrentsConfig.from_settings(crt.settings), [tmp_path])
     assert summary.forwarded == 1
+
+
+def test_events_no_feed_takes_are_held_and_reported_as_no_feed(make_runtime, tmp_path):
+    rt = make_runtime(
+        **currents_settings(URL, feeds={"ios": {"key": "k", "secret": "s", "platform": "ios"}})
+    )
+    sample = next(p for p in avro_samples() if p.stem == "users.messages.email.Open")
+    copy_sample(sample, tmp_path / "f.avro", count=3)
+    summary = import_paths(rt.engine, CurrentsConfig.from_settings(rt.settings), [tmp_path])
+    assert (summary.forwarded, dict(summary.skipped)) == (0, {"no_feed": 3})
+    assert len(event_ids(rt.engine)) == 3  # held, not dropped
