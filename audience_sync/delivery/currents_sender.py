@@ -226,7 +226,9 @@ class CurrentsSender(SenderLoop[queue.ClaimedBatch]):
                 queue.lock_feed_for_planning(conn, feed)
                 events = queue.queued_events(conn, feed, limit=PLAN_EVENTS)
                 plan = plan_batches(events, environment=self.environment)
-                return plan, queue.save_plan(conn, plan, now=now, claim=claim)
+                return plan, queue.save_plan(
+                    conn, plan, now=now, claim=claim, claim_limit=CLAIM_BATCHES
+                )
 
             return self.transaction(locked, action="currents_plan")
         # SQLite: read and plan without the writer lock (the importer keeps writing meanwhile);
@@ -235,7 +237,9 @@ class CurrentsSender(SenderLoop[queue.ClaimedBatch]):
             events = queue.queued_events(conn, feed, limit=PLAN_EVENTS)
         plan = plan_batches(events, environment=self.environment)
         claimed = self.transaction(
-            lambda conn: queue.save_plan(conn, plan, now=now, claim=claim),
+            lambda conn: queue.save_plan(
+                conn, plan, now=now, claim=claim, claim_limit=CLAIM_BATCHES
+            ),
             action="currents_plan",
         )
         return plan, claimed

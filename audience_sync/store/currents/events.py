@@ -203,13 +203,15 @@ def save_plan(
     *,
     now: float,
     claim: tuple[str, float] | None = None,
+    claim_limit: int = 1000,
 ) -> list[PlannedBatch]:
     """Store formed batches (their events move into them) and dead-letter events that cannot
     be sent, in the caller's transaction.
 
-    ``claim=(worker_id, lease_until)`` leases the new batches to that sender at once, except a
-    batch whose user already has an older pending batch in the feed (order of arrival), and a
-    user's second new batch. Returns the batches leased.
+    ``claim=(worker_id, lease_until)`` leases up to ``claim_limit`` new batches to that sender
+    at once (no more than it can send within the lease), except a batch whose user already has
+    an older pending batch in the feed (order of arrival), and a user's second new batch.
+    Returns the batches leased.
 
     Raises:
         PlanConflictError: some planned events are no longer queued.
@@ -237,7 +239,7 @@ def save_plan(
         blocked = _users_with_pending(conn, plan.batches)
         for batch in plan.batches:
             key = (batch.feed, batch.external_user_id)
-            if key not in blocked:
+            if key not in blocked and len(claimed) < claim_limit:
                 claimed.append(batch)
             blocked.add(key)
     leased = {b.batch_id for b in claimed}
