@@ -202,3 +202,9 @@ def check_ranges(values: dict[str, t.Any], errors: list[str]) -> None:
     mp_url = values.get("currents.mparticle_url")
     if mp_url is not None and not mp_url.startswith(("http://", "https://")):
         errors.append("currents.mparticle_url: must be an http(s) URL")
+    elif mp_url is not None:
+        from audience_sync.mparticle.urls import url_problem  # a pure leaf: parsed-URL guard
+
+        problem = url_problem(mp_url, values.get("currents.allowed_mparticle_urls") or ())
+        if problem:
+            errors.append(f"currents.mparticle_url: {problem}")
