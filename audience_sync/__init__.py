@@ -24,6 +24,7 @@ def create_app(
     ``worker`` and ``scheduler`` start them beside the app.
     """
     from audience_sync import admin, health, http_errors
+    from audience_sync.currents.views import bp as currents_bp
     from audience_sync.firehose.views import bp as firehose_bp
 
     if runtime is None:
@@ -37,4 +38,5 @@ def create_app(
     app.register_blueprint(health.bp)
     app.register_blueprint(firehose_bp)
     admin.init_app(app, runtime)
+    app.register_blueprint(currents_bp)
     return app

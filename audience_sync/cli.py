@@ -180,8 +180,14 @@ def reconcile_command(ctx: Context, account_id: int | None, dry_run: bool) -> No
     metavar="ACCOUNT_ID",
     help="Only the dead letters of this mParticle account id (default: all connections).",
 )
+@click.option(
+    "--feed",
+    "feed",
+    metavar="NAME",
+    help="Re-queue the dead-lettered Currents events of this mParticle feed instead.",
+)
 @pass_context
-def replay_command(ctx: Context, dead: bool, account_id: int | None) -> None:
+def replay_command(ctx: Context, dead: bool, account_id: int | None, feed: str | None) -> None:
     """Re-queue dead-lettered deliveries with a fresh attempt budget."""
     import time
 
@@ -192,12 +198,60 @@ def replay_command(ctx: Context, dead: bool, account_id: int | None) -> None:
     settings = _setup(ctx)
     runtime = Runtime.from_settings(settings)
     _require_current_schema(runtime)
+    if feed is not None:
+        from audience_sync.currents.maintenance import currents_replay
+
+        count = currents_replay(runtime.engine, feed=feed)
+        click.echo(f"re-queued {count} dead-lettered Currents event(s) of feed {feed}")
+        return
     with runtime.engine.begin() as conn:
         workspace_ids = None
         if account_id is not None:
             workspace_ids = workspace_ids_of_account(conn, account_id)
         count = outbox.replay(conn, now=time.time(), workspace_ids=workspace_ids)
     click.echo(f"re-queued {count} dead-lettered user(s)")
+
+
+@main.group("currents")
+def currents_group() -> None:
+    """Braze Currents commands."""
+
+
+@currents_group.command("import")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+@pass_context
+def currents_import_command(ctx: Context, paths: tuple[str, ...]) -> None:
+    """Import Braze Currents Avro files or directory trees (each file once)."""
+    import json
+
+    from audience_sync.currents.importer import find_files, import_paths
+    from audience_sync.currents.service import CurrentsConfig
+    from audience_sync.runtime import Runtime
+
+    settings = _setup(ctx)
+    runtime = Runtime.from_settings(settings)
+    _require_current_schema(runtime)
+    config = CurrentsConfig.from_settings(settings)
+    total = sum(1 for _ in find_files(paths))
+    if sys.stderr.isatty():
+        with click.progressbar(length=total, label="importing", file=sys.stderr) as bar:
+            summary = import_paths(runtime.engine, config, paths, on_file=lambda _r: bar.update(1))
+    else:
+        # Off a terminal each file is a JSON log line (currents_file_imported / _failed).
+        summary = import_paths(runtime.engine, config, paths)
+    for path, error in summary.failed:
+        click.echo(f"failed: {path}: {error}", err=True)
+    skipped = ", ".join(f"{k} {v}" for k, v in sorted(summary.skipped.items())) or "none"
+    click.echo(
+        f"files {summary.files} (imported {summary.imported}, already imported "
+        f"{summary.already_imported}, failed {len(summary.failed)}); events {summary.events}; "
+        f"forwarded {summary.forwarded}; skipped: {skipped}"
+    )
+    if not sys.stdout.isatty():
+        click.echo(json.dumps(summary.to_dict(), sort_keys=True))
+    runtime.engine.dispose()
+    if summary.failed:
+        sys.exit(1)
 
 
 @main.group("db")

@@ -72,6 +72,12 @@ FIELDS: dict[str, tuple[str, object]] = {
     "currents.dedup_window_s": ("float", 259200.0),
     "currents.watch_dir": ("str", ""),
     "currents.probe_interval_s": ("float", 30.0),
+    # Not in SPEC §2's table but needed by §6 (body limit, backlog bound, rate budget).
+    "currents.max_body_bytes": ("int", 5_242_880),
+    "currents.max_backlog": ("int", 5_000_000),
+    "currents.batches_per_second": ("float", 270.0),
+    "currents.timeout_s": ("float", 30.0),
+    "currents.mapping_path": ("str", ""),
     "log.level": ("str", "INFO"),
     # Scheduled jobs (SPEC §7): jobs.<name>.interval_s and jobs.<name>.enabled per job.
     "jobs.lease_s": ("float", 60.0),
@@ -84,6 +90,10 @@ FIELDS: dict[str, tuple[str, object]] = {
     "jobs.cleanup_removed.enabled": ("bool", True),
     "jobs.cleanup_removed.interval_s": ("float", 60.0),
     "jobs.cleanup_removed.users_per_run": ("int", 100000),
+    "jobs.currents_watch.enabled": ("bool", True),
+    "jobs.currents_watch.interval_s": ("float", 60.0),
+    "jobs.currents_expire.enabled": ("bool", True),
+    "jobs.currents_expire.interval_s": ("float", 600.0),
     "jobs.prune.enabled": ("bool", True),
     "jobs.prune.interval_s": ("float", 3600.0),
     "jobs.prune.firehose_ids_s": ("float", 604800.0),
@@ -177,6 +187,10 @@ def check_ranges(values: dict[str, t.Any], errors: list[str]) -> None:
         "jobs.prune.counters_s",
         "jobs.prune.job_runs_s",
         "braze.export_requests_per_minute",
+        "currents.max_body_bytes",
+        "currents.max_backlog",
+        "currents.batches_per_second",
+        "currents.timeout_s",
     ]
     positive += [k for k in values if k.startswith("jobs.") and k.endswith(".interval_s")]
     for key in positive:
@@ -215,6 +229,8 @@ def check_ranges(values: dict[str, t.Any], errors: list[str]) -> None:
     url = values.get("database.url")
     if url is not None and not (url.startswith("sqlite") or url.startswith("postgresql")):
         errors.append("database.url: must be a sqlite:/// or postgresql+psycopg:// URL")
+    if values.get("currents.environment") not in (None, "production", "development"):
+        errors.append("currents.environment: must be 'production' or 'development'")
     for key in ("braze.allowed_custom_endpoints", "currents.allowed_mparticle_urls"):
         for prefix in values.get(key) or ():
             if not (prefix.startswith("http://") or prefix.startswith("https://")):
@@ -222,3 +238,9 @@ def check_ranges(values: dict[str, t.Any], errors: list[str]) -> None:
     mp_url = values.get("currents.mparticle_url")
     if mp_url is not None and not mp_url.startswith(("http://", "https://")):
         errors.append("currents.mparticle_url: must be an http(s) URL")
+    elif mp_url is not None:
+        from audience_sync.mparticle.urls import url_problem  # a pure leaf: parsed-URL guard
+
+        problem = url_problem(mp_url, values.get("currents.allowed_mparticle_urls") or ())
+        if problem:
+            errors.append(f"currents.mparticle_url: {problem}")

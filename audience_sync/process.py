@@ -49,6 +49,11 @@ def run_all(
         from audience_sync.delivery.service import start_senders
 
         background.append(start_senders(runtime, stop))
+        from audience_sync.delivery.currents_pool import start_currents_senders
+
+        currents_pool = start_currents_senders(runtime, stop)
+        if currents_pool is not None:
+            background.append(currents_pool)
     if jobs:
         from audience_sync.jobs.scheduler import start_scheduler
 

@@ -17,6 +17,7 @@ from flask_smorest import Api, Blueprint
 
 from audience_sync import __version__
 from audience_sync.admin import auth, overview, pagination
+from audience_sync.admin.feeds import feed_platforms
 from audience_sync.admin.pagination import PageArgsSchema
 from audience_sync.admin.schemas import (
     AudiencePageSchema,
@@ -196,7 +197,7 @@ def list_feeds(args: dict[str, t.Any]) -> dict[str, t.Any]:
     after = pagination.decode("feeds", args["cursor"])
     now = time.time()
     with _conn() as conn:
-        feeds = reads.feed_states(conn)
+        feeds = reads.feed_states(conn, feed_platforms(current_runtime().settings))
     if after:
         feeds = [f for f in feeds if f.name > str(after[0])]
     rows = _with_age(feeds[: args["limit"] + 1], "oldest_event_at", "oldest_event_age_s", now)

@@ -17,6 +17,7 @@ from flask import Blueprint, Response, abort, redirect, render_template, request
 
 from audience_sync.admin import auth, charts, overview
 from audience_sync.admin.api import replay_dead
+from audience_sync.admin.feeds import feed_platforms
 from audience_sync.runtime import current_runtime
 from audience_sync.store import activity, reads
 from audience_sync.store.engine import read_only
@@ -126,7 +127,7 @@ def index() -> t.Any:
             c.account_id: reads.list_audiences(conn, c.account_id, limit=AUDIENCES_SHOWN)
             for c in connections
         }
-        feeds = reads.feed_states(conn)
+        feeds = reads.feed_states(conn, feed_platforms(runtime.settings))
         jobs = reads.job_runs(conn, limit=10)
         points = reads.list_datapoints(conn, limit=10)
     minute_labels = [datetime.fromtimestamp(s, tz=UTC).strftime("%H:%M") for s in minutes.starts]

@@ -12,6 +12,7 @@ from dataclasses import asdict
 import sqlalchemy as sa
 
 from audience_sync import __version__
+from audience_sync.admin.feeds import feed_platforms
 from audience_sync.core.attributes import PUSH_TOKENS_KEY, UPDATE_EXISTING_ONLY_KEY
 from audience_sync.core.connection import effective_settings
 from audience_sync.core.delivery_plan import plan_batch
@@ -46,7 +47,7 @@ def status(runtime: Runtime, *, now: float) -> dict[str, t.Any]:
         schema_current = _schema_current(runtime.engine, now)
         with read_only(runtime.engine) as conn:
             summary = activity.status(conn, now=now)
-            feeds = reads.feed_states(conn)
+            feeds = reads.feed_states(conn, feed_platforms(runtime.settings))
     except sa.exc.SQLAlchemyError as exc:
         return {
             "healthy": False,

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 
 from audience_sync.admin import overview
+from audience_sync.admin.feeds import feed_platforms
 from audience_sync.runtime import Runtime
 from audience_sync.store import reads
 from audience_sync.store.engine import read_only
@@ -32,7 +33,9 @@ def collect(runtime: Runtime, *, now: float) -> dict[str, t.Any]:
                     for a in reads.list_audiences(conn, c.account_id, limit=AUDIENCES_SHOWN)
                 ]
                 body["connections"].append(row)
-            body["feeds"] = [asdict(f) for f in reads.feed_states(conn)]
+            body["feeds"] = [
+                asdict(f) for f in reads.feed_states(conn, feed_platforms(runtime.settings))
+            ]
             body["jobs"] = [asdict(j) for j in reads.job_runs(conn, limit=10)]
     except sa.exc.SQLAlchemyError as exc:
         state["healthy"] = False

@@ -111,3 +111,23 @@ class CleanupKind(StrEnum):
     AUDIENCE_READDED = "audience_readded"  # added again (or renamed by an add)
     SETTINGS_CHANGED = "settings_changed"  # sendSegmentsAs or another delivery setting changed
     CONNECTION_MOVED = "connection_moved"  # new instance or REST key: resend in full there
+class CurrentsEventState(StrEnum):
+    """A queued Currents event (SPEC §6); a batched event leaves the queue for its batch."""
+
+    QUEUED = "queued"
+    HELD = "held"  # no feed takes it (no_feed): kept until one does
+    DEAD = "dead"
+
+
+class CurrentsBatchState(StrEnum):
+    """A formed mParticle batch (accepted batches are deleted)."""
+
+    PENDING = "pending"
+    DEAD = "dead"
+
+
+class FeedState(StrEnum):
+    """An mParticle input feed: paused while its credentials are refused (SPEC §6.5)."""
+
+    ACTIVE = "active"
+    PAUSED = "paused"

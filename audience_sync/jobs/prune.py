@@ -2,10 +2,11 @@
 ``jobs.prune.firehose_ids_s`` (processed Firehose message ids: a retry by mParticle older than
 this is applied again, which is harmless since messages carry state, not operations),
 ``jobs.prune.counters_s`` (per-day counters and data points) and ``jobs.prune.job_runs_s``
-(the job-run log and finished cleanups)."""
+(the job-run log and finished cleanups); Currents dedup keys past ``currents.dedup_window_s``."""
 
 from __future__ import annotations
 
+from audience_sync.currents.maintenance import prune_currents_dedup
 from audience_sync.jobs.registry import JobContext, JobResult, JobSpec
 from audience_sync.store import cleanups, jobs, prune
 from audience_sync.store.transactions import in_transaction
@@ -28,6 +29,7 @@ def run(ctx: JobContext) -> JobResult:
         ),
         "job_runs": in_transaction(engine, lambda c: jobs.prune_runs(c, before=runs_before)),
         "cleanups": in_transaction(engine, lambda c: cleanups.prune_done(c, before=runs_before)),
+        "currents_dedup_keys": prune_currents_dedup(engine, settings, now=now),
     }
     return JobResult(counts=counts)
 

@@ -1,15 +1,11 @@
 """The scheduled jobs by name (SPEC §7): what each one runs and how often by default.
 
-A job is a function ``run(ctx) -> JobResult``. Built-in jobs register themselves from
-:func:`builtin_jobs`; the Currents jobs are added with :func:`register` by the module that
-owns them (see :data:`CURRENTS_JOBS`), so the scheduler, the lease and ``audience-sync jobs run
-NAME`` need no change when they land.
+A job is a function ``run(ctx) -> JobResult`` in a module of its own under ``jobs/``;
+:func:`builtin_jobs` registers every one of them (tests may :func:`register` more).
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import threading
 import time
 import typing as t
@@ -61,13 +57,6 @@ class JobSpec:
 _REGISTRY: dict[str, JobSpec] = {}
 _LOCK = threading.Lock()
 
-CURRENTS_JOBS = ("currents_watch", "currents_expire")
-"""The hook for the Currents room: a module :data:`CURRENTS_JOBS_MODULE` with ``SPECS``, a
-sequence of :class:`JobSpec` named as here (default intervals 60 s and 600 s, SPEC §7), is
-scheduled with the built-in jobs as soon as it exists; ``jobs.currents_watch.*`` and
-``jobs.currents_expire.*`` then go into the settings' ``FIELDS`` (until then the defaults of
-the specs apply). Until that module lands the two jobs are simply absent from the schedule."""
-CURRENTS_JOBS_MODULE = "audience_sync.currents.jobs"
 
 
 def register(spec: JobSpec) -> None:
@@ -78,23 +67,16 @@ def register(spec: JobSpec) -> None:
 
 def builtin_jobs() -> dict[str, JobSpec]:
     """Every registered job, the built-in ones first imported (they register on import)."""
-    from audience_sync.jobs import audit_braze, cleanup_removed, prune, retry_due
+    from audience_sync.jobs import (
+        audit_braze,
+        cleanup_removed,
+        currents_expire,
+        currents_watch,
+        prune,
+        retry_due,
+    )
 
-    for module in (retry_due, audit_braze, cleanup_removed, prune):
+    for module in (retry_due, audit_braze, cleanup_removed, currents_watch, currents_expire, prune):
         register(module.SPEC)
-    for spec in _currents_specs():
-        register(spec)
     with _LOCK:
         return dict(_REGISTRY)
-
-
-def _currents_specs() -> tuple[JobSpec, ...]:
-    """The Currents jobs, if :data:`CURRENTS_JOBS_MODULE` exists (see :data:`CURRENTS_JOBS`)."""
-    try:
-        found = importlib.util.find_spec(CURRENTS_JOBS_MODULE)
-    except ModuleNotFoundError:  # no audience_sync.currents package yet
-        return ()
-    if found is None:
-        return ()
-    module = importlib.import_module(CURRENTS_JOBS_MODULE)
-    return tuple(getattr(module, "SPECS", ()))

@@ -10,9 +10,9 @@ Lists are keyset-paginated: each takes ``after`` (the key of the last row alread
 ``None``) and ``limit``, and returns up to ``limit`` rows in key order; the caller turns the
 last key into an opaque cursor.
 
-Interfaces still to be wired (other rooms are building their tables): :func:`feed_states`
-(Currents feeds) and :func:`job_runs` (scheduled job runs) return empty lists until then; their
-value types below are the contract the admin renders.
+Currents feeds (:func:`feed_states`) come from the Currents queue's own read, job runs
+(:func:`job_runs`) from the scheduler's run log; their value types below are the contract the
+admin renders.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import sqlalchemy as sa
 
 from audience_sync.core.state import Snapshot
 from audience_sync.core.states import AudienceState
+from audience_sync.store.currents.reads import feed_status
 from audience_sync.store.schema import (
     audiences,
     braze_users,
@@ -465,14 +466,23 @@ class JobRun:
     error: str | None = None
 
 
-def feed_states(conn: sa.Connection) -> list[FeedState]:
-    """Every Currents feed with its state and backlog, by name.
-
-    Returns ``[]`` until the Currents queue tables exist (the ``currents`` room builds them);
-    the lead wires this function to them at merge.
-    """
-    del conn
-    return []
+def feed_states(
+    conn: sa.Connection, platforms: Mapping[str, str] | None = None
+) -> list[FeedState]:
+    """Every Currents feed with its state and backlog, by name (configured feeds, and any feed
+    that still has events). ``platforms``: the configured feeds' platforms, by name."""
+    platforms = platforms or {}
+    return [
+        FeedState(
+            name=f.name,
+            platform=platforms.get(f.name, "unconfigured"),
+            state=f.state,
+            backlog=f.backlog,
+            oldest_event_at=f.oldest_received_at,
+            last_error=f.reason,
+        )
+        for f in feed_status(conn, list(platforms))
+    ]
 
 
 def job_runs(conn: sa.Connection, *, after: int | None = None, limit: int = 100) -> list[JobRun]:

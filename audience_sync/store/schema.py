@@ -247,3 +247,100 @@ sa.Index(
     braze_users.c.verified_at,
     braze_users.c.external_id,
 )
+
+# ---------------------------------------------------------------------------------------------
+# Currents round trip (SPEC §6): Braze events queued for mParticle feeds. Migration 0003.
+# ---------------------------------------------------------------------------------------------
+
+# Arrival order is ``seq``; SQLite only auto-increments an INTEGER primary key (and only
+# AUTOINCREMENT keeps it from reusing the numbers of deleted rows).
+SeqType = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+# The intake queue: one row per accepted, forwardable event until it is cut into a batch (the
+# row then moves into the batch). state: queued | held (no feed takes it) | dead (with reason).
+currents_events = sa.Table(
+    "currents_events",
+    metadata,
+    sa.Column("seq", SeqType, primary_key=True, autoincrement=True),
+    sa.Column("event_id", sa.String(256), nullable=False),
+    sa.Column("feed", sa.String(128)),
+    sa.Column("external_user_id", sa.String(1024), nullable=False),
+    sa.Column("app_id", sa.String(256)),
+    sa.Column("platform", sa.String(32)),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("received_at", sa.Float, nullable=False),
+    # The batch parts, serialised once at intake (core.currents.batching.QueuedEvent).
+    sa.Column("envelope", sa.Text, nullable=False),
+    sa.Column("event", sa.Text, nullable=False),
+    sa.Column("reason", sa.Text),
+    sa.Index("ix_currents_events_state_feed_seq", "state", "feed", "seq"),
+    # Never reuse a seq: batched events leave this table, and a reused (smaller) seq would
+    # order a user's new batch before an older pending one.
+    sqlite_autoincrement=True,
+)
+
+# Formed batches: content fixed, id = source_request_id. Deleted once mParticle accepts them.
+# state: pending | dead.
+currents_batches = sa.Table(
+    "currents_batches",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("feed", sa.String(128), nullable=False),
+    sa.Column("external_user_id", sa.String(1024), nullable=False),
+    sa.Column("first_seq", sa.BigInteger, nullable=False),
+    sa.Column("events", sa.Integer, nullable=False),
+    # JSON array of the Currents ids it carries (dead-letter reports, replay).
+    sa.Column("event_ids", sa.Text, nullable=False),
+    sa.Column("body", sa.LargeBinary, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("first_failure_at", sa.Float),
+    sa.Column("due_at", sa.Float, nullable=False),
+    sa.Column("claimed_by", sa.String(128)),
+    sa.Column("claimed_until", sa.Float),
+    sa.Column("last_reason", sa.Text),
+    # Arrival of its oldest event; retention counts from retain_from (arrival, or replay).
+    sa.Column("received_at", sa.Float, nullable=False),
+    sa.Column("retain_from", sa.Float, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Index("ix_currents_batches_state_feed_seq", "state", "feed", "first_seq"),
+    sa.Index("ix_currents_batches_user", "feed", "external_user_id", "first_seq"),
+)
+
+# Feed state (SPEC §6.5): active | paused (credentials refused), probed while paused.
+currents_feeds = sa.Table(
+    "currents_feeds",
+    metadata,
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("reason", sa.Text),
+    sa.Column("paused_at", sa.Float),
+    sa.Column("next_probe_at", sa.Float),
+    # sha256 of url, key and secret: a change means "probe at once".
+    sa.Column("settings_fingerprint", sa.String(64)),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+
+# Imported Avro files: each (path, checksum) once (SPEC §6.2).
+currents_files = sa.Table(
+    "currents_files",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("path", sa.Text, nullable=False),
+    sa.Column("checksum", sa.String(64), nullable=False),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("events", sa.Integer, nullable=False),
+    sa.Column("forwarded", sa.Integer, nullable=False),
+    sa.Column("skipped", JSONType, nullable=False),
+    sa.Column("imported_at", sa.Float, nullable=False),
+    sa.UniqueConstraint("path", "checksum"),
+)
+
+# Currents event ids seen within currents.dedup_window_s (from arrival).
+currents_dedup = sa.Table(
+    "currents_dedup",
+    metadata,
+    sa.Column("event_id", sa.String(256), primary_key=True),
+    sa.Column("seen_at", sa.Float, nullable=False),
+    sa.Index("ix_currents_dedup_seen_at", "seen_at"),
+)

@@ -104,3 +104,23 @@ def test_database_password_is_masked():
 def test_lease_must_outlast_a_request():
     with pytest.raises(ConfigValidationError, match=r"delivery\.lease_s"):
         load_settings(environ={"AUDIENCE_SYNC_DELIVERY__LEASE_S": "10"})
+
+
+@pytest.mark.parametrize(
+    ("url", "allowed", "ok"),
+    [
+        ("https://s2s.eu1.mparticle.com", [], True),
+        ("https://user@s2s.mparticle.com", [], False),
+        ("https://mparticle.com.example.org", [], False),
+        ("http://127.0.0.1:8099", ["http://127.0.0.1:"], True),
+        ("http://127.0.0.1:8099", [], False),
+    ],
+    ids=["pod", "userinfo", "lookalike", "allowed", "not-allowed"],
+)
+def test_mparticle_url_is_checked_as_a_parsed_url_at_start_up(url, allowed, ok):
+    overrides = {"currents.mparticle_url": url, "currents.allowed_mparticle_urls": allowed}
+    if ok:
+        load_settings(environ={}, overrides=overrides)
+    else:
+        with pytest.raises(ConfigValidationError, match=r"currents\.mparticle_url"):
+            load_settings(environ={}, overrides=overrides)
