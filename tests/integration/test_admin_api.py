@@ -354,3 +354,32 @@ def test_minute_series_buckets_by_whole_minutes(runtime, ages_s, expected):
     got = {i: n for i, n in enumerate(series.backlog_enqueued) if n}
     assert got == expected
     assert series.backlog_older == len(ages_s) - sum(expected.values())
+
+
+def test_currents_feeds_show_state_backlog_and_age_never_credentials(make_runtime):
+    """Events accepted on POST /currents wait in their feed's backlog (nothing sends them
+    here); the feed list shows them with the oldest event's age, and no key or secret."""
+    import json
+
+    from audience_sync import create_app
+    from tests.currents_support import FEEDS, bearer, currents_settings, http_event
+
+    runtime = make_runtime(**ADMIN_SETTINGS, **currents_settings("http://127.0.0.1:9"))
+    client = create_app(runtime=runtime).test_client()
+    events = [http_event(user=f"user-{i}", platform="ios") for i in range(3)]
+    events.append(http_event("users.messages.email.Send", user="user-9"))
+    accepted = client.post("/currents", data=json.dumps({"events": events}), headers=bearer())
+    assert accepted.status_code < 300, accepted.get_data(as_text=True)
+
+    page = client.get("/api/v1/currents/feeds", headers=BEARER)
+    assert page.status_code == 200
+    feeds = {f["name"]: f for f in page.get_json()["items"]}
+    assert set(feeds) >= set(FEEDS)
+    assert feeds["ios"]["platform"] == "ios" and feeds["ios"]["backlog"] == 3
+    assert feeds["unbound"]["backlog"] == 1
+    assert feeds["ios"]["state"] == "active"
+    assert feeds["ios"]["oldest_event_age_s"] is not None
+    assert feeds["web"]["backlog"] == 0
+    text = page.get_data(as_text=True)
+    for feed in FEEDS.values():
+        assert feed["key"] not in text and feed["secret"] not in text
