@@ -89,7 +89,11 @@ class AudienceSchema(ma.Schema):
     removed_at = Epoch(allow_none=True)
     datapoints = fields.Integer(metadata={"description": "Data points charged, all days."})
     drift = fields.Integer(
-        allow_none=True, metadata={"description": "Users drifted at the last audit; null: none."}
+        allow_none=True,
+        metadata={
+            "description": "Drift findings (per user and kind) for this audience at the last "
+            "finished audit; null: no audit has run."
+        },
     )
 
 

@@ -204,6 +204,7 @@ def list_audiences(
     )
     if after is not None:
         query = query.where(audiences.c.audience_id > after)
+    drift = last_audit_drift(conn, account_id)
     return [
         AudienceView(
             account_id=int(r.account_id),
@@ -216,9 +217,36 @@ def list_audiences(
             created_at=float(r.created_at),
             removed_at=r.removed_at,
             datapoints=int(r.points or 0),
+            drift=None if drift is None else drift.get(int(r.audience_id), 0),
         )
         for r in conn.execute(query)
     ]
+
+
+AUDIT_JOB = "audit_braze"
+
+
+def last_audit_drift(conn: sa.Connection, account_id: int) -> dict[int, int] | None:
+    """Users drifted per audience of one connection at the last finished audit (scheduled or
+    ``reconcile``), from that run's details; None when no audit has finished yet."""
+    details = conn.execute(
+        sa.select(job_runs_table.c.details)
+        .where(job_runs_table.c.job == AUDIT_JOB, job_runs_table.c.outcome == "ok")
+        .order_by(job_runs_table.c.id.desc())
+        .limit(1)
+    ).scalar_one_or_none()
+    if details is None and not conn.execute(
+        sa.select(job_runs_table.c.id)
+        .where(job_runs_table.c.job == AUDIT_JOB, job_runs_table.c.outcome == "ok")
+        .limit(1)
+    ).first():
+        return None
+    drift: dict[int, int] = {}
+    for entry in (details or {}).get("drift", []):
+        if entry.get("account_id") == account_id and entry.get("audience_id") is not None:
+            audience = int(entry["audience_id"])
+            drift[audience] = drift.get(audience, 0) + int(entry.get("users", 0))
+    return drift
 
 
 # -- one user ----------------------------------------------------------------------------------

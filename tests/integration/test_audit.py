@@ -14,6 +14,7 @@ from audience_sync import create_app
 from audience_sync.cli import main
 from audience_sync.jobs.audit_braze import Auditor
 from audience_sync.store.jobs import recent_runs
+from audience_sync.store.reads import list_audiences
 from audience_sync.store.schema import braze_users, outbox
 from tests.fakes.braze_server import FakeBraze
 from tests.integration.test_delivery import FAST, REST_KEY, connection_settings, make_sender
@@ -101,6 +102,12 @@ def test_reconcile_repairs_every_drift_with_exactly_the_differences(synced, braz
     again = Auditor(runtime.engine, runtime.settings).run(full=True)
     assert again.users_drifted == 0
     assert again.users_verified == 10
+
+
+def test_audiences_show_no_drift_figure_before_any_audit(synced):
+    runtime, _, _ = synced
+    with runtime.engine.connect() as conn:
+        assert {a.drift for a in list_audiences(conn, ACCOUNT)} == {None}
 
 
 def test_dry_run_reports_and_writes_nothing(synced, braze):
@@ -199,6 +206,13 @@ def test_reconcile_command_prints_a_summary(synced, braze, tmp_path):
     assert unknown.exit_code == 2
     drain(sender, runtime.engine)
     assert braze.users == desired
+
+    # The admin shows the drift the last audit found, per audience (SPEC §8).
+    with runtime.engine.connect() as conn:
+        views = {a.audience_id: a for a in list_audiences(conn, ACCOUNT)}
+    # 201: u0 (string gone), u1 (flipped), u3 (deleted); 202: u0, u3
+    assert views[201].drift == 3
+    assert views[202].drift == 2
 
 
 def test_the_scheduled_budget_is_shared_between_workspaces(synced, braze, auth_headers):
