@@ -23,7 +23,8 @@ def create_app(
     The scheduler and the senders are never started here (SPEC §1, STYLE §8.5): ``run``,
     ``worker`` and ``scheduler`` start them beside the app.
     """
-    from audience_sync import body_limits, health, http_errors
+    from audience_sync import admin, body_limits, health, http_errors
+    from audience_sync.currents.views import bp as currents_bp
     from audience_sync.firehose.views import bp as firehose_bp
 
     if runtime is None:
@@ -36,4 +37,6 @@ def create_app(
     body_limits.init_app(app, body_limits.BodyLimits.from_settings(runtime.settings))
     app.register_blueprint(health.bp)
     app.register_blueprint(firehose_bp)
+    admin.init_app(app, runtime)
+    app.register_blueprint(currents_bp)
     return app

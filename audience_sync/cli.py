@@ -15,8 +15,13 @@ from audience_sync.settings import Settings, load_settings
 logger = logging.getLogger(__name__)
 
 CONFIG_HELP = (
-    "TOML configuration file (or set AUDIENCE_SYNC_CONFIG). Any key can be overridden with "
-    "AUDIENCE_SYNC_<SECTION>__<KEY>, e.g. AUDIENCE_SYNC_BRAZE__DRY_RUN=true."
+    "TOML configuration file. Without it, built-in defaults (config/default.toml). Any key can "
+    "also be set with AUDIENCE_SYNC_<SECTION>__<KEY>, e.g. AUDIENCE_SYNC_BRAZE__DRY_RUN=true "
+    "(lists comma-separated)."
+)
+EPILOG = (
+    "Exit codes: 0 success, 1 runtime failure (or, for status, something needs attention), "
+    "2 usage or configuration error. Run `audience-sync COMMAND --help` for each command."
 )
 
 
@@ -42,9 +47,14 @@ class Context:
 pass_context = click.make_pass_decorator(Context)
 
 
-@click.group()
+@click.group(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
-    "--config", "config_path", metavar="PATH", envvar="AUDIENCE_SYNC_CONFIG", help=CONFIG_HELP
+    "--config",
+    "config_path",
+    metavar="PATH",
+    envvar="AUDIENCE_SYNC_CONFIG",
+    show_envvar=True,
+    help=CONFIG_HELP,
 )
 @click.version_option(package_name="audience-sync")
 @click.pass_context
@@ -57,7 +67,7 @@ def _setup(ctx: Context) -> Settings:
     from audience_sync.logs import configure_logging
 
     settings = ctx.settings
-    configure_logging(settings.get("log.level"))
+    configure_logging(settings.get("log.level"), secrets=settings.secret_values())
     return settings
 
 
@@ -72,11 +82,13 @@ def _require_current_schema(runtime: t.Any) -> None:
 @main.command("run")
 @pass_context
 def run_command(ctx: Context) -> None:
-    """Run everything in one process: HTTP server and delivery workers (SQLite default)."""
+    """Run everything in one process: HTTP server, delivery workers, scheduler (SQLite default)."""
     from audience_sync.process import run_all
 
     settings = _setup(ctx)
-    sys.exit(run_all(settings, http=True, senders=True, check_schema=_require_current_schema))
+    sys.exit(
+        run_all(settings, http=True, senders=True, jobs=True, check_schema=_require_current_schema)
+    )
 
 
 @main.command("serve")
@@ -104,11 +116,78 @@ def worker_command(ctx: Context) -> None:
     sys.exit(run_all(settings, http=False, senders=True, check_schema=_require_current_schema))
 
 
-@main.command("replay")
-@click.option("--dead", is_flag=True, default=True, help="Re-queue dead-lettered users (default).")
-@click.option("--connection", "account_id", type=int, help="Only this mParticle account id.")
+@main.command("scheduler")
 @pass_context
-def replay_command(ctx: Context, dead: bool, account_id: int | None) -> None:
+def scheduler_command(ctx: Context) -> None:
+    """Run the scheduled jobs only (any number of these share the jobs through database leases)."""
+    from audience_sync.process import run_all
+
+    settings = _setup(ctx)
+    sys.exit(
+        run_all(
+            settings, http=False, senders=False, jobs=True, check_schema=_require_current_schema
+        )
+    )
+
+
+@main.group("jobs")
+def jobs_group() -> None:
+    """Scheduled jobs."""
+
+
+@jobs_group.command("run")
+@click.argument("name")
+@pass_context
+def jobs_run_command(ctx: Context, name: str) -> None:
+    """Run one job now (under its lease), and print its counts."""
+    from audience_sync.jobs.commands import run_now
+
+    settings = _setup(ctx)
+    sys.exit(run_now(settings, name, echo=click.echo, check_schema=_require_current_schema))
+
+
+@main.command("reconcile")
+@click.option("--connection", "account_id", type=int, help="Only this mParticle account id.")
+@click.option("--dry-run", is_flag=True, help="Only report the drift; write nothing.")
+@pass_context
+def reconcile_command(ctx: Context, account_id: int | None, dry_run: bool) -> None:
+    """Audit what Braze holds for every user now, and queue the repairs (SPEC §7)."""
+    from audience_sync.jobs.commands import reconcile
+
+    settings = _setup(ctx)
+    sys.exit(
+        reconcile(
+            settings,
+            account_id=account_id,
+            dry_run=dry_run,
+            echo=click.echo,
+            check_schema=_require_current_schema,
+        )
+    )
+
+
+@main.command("replay")
+@click.option(
+    "--dead",
+    is_flag=True,
+    default=True,
+    help="Re-queue dead-lettered users (the default and only kind today).",
+)
+@click.option(
+    "--connection",
+    "account_id",
+    type=int,
+    metavar="ACCOUNT_ID",
+    help="Only the dead letters of this mParticle account id (default: all connections).",
+)
+@click.option(
+    "--feed",
+    "feed",
+    metavar="NAME",
+    help="Re-queue the dead-lettered Currents events of this mParticle feed instead.",
+)
+@pass_context
+def replay_command(ctx: Context, dead: bool, account_id: int | None, feed: str | None) -> None:
     """Re-queue dead-lettered deliveries with a fresh attempt budget."""
     import time
 
@@ -119,12 +198,60 @@ def replay_command(ctx: Context, dead: bool, account_id: int | None) -> None:
     settings = _setup(ctx)
     runtime = Runtime.from_settings(settings)
     _require_current_schema(runtime)
+    if feed is not None:
+        from audience_sync.currents.maintenance import currents_replay
+
+        count = currents_replay(runtime.engine, feed=feed)
+        click.echo(f"re-queued {count} dead-lettered Currents event(s) of feed {feed}")
+        return
     with runtime.engine.begin() as conn:
         workspace_ids = None
         if account_id is not None:
             workspace_ids = workspace_ids_of_account(conn, account_id)
         count = outbox.replay(conn, now=time.time(), workspace_ids=workspace_ids)
     click.echo(f"re-queued {count} dead-lettered user(s)")
+
+
+@main.group("currents")
+def currents_group() -> None:
+    """Braze Currents commands."""
+
+
+@currents_group.command("import")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+@pass_context
+def currents_import_command(ctx: Context, paths: tuple[str, ...]) -> None:
+    """Import Braze Currents Avro files or directory trees (each file once)."""
+    import json
+
+    from audience_sync.currents.importer import find_files, import_paths
+    from audience_sync.currents.service import CurrentsConfig
+    from audience_sync.runtime import Runtime
+
+    settings = _setup(ctx)
+    runtime = Runtime.from_settings(settings)
+    _require_current_schema(runtime)
+    config = CurrentsConfig.from_settings(settings)
+    total = sum(1 for _ in find_files(paths))
+    if sys.stderr.isatty():
+        with click.progressbar(length=total, label="importing", file=sys.stderr) as bar:
+            summary = import_paths(runtime.engine, config, paths, on_file=lambda _r: bar.update(1))
+    else:
+        # Off a terminal each file is a JSON log line (currents_file_imported / _failed).
+        summary = import_paths(runtime.engine, config, paths)
+    for path, error in summary.failed:
+        click.echo(f"failed: {path}: {error}", err=True)
+    skipped = ", ".join(f"{k} {v}" for k, v in sorted(summary.skipped.items())) or "none"
+    click.echo(
+        f"files {summary.files} (imported {summary.imported}, already imported "
+        f"{summary.already_imported}, failed {len(summary.failed)}); events {summary.events}; "
+        f"forwarded {summary.forwarded}; skipped: {skipped}"
+    )
+    if not sys.stdout.isatty():
+        click.echo(json.dumps(summary.to_dict(), sort_keys=True))
+    runtime.engine.dispose()
+    if summary.failed:
+        sys.exit(1)
 
 
 @main.group("db")
@@ -163,3 +290,38 @@ def config_check_command(ctx: Context) -> None:
     settings = ctx.settings
     click.echo(f"configuration OK ({settings.source})")
     click.echo(json.dumps(settings.redacted(), indent=2, sort_keys=True))
+
+
+@main.command("status")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print one JSON object (the same as GET /api/v1/status plus connections) for scripts.",
+)
+@pass_context
+def status_command(ctx: Context, as_json: bool) -> None:
+    """Summarise connections, audiences, backlog, failures, feeds and jobs.
+
+    Exits 0 when healthy, 1 when something needs attention (suspended workspace, schema not
+    current, database unreachable).
+    """
+    import json
+    import time
+
+    from audience_sync.admin.summary import collect, render
+    from audience_sync.runtime import Runtime
+
+    settings = _setup(ctx)
+    # Reading the schema revision makes Alembic announce itself: not news for a summary.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    runtime = Runtime.from_settings(settings)
+    try:
+        summary = collect(runtime, now=time.time())
+    finally:
+        runtime.engine.dispose()
+    if as_json:
+        click.echo(json.dumps(summary, indent=2, sort_keys=False, default=str))
+    else:
+        render(summary)
+    sys.exit(0 if summary["status"].get("healthy") else 1)

@@ -45,6 +45,7 @@ FIELDS: dict[str, tuple[str, object]] = {
     "firehose.max_body_bytes": ("int", 10485760),
     "firehose.suspend_on_auth_failure": ("bool", False),
     "admin.token": ("secret", ""),
+    "admin.session_max_age_s": ("float", 43200.0),
     "braze.dry_run": ("bool", False),
     "braze.dry_run_path": ("str", "var/braze-requests.jsonl"),
     "braze.allowed_custom_endpoints": ("list", []),
@@ -75,7 +76,34 @@ FIELDS: dict[str, tuple[str, object]] = {
     "currents.dedup_window_s": ("float", 259200.0),
     "currents.watch_dir": ("str", ""),
     "currents.probe_interval_s": ("float", 30.0),
+    # Not in SPEC §2's table but needed by §6 (body limit, backlog bound, rate budget).
+    "currents.max_body_bytes": ("int", 5_242_880),
+    "currents.max_backlog": ("int", 5_000_000),
+    "currents.batches_per_second": ("float", 270.0),
+    "currents.timeout_s": ("float", 30.0),
+    "currents.mapping_path": ("str", ""),
     "log.level": ("str", "INFO"),
+    # Scheduled jobs (SPEC §7): jobs.<name>.interval_s and jobs.<name>.enabled per job.
+    "jobs.lease_s": ("float", 60.0),
+    "jobs.retry_due.enabled": ("bool", True),
+    "jobs.retry_due.interval_s": ("float", 10.0),
+    "jobs.audit_braze.enabled": ("bool", True),
+    "jobs.audit_braze.interval_s": ("float", 1800.0),
+    "jobs.audit_braze.users_per_run": ("int", 10000),
+    "jobs.audit_braze.settle_s": ("float", 60.0),
+    "jobs.cleanup_removed.enabled": ("bool", True),
+    "jobs.cleanup_removed.interval_s": ("float", 60.0),
+    "jobs.cleanup_removed.users_per_run": ("int", 100000),
+    "jobs.currents_watch.enabled": ("bool", True),
+    "jobs.currents_watch.interval_s": ("float", 60.0),
+    "jobs.currents_expire.enabled": ("bool", True),
+    "jobs.currents_expire.interval_s": ("float", 600.0),
+    "jobs.prune.enabled": ("bool", True),
+    "jobs.prune.interval_s": ("float", 3600.0),
+    "jobs.prune.firehose_ids_s": ("float", 604800.0),
+    "jobs.prune.counters_s": ("float", 34560000.0),
+    "jobs.prune.job_runs_s": ("float", 1209600.0),
+    "braze.export_requests_per_minute": ("float", 250.0),
 }
 
 FEED_PLATFORMS = ("ios", "android", "web", "unbound")
@@ -156,12 +184,30 @@ def check_ranges(values: dict[str, t.Any], errors: list[str]) -> None:
         "currents.retention_s",
         "currents.dedup_window_s",
         "currents.probe_interval_s",
+        "admin.session_max_age_s",
+        "jobs.lease_s",
+        "jobs.audit_braze.users_per_run",
+        "jobs.cleanup_removed.users_per_run",
+        "jobs.prune.firehose_ids_s",
+        "jobs.prune.counters_s",
+        "jobs.prune.job_runs_s",
+        "braze.export_requests_per_minute",
+        "currents.max_body_bytes",
+        "currents.max_backlog",
+        "currents.batches_per_second",
+        "currents.timeout_s",
     ]
+    positive += [k for k in values if k.startswith("jobs.") and k.endswith(".interval_s")]
     for key in positive:
         value = values.get(key)
         if value is not None and value <= 0:
             errors.append(f"{key}: must be greater than 0")
-    for key in ("braze.min_resend_interval_s", "delivery.retry_window_s", "delivery.coalesce_s"):
+    for key in (
+        "braze.min_resend_interval_s",
+        "delivery.retry_window_s",
+        "delivery.coalesce_s",
+        "jobs.audit_braze.settle_s",
+    ):
         value = values.get(key)
         if value is not None and value < 0:
             errors.append(f"{key}: must be 0 or more")
@@ -194,6 +240,8 @@ def check_ranges(values: dict[str, t.Any], errors: list[str]) -> None:
     url = values.get("database.url")
     if url is not None and not (url.startswith("sqlite") or url.startswith("postgresql")):
         errors.append("database.url: must be a sqlite:/// or postgresql+psycopg:// URL")
+    if values.get("currents.environment") not in (None, "production", "development"):
+        errors.append("currents.environment: must be 'production' or 'development'")
     _check_outbound_urls(values, errors)
 
 

@@ -32,7 +32,10 @@ def _handle_http(exc: HTTPException) -> tuple[Response, int]:
     message = exc.description or HTTPException.description or ""
     if code == 413:
         message = "request body too large"
-    return error_response(code, message)
+    # webargs (flask-smorest) attaches the field errors of a rejected query or body here.
+    data = getattr(exc, "data", None)
+    errors = data.get("messages") if isinstance(data, dict) else None
+    return error_response(code, message, errors if isinstance(errors, dict) else None)
 
 
 def _handle_invalid(exc: InvalidPayloadError) -> tuple[Response, int]:

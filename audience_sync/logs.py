@@ -13,6 +13,17 @@ import sys
 import time
 
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+_MASK = "***"
+_secrets: tuple[str, ...] = ()
+
+
+def _redact(text: str) -> str:
+    """Replace every configured secret in a rendered line (a last line of defence: the code
+    never logs secrets, but an exception message might carry one)."""
+    for secret in _secrets:
+        if secret in text:
+            text = text.replace(secret, _MASK)
+    return text
 
 
 class JsonFormatter(logging.Formatter):
@@ -31,7 +42,7 @@ class JsonFormatter(logging.Formatter):
                 body[key] = value
         if record.exc_info:
             body["exc"] = self.formatException(record.exc_info)
-        return json.dumps(body, default=str)
+        return _redact(json.dumps(body, default=str))
 
 
 class TextFormatter(logging.Formatter):
@@ -50,11 +61,18 @@ class TextFormatter(logging.Formatter):
             line += f"  {extras}"
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
-        return line
+        return _redact(line)
 
 
-def configure_logging(level: str = "INFO", *, json_lines: bool | None = None) -> None:
-    """Configure the root logger once, at process start."""
+def configure_logging(
+    level: str = "INFO", *, json_lines: bool | None = None, secrets: tuple[str, ...] = ()
+) -> None:
+    """Configure the root logger once, at process start; ``secrets`` are masked in every line
+    (``Settings.secret_values()``)."""
+    global _secrets
+    # Longest first, so a secret containing another is masked whole; very short values would
+    # mask ordinary words.
+    _secrets = tuple(sorted({s for s in secrets if len(s) >= 6}, key=len, reverse=True))
     if json_lines is None:
         json_lines = not sys.stderr.isatty()
     formatter = "json" if json_lines else "text"

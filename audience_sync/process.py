@@ -1,4 +1,5 @@
-"""Process lifecycles for ``run``, ``serve`` and ``worker``: start the parts, stop on SIGTERM."""
+"""Process lifecycles for ``run``, ``serve``, ``worker`` and ``scheduler``: start the parts, stop
+on SIGTERM."""
 
 from __future__ import annotations
 
@@ -48,6 +49,7 @@ def run_all(
     *,
     http: bool,
     senders: bool,
+    jobs: bool = False,
     check_schema: t.Callable[[Runtime], None] | None = None,
 ) -> int:
     """Run the selected parts until SIGTERM/SIGINT; return the exit status."""
@@ -65,6 +67,15 @@ def run_all(
         from audience_sync.delivery.service import start_senders
 
         background.append(start_senders(runtime, stop))
+        from audience_sync.delivery.currents_pool import start_currents_senders
+
+        currents_pool = start_currents_senders(runtime, stop)
+        if currents_pool is not None:
+            background.append(currents_pool)
+    if jobs:
+        from audience_sync.jobs.scheduler import start_scheduler
+
+        background.append(start_scheduler(runtime, stop))
 
     server = None
     if http:
@@ -89,6 +100,7 @@ def run_all(
             "action": "process_started",
             "http": bool(server),
             "senders": senders,
+            "jobs": jobs,
             "database": runtime.engine.dialect.name,
             "port": settings.get("server.port") if server else None,
         },

@@ -64,6 +64,19 @@ class Settings:
     def __repr__(self) -> str:
         return f"Settings(source={self.source!r}, values={self.redacted()!r})"
 
+    def secret_values(self) -> tuple[str, ...]:
+        """Every configured secret in clear, for the one use that needs them all: masking
+        them in log lines (:func:`audience_sync.logs.configure_logging`)."""
+        out: list[str] = []
+        for value in self.values.values():
+            items = value if isinstance(value, tuple) else (value,)
+            out.extend(v.reveal() for v in items if isinstance(v, Secret))
+        for feed in self.feeds:
+            out += [feed.key.reveal(), feed.secret.reveal()]
+        for overrides in self.connections.values():
+            out.extend(v for k, v in overrides.items() if k in CONFIDENTIAL_ACCOUNT_KEYS)
+        return tuple(v for v in out if v)
+
     def redacted(self) -> dict[str, object]:
         """A printable view: secrets shown as ``***``, database password masked."""
         out: dict[str, object] = {}

@@ -9,12 +9,15 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Sequence
 
-from bench import delivery, firehose
+from bench import currents, delivery, firehose
 
 SUITES: dict[str, Callable[[Sequence[str]], int]] = {
     "firehose": firehose.main,
     "delivery": delivery.main,
+    "currents": currents.main,
 }
+FAULT_SUITES = ("currents",)
+"""Suites that take ``--faults``: ``scripts/bench --faults`` runs these (add yours here)."""
 
 
 def main(argv: Sequence[str]) -> int:
@@ -31,6 +34,8 @@ def main(argv: Sequence[str]) -> int:
         sys.stderr.write(f"unknown suite {unknown[0]!r}; known: {', '.join(SUITES)}\n")
         return 2
     status = 0
+    if not names and "--faults" in args:
+        names = list(FAULT_SUITES)
     for name in names or list(SUITES):
         status = max(status, SUITES[name](args))
     return status

@@ -4,6 +4,7 @@ Modules, one concept each:
 
     requests.py   pure: pack encoded attribute objects into full ``/users/track`` bodies
     outcomes.py   pure: classify every ``/users/track`` answer of SPEC §5.3 in one function
+    object_errors.py  pure: what one ``errors`` entry means (identity, one field, retry)
     headers.py    pure: read Braze's rate-limit headers (``x-ratelimit-*``, ``Retry-After``)
     ratelimit.py  thread-safe client-side request budget per REST key (SPEC §5.2)
     keys.py       fingerprints of REST API keys: the only form a key may take in logs
@@ -18,6 +19,7 @@ from audience_sync.braze.outcomes import (
     Kind,
     ObjectOutcome,
     TrackOutcome,
+    Verdict,
     classify_response,
     classify_track_response,
 )
@@ -33,6 +35,7 @@ __all__ = [
     "RateBudget",
     "TrackOutcome",
     "TrackResponse",
+    "Verdict",
     "build_requests",
     "classify_response",
     "classify_track_response",

@@ -12,16 +12,15 @@ https://www.braze.com/docs/api/endpoints/user_data/post_user_track/):
 - fatal: ``{"message": <fatal error message>, "errors": [...]}`` with a 4xx/5xx status;
 - maintenance: ``202 {"message": "queued"}``: received and queued, processed later.
 
-Identity error ``type`` strings seen from Braze: ``"provided external_id is blacklisted and
-disallowed"`` (post_user_track docs), ``"'external_id' or 'braze_id' or 'user_alias' is
-required"`` and ``"'external_id', 'braze_id', 'user_alias', 'email' or 'phone' is required"``
-(Braze responses captured in public client test-suites). The symbolic names of SPEC §5.3
-(``BLACKLISTED_EXTERNAL_USER_ID``, ``EXTERNAL_USER_ID_TOO_LARGE``) are accepted too.
+How each ``errors`` entry maps to a verdict for its object (dead-letter for identity errors,
+drop the refused field and resend for validation errors of one field, retry otherwise) lives in
+``object_errors``; this module places the entries (``input_array`` + ``index``; a missing
+``input_array`` means ``attributes``) and decides for the whole request. A 400 that names its
+culprits by index gets the same per-object verdicts as a 2xx, so the two paths agree.
 """
 
 from __future__ import annotations
 
-import re
 import typing as t
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from enum import StrEnum
 from types import MappingProxyType
 
 from audience_sync.braze.headers import normalize_headers, retry_after_at
+from audience_sync.braze.object_errors import ErrorClass, classify_error_type
 
 TRACKED_ARRAY = "attributes"
 """The only ``input_array`` audience-sync sends."""
@@ -41,7 +41,7 @@ class Kind(StrEnum):
     """What the sender does with a whole request (values equal their names)."""
 
     ACCEPTED = "ACCEPTED"  # acknowledge every object
-    PARTIAL = "PARTIAL"  # ``per_object`` failed (permanent or not); acknowledge the rest
+    PARTIAL = "PARTIAL"  # act on each ``per_object`` verdict; acknowledge the objects not in it
     RETRY_ALL = "RETRY_ALL"  # transient, or unknown which failed: retry every object
     RATE_LIMITED = "RATE_LIMITED"  # pause the key until ``retry_at``; not an attempt
     SPLIT = "SPLIT"  # resend in smaller requests to isolate the culprit; nothing was applied
@@ -50,12 +50,35 @@ class Kind(StrEnum):
     BAD_REQUEST = "BAD_REQUEST"  # a lone object Braze refuses as-is: permanent for it
 
 
+class Verdict(StrEnum):
+    """What to do with one object of a ``PARTIAL`` answer (values equal their names)."""
+
+    RETRY = "RETRY"  # after backoff, as an attempt (dead-letter past the retry policy)
+    DEAD_LETTER = "DEAD_LETTER"  # an identity error: no resend can ever succeed
+    DROP_FIELD = "DROP_FIELD"  # ``fields`` refused: resend at once without them, flag them
+    RESEND = "RESEND"  # not applied and not at fault (a 400 blamed others): resend at once
+
+
 @dataclass(frozen=True, kw_only=True)
 class ObjectOutcome:
-    """Why one object of a request failed, and whether retrying it unchanged can help."""
+    """Why one object of a request was not acknowledged, and what to do with it.
 
-    permanent: bool
+    Attributes:
+        verdict: one of :class:`Verdict`.
+        reason: snake_case counter reason (``external_id_too_large``, ``invalid_email``...).
+        fields: for ``DROP_FIELD``, the refused attribute names, sorted (``("email",)``).
+        maybe_applied: Braze may have applied it (an error without an index left it unknown).
+    """
+
+    verdict: Verdict
     reason: str
+    fields: tuple[str, ...] = ()
+    maybe_applied: bool = False
+
+    @property
+    def permanent(self) -> bool:
+        """The user gives up now (dead-letter) rather than after the retry policy."""
+        return self.verdict == Verdict.DEAD_LETTER
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -65,9 +88,8 @@ class TrackOutcome:
     Attributes:
         kind: one of :class:`Kind` (a ``str``).
         reason: short snake_case counter reason (``success``, ``http_503``, ``rate_limited``...).
-        per_object: failed objects only, keyed by position in the request body. For ``SPLIT``
-            and ``BAD_REQUEST`` it names the objects Braze blamed, when it said (nothing of the
-            request was applied either way).
+        per_object: for ``PARTIAL``, every object not acknowledged, keyed by position in the
+            request body, with its verdict; empty for every other kind.
         retry_at: epoch second to pause the key until, for ``RATE_LIMITED``.
         detail: Braze's own words (message and error types), for logs and the API; no payload.
     """
@@ -78,6 +100,10 @@ class TrackOutcome:
     retry_at: float | None = None
     detail: str | None = None
 
+    def verdict_of(self, index: int) -> ObjectOutcome | None:
+        """The verdict for the object at ``index`` of a ``PARTIAL``; ``None``: acknowledged."""
+        return self.per_object.get(index)
+
 
 class _Response(t.Protocol):
     status: int | None
@@ -86,36 +112,34 @@ class _Response(t.Protocol):
     error: str | None
 
 
-# Permanent identity errors: retrying the same user unchanged can never succeed.
-_PERMANENT_TYPES = {
-    "BLACKLISTED_EXTERNAL_USER_ID": "blacklisted_external_id",
-    "EXTERNAL_USER_ID_TOO_LARGE": "external_id_too_large",
-    "MISSING_EXTERNAL_USER_ID": "missing_identifier",
+_VERDICT_OF_CLASS = {
+    ErrorClass.IDENTITY: Verdict.DEAD_LETTER,
+    ErrorClass.FIELD: Verdict.DROP_FIELD,
+    ErrorClass.RETRY: Verdict.RETRY,
 }
-_PERMANENT_PATTERNS = (
-    (re.compile(r"black\s*list|block\s*list|deny\s*list", re.I), "blacklisted_external_id"),
-    (
-        re.compile(r"external_?id.*(too (large|long)|exceed|max)", re.I),
-        "external_id_too_large",
-    ),
-    (
-        re.compile(r"(external_id|braze_id|user_alias).*\b(is|are) required", re.I),
-        "missing_identifier",
-    ),
-    (re.compile(r"no (user )?identifier", re.I), "missing_identifier"),
-)
-_RETRYABLE_OBJECT_REASON = "object_error"
+_PRECEDENCE = {Verdict.DEAD_LETTER: 3, Verdict.DROP_FIELD: 2, Verdict.RETRY: 1, Verdict.RESEND: 0}
+MAX_DETAIL_CHARS = 500
 
 
-def classify_object_error(error_type: str) -> ObjectOutcome:
-    """Classify the ``type`` of one ``errors`` entry: identity errors are permanent."""
-    symbol = error_type.strip().upper()
-    if symbol in _PERMANENT_TYPES:
-        return ObjectOutcome(permanent=True, reason=_PERMANENT_TYPES[symbol])
-    for pattern, reason in _PERMANENT_PATTERNS:
-        if pattern.search(error_type):
-            return ObjectOutcome(permanent=True, reason=reason)
-    return ObjectOutcome(permanent=False, reason=_RETRYABLE_OBJECT_REASON)
+def classify_object_error(error_type: object) -> ObjectOutcome:
+    """The verdict one ``errors`` entry's ``type`` gives its object (see ``object_errors``)."""
+    meaning = classify_error_type(error_type)
+    fields = (meaning.field,) if meaning.field is not None else ()
+    return ObjectOutcome(
+        verdict=_VERDICT_OF_CLASS[meaning.error_class], reason=meaning.reason, fields=fields
+    )
+
+
+def _combine(previous: ObjectOutcome | None, new: ObjectOutcome) -> ObjectOutcome:
+    """Several errors on one object: the strongest verdict decides; refused fields add up."""
+    if previous is None:
+        return new
+    if previous.verdict == new.verdict == Verdict.DROP_FIELD:
+        fields = tuple(sorted(set(previous.fields) | set(new.fields)))
+        return ObjectOutcome(verdict=Verdict.DROP_FIELD, reason=previous.reason, fields=fields)
+    if _PRECEDENCE[new.verdict] > _PRECEDENCE[previous.verdict]:
+        return new
+    return previous
 
 
 def _index_of(entry: t.Any, sent: int) -> tuple[int | None, str]:
@@ -123,11 +147,12 @@ def _index_of(entry: t.Any, sent: int) -> tuple[int | None, str]:
     if not isinstance(entry, Mapping):
         return None, "error_without_index"
     index = entry.get("index")
-    if isinstance(index, str) and index.strip().isdigit():
+    if isinstance(index, str) and index.strip().isdigit() and len(index) < 12:
         index = int(index)
     if not isinstance(index, int) or isinstance(index, bool):
         return None, "error_without_index"
-    if entry.get("input_array") != TRACKED_ARRAY:
+    # A missing ``input_array`` means ``attributes``: the only array we send (SPEC §5.3).
+    if entry.get("input_array", TRACKED_ARRAY) not in (TRACKED_ARRAY, None):
         return None, "error_unknown_array"
     if not 0 <= index < sent:
         return None, "error_index_out_of_range"
@@ -139,11 +164,9 @@ def _error_types(body: t.Any) -> list[str]:
     if not isinstance(errors, list):
         return []
     out = []
-    for entry in errors:
-        if isinstance(entry, Mapping):
-            out.append(str(entry.get("type", "")))
-        else:
-            out.append(str(entry))
+    for entry in errors[:100]:
+        value = entry.get("type", "") if isinstance(entry, Mapping) else entry
+        out.append(value[:200] if isinstance(value, str) else repr(value)[:200])
     return out
 
 
@@ -151,41 +174,74 @@ def _detail(body: t.Any) -> str | None:
     if not isinstance(body, Mapping):
         return None
     parts = []
-    if body.get("message") is not None:
-        parts.append(str(body["message"]))
+    message = body.get("message")
+    if message is not None:
+        parts.append(message[:200] if isinstance(message, str) else repr(message)[:200])
     types = sorted(set(_error_types(body)))
     if types:
         parts.append("errors: " + "; ".join(types))
-    return " | ".join(parts)[:500] or None
+    return " | ".join(parts)[:MAX_DETAIL_CHARS] or None
 
 
-def _per_object(body: t.Any, sent: int) -> tuple[dict[int, ObjectOutcome], str | None]:
-    """Map ``errors`` entries to positions; the second value is set if one cannot be placed."""
+def _placed(body: t.Any, sent: int) -> tuple[dict[int, ObjectOutcome], str | None]:
+    """Verdicts of the ``errors`` entries that name an object, and why others could not.
+
+    Returns:
+        The verdict per position named, and the reason of the first entry that names none
+        (``None`` when every entry was placed).
+    """
     errors = body.get("errors") if isinstance(body, Mapping) else None
     if errors is None:
         return {}, None
     if not isinstance(errors, list):
         return {}, "error_without_index"
-    failed: dict[int, ObjectOutcome] = {}
+    placed: dict[int, ObjectOutcome] = {}
+    unplaced: str | None = None
     for entry in errors:
         index, why = _index_of(entry, sent)
         if index is None:
-            return {}, why
-        outcome = classify_object_error(str(entry.get("type", "")))
-        previous = failed.get(index)
-        # Several errors on one object: a permanent one decides.
-        if previous is None or (outcome.permanent and not previous.permanent):
-            failed[index] = outcome
-    return failed, None
+            unplaced = unplaced or why
+            continue
+        placed[index] = _combine(placed.get(index), classify_object_error(entry.get("type")))
+    return placed, unplaced
 
 
-def _refused(kind_if_many: Kind, reason: str, body: t.Any, sent: int) -> TrackOutcome:
-    """400/413 and other refusals of the whole request: split to isolate, or give up on one."""
-    blamed, _ = _per_object(body, sent)
-    kind = kind_if_many if sent > 1 else Kind.BAD_REQUEST
+def _partial(
+    reason: str,
+    placed: Mapping[int, ObjectOutcome],
+    sent: int,
+    *,
+    others: ObjectOutcome | None,
+    body: t.Any,
+) -> TrackOutcome:
+    """A ``PARTIAL``: ``placed`` verdicts, and ``others`` (if any) for every unnamed object."""
+    per_object = dict(placed)
+    if others is not None:
+        for index in range(sent):
+            per_object.setdefault(index, others)
     return TrackOutcome(
-        kind=kind, reason=reason, per_object=MappingProxyType(blamed), detail=_detail(body)
+        kind=Kind.PARTIAL,
+        reason=reason,
+        per_object=MappingProxyType(dict(sorted(per_object.items()))),
+        detail=_detail(body),
     )
+
+
+def _refused(
+    kind_if_many: Kind, reason: str, body: t.Any, sent: int, *, culprits: bool = True
+) -> TrackOutcome:
+    """A whole request refused (nothing applied).
+
+    When Braze names the culprits by index (and ``culprits`` allows it), each gets the verdict
+    its error gives in a 2xx (so a bad email is dropped and resent in both paths) and the
+    others are resent at once. Otherwise split to isolate the culprit; give up on a lone object.
+    """
+    placed, _ = _placed(body, sent) if culprits else ({}, None)
+    if placed:
+        resend = ObjectOutcome(verdict=Verdict.RESEND, reason=reason)
+        return _partial(reason, placed, sent, others=resend, body=body)
+    kind = kind_if_many if sent > 1 else Kind.BAD_REQUEST
+    return TrackOutcome(kind=kind, reason=reason, detail=_detail(body))
 
 
 def classify_track_response(
@@ -210,7 +266,8 @@ def classify_track_response(
             ``connection_error``, ``invalid_url``); defaults to ``connection_error``.
 
     Returns:
-        The outcome; ``per_object`` lists failed objects only.
+        The outcome; for ``PARTIAL``, ``per_object`` holds the verdict of every object not
+        acknowledged (it never raises, whatever the status, headers or body).
     """
     if status is None:
         if error == "invalid_url":
@@ -230,17 +287,17 @@ def classify_track_response(
             return TrackOutcome(
                 kind=Kind.RETRY_ALL, reason="unexpected_message", detail=_detail(body)
             )
-        failed, unplaced = _per_object(body, sent)
-        if unplaced is not None:
+        placed, unplaced = _placed(body, sent)
+        if unplaced is None:
+            if not placed:
+                return TrackOutcome(kind=Kind.ACCEPTED, reason="success")
+            return _partial("partial", placed, sent, others=None, body=body)
+        if not placed:
+            # Unknown which failed, and any of them may have been applied.
             return TrackOutcome(kind=Kind.RETRY_ALL, reason=unplaced, detail=_detail(body))
-        if not failed:
-            return TrackOutcome(kind=Kind.ACCEPTED, reason="success")
-        return TrackOutcome(
-            kind=Kind.PARTIAL,
-            reason="partial",
-            per_object=MappingProxyType(failed),
-            detail=_detail(body),
-        )
+        # Keep what the indexed errors say; retry only the users none of them names.
+        unknown = ObjectOutcome(verdict=Verdict.RETRY, reason=unplaced, maybe_applied=True)
+        return _partial("partial_unindexed", placed, sent, others=unknown, body=body)
 
     if status == 429:
         retry_at = retry_after_at(normalize_headers(headers), now)
@@ -256,7 +313,8 @@ def classify_track_response(
         reason = {404: "not_found", 405: "method_not_allowed", 415: "unsupported_media_type"}
         return TrackOutcome(kind=Kind.CONFIG_ERROR, reason=reason[status], detail=_detail(body))
     if status == 413:
-        return _refused(Kind.SPLIT, "too_large", body, sent)
+        # Too large is about the whole body, not an object's content: always split.
+        return _refused(Kind.SPLIT, "too_large", body, sent, culprits=False)
     if status == 400:
         return _refused(Kind.SPLIT, "bad_request", body, sent)
     if status == 408 or status >= 500:

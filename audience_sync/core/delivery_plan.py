@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from audience_sync.core.attributes import (
     Contribution,
+    DesiredAttributes,
     Membership,
     Uncertain,
     Write,
@@ -27,6 +28,7 @@ from audience_sync.core.attributes import (
     touched,
 )
 from audience_sync.core.connection import ConnectionSettings
+from audience_sync.core.field_flags import withheld, withhold
 from audience_sync.core.retry import RetryPolicy, decide_retry
 from audience_sync.core.state import Acknowledged, AckRow, Claim, Failure, Snapshot
 from audience_sync.core.states import DeliveryCounter, DeliveryOutcome
@@ -129,7 +131,8 @@ def plan_batch(
             continue
         uncertain = Uncertain.from_json(claim.in_flight)
         write, flags, during = _compute_memo(
-            memo,
+            # A user with refused field values has writes of its own: no sharing.
+            {} if claim.external_id in snapshot.field_flags else memo,
             claim.external_id,
             snapshot,
             active,
@@ -332,16 +335,15 @@ def _compute_memo(
     return write, flags, during
 
 
-def _compute(
+def desired_of(
     external_id: str,
     snapshot: Snapshot,
     active: Mapping[int, ConnectionSettings],
-    ack: Acknowledged,
-    uncertain: Uncertain,
     *,
     array_max_length: int,
-    array_write: str,
-) -> tuple[Write, frozenset[str]]:
+) -> DesiredAttributes:
+    """What one user of the snapshot should hold in Braze: every active connection's wishes
+    merged (the sender diffs it with the acknowledged state; the audit compares with Braze)."""
     contributions = []
     for d in snapshot.desired.get(external_id, ()):
         settings = active.get(d.account_id)
@@ -361,7 +363,20 @@ def _compute(
                 update_existing_only=settings.update_existing_only,
             )
         )
-    desired = desired_attributes(contributions, array_max_length=array_max_length)
+    return desired_attributes(contributions, array_max_length=array_max_length)
+
+
+def _compute(
+    external_id: str,
+    snapshot: Snapshot,
+    active: Mapping[int, ConnectionSettings],
+    ack: Acknowledged,
+    uncertain: Uncertain,
+    *,
+    array_max_length: int,
+    array_write: str,
+) -> tuple[Write, frozenset[str]]:
+    desired = desired_of(external_id, snapshot, active, array_max_length=array_max_length)
     write = diff(
         external_id,
         desired,
@@ -370,4 +385,16 @@ def _compute(
         audience_accounts=snapshot.audience_accounts,
         uncertain=uncertain,
     )
-    return write, desired.flags
+    held = withheld(write.attributes, snapshot.field_flags.get(external_id, ()))
+    if not held:
+        return write, desired.flags
+    # A value Braze refused is not sent again until it changes; the rest of the write goes.
+    write = diff(
+        external_id,
+        withhold(desired, held),
+        ack.attributes,
+        array_write=array_write,
+        audience_accounts=snapshot.audience_accounts,
+        uncertain=uncertain,
+    )
+    return write, desired.flags | {f.flag for f in held}

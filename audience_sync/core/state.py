@@ -9,6 +9,8 @@ import typing as t
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from audience_sync.core.field_flags import FieldFlag
+
 
 @dataclass(frozen=True, kw_only=True)
 class Claim:
@@ -75,6 +77,8 @@ class Snapshot:
     desired: Mapping[str, tuple[Desired, ...]]
     acknowledged: Mapping[str, Acknowledged]
     audience_accounts: Mapping[int, int]
+    # Field values Braze refused, per user: withheld until they change (SPEC §5.3).
+    field_flags: Mapping[str, tuple[FieldFlag, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -63,6 +63,17 @@ class DeliveryReason(StrEnum):
     SHUTDOWN = "shutdown"
     OBJECT_TOO_LARGE = "object_too_large"
     INTERNAL_ERROR = "internal_error"  # delivery raised an unexpected error: a failed attempt
+    FIELD_REFUSED = "field_refused"  # resent at once without a field value Braze refused
+    RESENT = "resent"  # not applied, not at fault (a 400 named other objects): resent at once
+
+
+class ObjectAction(StrEnum):
+    """What to do with one object of a request the vendor did not acknowledge."""
+
+    RETRY = "retry"  # after backoff, as an attempt
+    DEAD_LETTER = "dead_letter"  # no resend can succeed (an identity error)
+    DROP_FIELDS = "drop_fields"  # resend at once without the refused field values
+    RESEND = "resend"  # resend at once, no attempt spent
 
 
 class DeliveryCounter(StrEnum):
@@ -72,6 +83,8 @@ class DeliveryCounter(StrEnum):
     UNCHANGED = "unchanged"
     DEAD_LETTERED = "dead_lettered"
     DATAPOINTS = "datapoints"
+    # What a resend-everything output would have spent on the same users (SPEC §4.5).
+    DATAPOINTS_FULL = "datapoints_full"
 
 
 class IntakeCounter(StrEnum):
@@ -81,3 +94,41 @@ class IntakeCounter(StrEnum):
     DUPLICATE_MESSAGE = "duplicate_message"
     MEMBERSHIPS_APPLIED = "memberships_applied"
     AUDIENCE_REMOVED = "audience_removed"
+
+
+class JobRunOutcome(StrEnum):
+    """A recorded run of a scheduled job (SPEC §7)."""
+
+    RUNNING = "running"
+    OK = "ok"
+    FAILED = "failed"
+
+
+class CleanupKind(StrEnum):
+    """Why a pending cleanup marks users dirty (SPEC §7 ``cleanup_removed``, §4.6)."""
+
+    AUDIENCE_REMOVED = "audience_removed"  # removed with cleanupOnRemove: clear its attributes
+    AUDIENCE_RENAMED = "audience_renamed"  # per-segment: In <new> = true, In <old> = null
+    AUDIENCE_READDED = "audience_readded"  # added again (or renamed by an add)
+    SETTINGS_CHANGED = "settings_changed"  # sendSegmentsAs or another delivery setting changed
+    CONNECTION_MOVED = "connection_moved"  # new instance or REST key: resend in full there
+class CurrentsEventState(StrEnum):
+    """A queued Currents event (SPEC §6); a batched event leaves the queue for its batch."""
+
+    QUEUED = "queued"
+    HELD = "held"  # no feed takes it (no_feed): kept until one does
+    DEAD = "dead"
+
+
+class CurrentsBatchState(StrEnum):
+    """A formed mParticle batch (accepted batches are deleted)."""
+
+    PENDING = "pending"
+    DEAD = "dead"
+
+
+class FeedState(StrEnum):
+    """An mParticle input feed: paused while its credentials are refused (SPEC §6.5)."""
+
+    ACTIVE = "active"
+    PAUSED = "paused"

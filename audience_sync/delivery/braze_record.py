@@ -5,11 +5,13 @@ connection of the sender's transaction (:meth:`audience_sync.delivery.loop.Sende
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
 
 import sqlalchemy as sa
 
+from audience_sync.core.answer_plan import RefusedFields
+from audience_sync.core.datapoints import datapoints_of
 from audience_sync.core.delivery_plan import (
     BatchPlan,
     FailurePlan,
@@ -23,6 +25,7 @@ from audience_sync.core.states import DeliveryCounter, DeliveryReason
 from audience_sync.store import connections, outbox
 from audience_sync.store.counters import increment
 from audience_sync.store.datapoints import add_datapoints
+from audience_sync.store.field_flags import save_field_flags
 from audience_sync.store.ledger import save_acknowledged
 
 
@@ -56,6 +59,10 @@ def record_plan(
     counts = {(scope, flag): n for flag, n in plan.new_flags.items()}
     if plan.unchanged:
         counts[(scope, DeliveryCounter.UNCHANGED)] = len(plan.unchanged)
+        # A resend-everything output would have sent these users whole.
+        counts[(scope, DeliveryCounter.DATAPOINTS_FULL)] = sum(
+            datapoints_of(r.attributes) for r in plan.unchanged
+        )
     if counts:
         increment(conn, counts, now=now)
 
@@ -70,8 +77,9 @@ def record_request(
     counts: Mapping[str, int],
     now: float,
     next_due_at: float,
-) -> None:
-    """Persist one request's outcome for every user in it."""
+) -> tuple[int, int]:
+    """Persist one request's outcome for every user in it; returns the data points spent and
+    those a resend-everything output would have spent on the same users."""
     owned = outbox.finish(
         conn,
         worker_id=worker_id,
@@ -85,9 +93,51 @@ def record_request(
     save_acknowledged(conn, workspace_id=workspace_id, rows=rows, now=now)
     outbox.record_failures(conn, worker_id=worker_id, workspace_id=workspace_id, failures=failures)
     add_datapoints(conn, workspace_id=workspace_id, charges=charges, now=now)
-    totals = Counter(counts) + Counter({DeliveryCounter.DATAPOINTS: sum(charges.values())})
+    spent = sum(charges.values())
+    full = sum(datapoints_of(r.attributes) for r in rows)
+    totals = Counter(counts) + Counter(
+        {DeliveryCounter.DATAPOINTS: spent, DeliveryCounter.DATAPOINTS_FULL: full}
+    )
     scope = _scope(workspace_id)
     increment(conn, {(scope, r): n for r, n in totals.items() if n}, now=now)
+    return spent, full
+
+
+def record_resends(
+    conn: sa.Connection,
+    *,
+    worker_id: str,
+    workspace_id: int,
+    refused: Sequence[RefusedFields],
+    resend: Sequence[PendingWrite],
+    now: float,
+) -> None:
+    """Remember the field values Braze refused, and hand their users and those to resend
+    back due now, without an attempt: Braze applied nothing of their objects (SPEC §5.3)."""
+    save_field_flags(
+        conn,
+        workspace_id=workspace_id,
+        flags=[(r.pending.external_id, f) for r in refused for f in r.flags],
+        now=now,
+    )
+    # The outbox keeps each user's reason (invalid_email...) as its last outcome.
+    by_reason: dict[str, list[PendingWrite]] = defaultdict(list)
+    for r in refused:
+        by_reason[r.reason].append(r.pending)
+    by_reason[DeliveryReason.RESENT].extend(resend)
+    for reason, group in by_reason.items():
+        if group:
+            outbox.release(
+                conn,
+                worker_id=worker_id,
+                workspace_id=workspace_id,
+                due_at={p.external_id: now for p in group},
+                reason=reason,
+                in_flight={p.external_id: p.in_flight_before() for p in group},
+            )
+    counts = {DeliveryReason.FIELD_REFUSED: len(refused), DeliveryReason.RESENT: len(resend)}
+    scope = _scope(workspace_id)
+    increment(conn, {(scope, r): n for r, n in counts.items() if n}, now=now)
 
 
 def record_error(

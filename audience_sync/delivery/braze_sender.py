@@ -24,10 +24,12 @@ from collections.abc import Callable, Sequence
 
 import sqlalchemy as sa
 
+from audience_sync import telemetry
 from audience_sync.braze.client import BrazeClient
 from audience_sync.braze.outcomes import Kind, TrackOutcome, classify_response
 from audience_sync.braze.ratelimit import RateBudget
 from audience_sync.braze.requests import ObjectTooLargeError, build_requests
+from audience_sync.core.answer_plan import AnswerPlan
 from audience_sync.core.delivery_plan import (
     WAIT_FOR_CONNECTION_S,
     FailedWrite,
@@ -39,6 +41,7 @@ from audience_sync.core.retry import RetryPolicy
 from audience_sync.core.state import Claim
 from audience_sync.core.states import DeliveryCounter, DeliveryReason
 from audience_sync.delivery import braze_record as record
+from audience_sync.delivery.braze_answers import plan_partial
 from audience_sync.delivery.braze_target import ActiveConnections, Target, target_of
 from audience_sync.delivery.loop import SenderLoop
 from audience_sync.settings import Settings
@@ -299,6 +302,8 @@ class BrazeSender(SenderLoop[Claim]):
         now = self.clock()
         self.budget.observe(target.key_id, response.headers)
         outcome = classify_response(response, sent=len(batch), now=now)
+        elapsed = time.perf_counter() - started
+        telemetry.braze_request(outcome.kind, objects=len(batch), seconds=elapsed)
         logger.debug(
             "braze request",
             extra={
@@ -335,16 +340,9 @@ class BrazeSender(SenderLoop[Claim]):
                     "workspace resumed after a successful probe",
                     extra={"action": "braze_resumed", "workspace_id": target.workspace_id},
                 )
-            accepted = [p for i, p in enumerate(batch) if i not in outcome.per_object]
-            # Braze names these objects as not applied: nothing about them became uncertain.
-            failed = [
-                FailedWrite(
-                    pending=batch[i], permanent=o.permanent, reason=o.reason, maybe_applied=False
-                )
-                for i, o in sorted(outcome.per_object.items())
-            ]
-            counts[DeliveryCounter.ACCEPTED] += len(accepted)
-            self._record(target, accepted, failed, counts)
+            answer = plan_partial(batch, outcome)
+            counts[DeliveryCounter.ACCEPTED] += len(answer.accepted)
+            self._record(target, answer.accepted, answer.failed, counts, answer=answer)
             return
         if kind == Kind.RETRY_ALL:
             # 5xx, timeout, dropped connection: Braze may have applied any of it.
@@ -411,13 +409,16 @@ class BrazeSender(SenderLoop[Claim]):
         accepted: Sequence[PendingWrite],
         failed: Sequence[FailedWrite],
         counts: Counter[str],
+        *,
+        answer: AnswerPlan | None = None,
     ) -> None:
         """Persist one request's outcome for every user in it, in one transaction."""
         now = self.clock()
         failures = self.plan_failures(failed, now=now, workspace_id=target.workspace_id)
         counts = counts + Counter(failures.counts)
-        self.transaction(
-            lambda conn: record.record_request(
+
+        def persist(conn: sa.Connection) -> tuple[int, int]:
+            spent_and_full = record.record_request(
                 conn,
                 worker_id=self.worker_id,
                 workspace_id=target.workspace_id,
@@ -426,6 +427,16 @@ class BrazeSender(SenderLoop[Claim]):
                 counts=counts,
                 now=now,
                 next_due_at=now + self.min_resend_s,
-            ),
-            action="record",
-        )
+            )
+            if answer is not None:
+                record.record_resends(
+                    conn,
+                    worker_id=self.worker_id,
+                    workspace_id=target.workspace_id,
+                    refused=answer.refused,
+                    resend=answer.resend,
+                    now=now,
+                )
+            return spent_and_full
+
+        telemetry.datapoints(*self.transaction(persist, action="record"))

@@ -88,7 +88,7 @@ def receive_subscription(
         if not record_message(conn, message.id, message.type, account_id, now):
             return _duplicate(conn, account_id, options, now)
         connection = _sync(conn, account_id, prepared, options, now)
-        enqueued = apply_subscription(
+        apply_subscription(
             conn,
             account_id=account_id,
             audience_id=message.audience_id,
@@ -96,13 +96,13 @@ def receive_subscription(
             action=message.action,
             cleanup_on_remove=connection.settings.cleanup_on_remove,
             workspace_id=connection.delivery_workspace,
-            coalesce_s=options.coalesce_s,
             now=now,
         )
         counters.increment(
             conn, {(_scope(account_id), f"subscription_{message.action}"): 1}, now=now
         )
-        return IntakeResult(enqueued=enqueued, connection_state=connection.state)
+        # Members to write again are marked by the cleanup_removed job, not here.
+        return IntakeResult(connection_state=connection.state)
 
     return _run(engine, message.id, work)
 
@@ -180,7 +180,6 @@ def _sync(
         account_id,
         prepared,
         derive=functools.partial(options.effective, account_id),
-        coalesce_s=options.coalesce_s,
         now=now,
     )
 

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 
 from flask import Blueprint, Response, jsonify, request
 
-from audience_sync import __version__
+from audience_sync import __version__, telemetry
 from audience_sync.errors import InvalidPayloadError
 from audience_sync.firehose.intake import (
     IntakeOptions,
@@ -113,6 +113,9 @@ def receive() -> Response | tuple[Response, int]:
             "ms": round((time.perf_counter() - started) * 1000, 2),
             **extra,
         },
+    )
+    telemetry.firehose_message(
+        message.type, duplicate=bool(extra.get("duplicate")), memberships=extra.get("memberships")
     )
     return jsonify(
         {

@@ -8,8 +8,8 @@ from collections.abc import Mapping, Sequence
 import sqlalchemy as sa
 
 from audience_sync.core.states import AudienceState, SubscriptionAction
-from audience_sync.store.outbox import enqueue_select
-from audience_sync.store.schema import audiences, memberships
+from audience_sync.store import cleanups
+from audience_sync.store.schema import audiences
 from audience_sync.store.statements import chunks, insert
 
 
@@ -22,11 +22,12 @@ def apply_subscription(
     action: str,
     cleanup_on_remove: bool,
     workspace_id: int | None,
-    coalesce_s: float,
     now: float,
-) -> int:
-    """Add, rename or remove the audience; returns how many users were marked dirty in
-    ``workspace_id`` (the connection's delivery workspace, None while deliveries wait)."""
+) -> None:
+    """Add, rename or remove the audience. When members should now hold something else,
+    leave a pending cleanup for ``workspace_id`` (the connection's delivery workspace, None
+    while deliveries wait): the ``cleanup_removed`` job marks them dirty, so a request for an
+    audience of 100,000 members stays O(1)."""
     key = (audiences.c.account_id == account_id) & (audiences.c.audience_id == audience_id)
     row = conn.execute(sa.select(audiences.c.name, audiences.c.state).where(key)).first()
     mark_members = False
@@ -75,13 +76,16 @@ def apply_subscription(
     elif row.name != name:  # update: a rename (SPEC §4.6)
         conn.execute(sa.update(audiences).where(key).values(name=name, updated_at=now))
         mark_members = True
-    if not mark_members or workspace_id is None:
-        return 0
-    # Members and former members alike: per-segment mode writes "In <name>" for both.
-    rows = sa.select(memberships.c.external_id).where(
-        memberships.c.account_id == account_id, memberships.c.audience_id == audience_id
-    )
-    return enqueue_select(conn, workspace_id, rows, now=now, delay_s=coalesce_s)
+    if mark_members and workspace_id is not None:
+        # The members are marked dirty by the cleanup_removed job, page by page (SPEC §7).
+        cleanups.record_audience_change(
+            conn,
+            action=action,
+            account_id=account_id,
+            audience_id=audience_id,
+            workspace_id=workspace_id,
+            now=now,
+        )
 
 
 def insert_audiences(

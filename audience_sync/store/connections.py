@@ -18,8 +18,8 @@ import sqlalchemy as sa
 
 from audience_sync.core.connection import ConnectionSettings, EffectiveSettings, delivery_changed
 from audience_sync.core.states import ConnectionState, WorkspaceState
-from audience_sync.store.outbox import enqueue_select
-from audience_sync.store.schema import connections, users, workspaces
+from audience_sync.store import cleanups
+from audience_sync.store.schema import connections, workspaces
 from audience_sync.store.statements import insert
 
 logger = logging.getLogger(__name__)
@@ -89,13 +89,13 @@ def sync_connection(
     prepared: EffectiveSettings,
     *,
     derive: Callable[[Mapping[str, t.Any]], EffectiveSettings],
-    coalesce_s: float,
     now: float,
 ) -> Connection:
     """Store the connection's settings when they changed (SPEC §3.3), and return its state.
 
-    A change picks the workspace, resumes it if suspended, and marks every user of the
-    connection dirty when what Braze should hold may differ: the connection becomes
+    A change picks the workspace, resumes it if suspended, and leaves a pending cleanup (every
+    user of the connection to be written again, paged by ``cleanup_removed``; after a move,
+    the old workspace settled) when what Braze should hold may differ: the connection becomes
     deliverable, or its workspace, formats, app id, push platform, email identity or
     update-existing-only flag changed. ``derive`` gives the effective settings of the stored
     account settings (:func:`audience_sync.core.connection.effective_settings`).
@@ -160,10 +160,17 @@ def sync_connection(
             or delivery_changed(previous, parsed)
         )
     ):
-        users_of_connection = sa.select(users.c.external_id).where(users.c.account_id == account_id)
-        enqueued = enqueue_select(
-            conn, workspace_id, users_of_connection, now=now, delay_s=coalesce_s
+        # Paged by the cleanup_removed job, so this request stays O(1) (SPEC §7).
+        cleanups.record_connection_change(
+            conn,
+            account_id=account_id,
+            workspace_id=workspace_id,
+            old_workspace_id=row.workspace_id,
+            clear_old=parsed.cleanup_on_remove,
+            old_target=(previous.rest_endpoint, previous.rest_api_key),
+            now=now,
         )
+        enqueued = 0
     _log_settings_change(account_id, state, parsed, enqueued=enqueued)
     return Connection(
         account_id=account_id,

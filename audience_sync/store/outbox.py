@@ -1,6 +1,6 @@
 """The dirty-user outbox: one row per Braze user ``(workspace_id, external_id)``.
 
-Verbs: :func:`enqueue` and :func:`enqueue_select` (from the Firehose intake and the jobs),
+Verbs: :func:`enqueue` (from the Firehose intake and the jobs),
 and, for senders, :func:`claim`, :func:`renew`, :func:`finish`, :func:`release` (no attempt
 spent), :func:`record_failures` (retry later or dead-letter) and :func:`replay`.
 """
@@ -55,36 +55,11 @@ def enqueue(
     return len(rows)
 
 
-def enqueue_select(
-    conn: sa.Connection,
-    workspace_id: int,
-    external_ids: sa.Select[t.Any],
-    *,
-    now: float,
-    delay_s: float = 0.0,
-) -> int:
-    """:func:`enqueue` for every user ``external_ids`` selects (each once, as a column named
-    ``external_id``), in one ``INSERT ... SELECT``; returns how many rows it touched."""
-    subquery = external_ids.subquery()
-    rows = sa.select(
-        sa.literal(workspace_id, sa.Integer),
-        subquery.c.external_id,
-        sa.literal(OutboxState.PENDING.value, sa.String),
-        sa.literal(1, sa.BigInteger),
-        sa.literal(now + delay_s, sa.Float),
-        sa.literal(0, sa.Integer),
-        sa.literal(now, sa.Float),
-    ).where(sa.true())  # SQLite needs a WHERE before ON CONFLICT in INSERT ... SELECT
-    stmt = on_conflict_requeue(insert(conn, outbox).from_select(list(_COLUMNS), rows))
-    return max(conn.execute(stmt).rowcount, 0)
-
-
 def on_conflict_requeue(stmt: t.Any) -> t.Any:
     """``stmt`` (an INSERT into the outbox, of values or from a SELECT) with the rule for a user
     already in the outbox: its generation is bumped; a pending row keeps its due time and
     attempts; a dead row comes back to life, due at the inserted time, with no attempts and no
-    first failure. The one statement of that rule, for :func:`enqueue` and
-    :func:`enqueue_select`."""
+    first failure. The one statement of that rule."""
     was_dead = outbox.c.state == OutboxState.DEAD
     return stmt.on_conflict_do_update(
         index_elements=[outbox.c.workspace_id, outbox.c.external_id],

@@ -113,6 +113,19 @@ braze_users = sa.Table(
     sa.Column("updated_at", sa.Float, nullable=False),
 )
 
+# Field values Braze refused for a user (SPEC §5.3): withheld while the value is unchanged.
+field_flags = sa.Table(
+    "field_flags",
+    metadata,
+    sa.Column("workspace_id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("external_id", sa.String(1024), primary_key=True),
+    sa.Column("field", sa.String(255), primary_key=True),
+    # Digest of the refused value as sent (core.field_flags.fingerprint), never the value.
+    sa.Column("fingerprint", sa.String(64), nullable=False),
+    sa.Column("flag", sa.String(64), nullable=False),  # invalid_email, invalid_push_token, ...
+    sa.Column("flagged_at", sa.Float, nullable=False),
+)
+
 # The dirty-user outbox: one row per Braze user, not per change.
 outbox = sa.Table(
     "outbox",
@@ -178,4 +191,168 @@ workers = sa.Table(
     sa.Column("senders", sa.Integer, nullable=False),
     sa.Column("started_at", sa.Float, nullable=False),
     sa.Column("heartbeat_at", sa.Float, nullable=False),
+)
+
+# --- scheduled jobs (SPEC §7): leases, runs, pending cleanups -----------------------------------
+# Migration 0004_jobs. Kept together so that a merge with other blocks stays a clean append.
+
+# One row per job: who holds it until when, and when it last started (so that two schedulers
+# with the same interval run it once per interval, not once each).
+job_leases = sa.Table(
+    "job_leases",
+    metadata,
+    sa.Column("job", sa.String(64), primary_key=True),
+    sa.Column("holder", sa.String(128)),
+    sa.Column("expires_at", sa.Float, nullable=False),
+    sa.Column("last_started_at", sa.Float),
+    sa.Column("last_finished_at", sa.Float),
+)
+
+# Every run of every job: readable by `audience-sync status` and the admin API.
+job_runs = sa.Table(
+    "job_runs",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("job", sa.String(64), nullable=False),
+    sa.Column("holder", sa.String(128), nullable=False),
+    sa.Column("started_at", sa.Float, nullable=False),
+    sa.Column("finished_at", sa.Float),
+    sa.Column("outcome", sa.String(16), nullable=False),  # running | ok | failed
+    sa.Column("counts", JSONType, nullable=False),
+    sa.Column("details", JSONType),  # e.g. the audit's drift per audience with sample users
+    sa.Column("error", sa.Text),
+    sa.Index("ix_job_runs_job_started", "job", "started_at"),
+    sa.Index("ix_job_runs_started", "started_at"),
+)
+
+# Work a Firehose request asks for but must not do inline (it may touch 100,000 users): mark the
+# members of an audience, or every user of a connection, dirty in a workspace; or settle the
+# pending rows a connection left in its previous workspace. Paged by ``cleanup_removed``.
+pending_cleanups = sa.Table(
+    "pending_cleanups",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    # audience_removed | audience_renamed | audience_readded | settings_changed | connection_moved
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("account_id", sa.BigInteger, nullable=False),
+    sa.Column("audience_id", sa.BigInteger),  # None: every user of the connection
+    sa.Column("workspace_id", sa.Integer, nullable=False),
+    # connection_moved: the workspace left behind, and whether to clear it or drop its rows.
+    sa.Column("old_workspace_id", sa.Integer),
+    sa.Column("clear_old", sa.Boolean, nullable=False, server_default=sa.false()),
+    # Where to clear it: {"endpoint", "api_key"} of the old settings, erased once done. The key
+    # is as secret here as in connections.account_settings: never returned, never logged.
+    sa.Column("old_target", JSONType),
+    sa.Column("cursor", sa.String(1024)),  # last external_id enqueued (keyset paging)
+    sa.Column("enqueued", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("settled", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("paged_at", sa.Float),  # every user marked: done once nothing is left to clear
+    sa.Column("done_at", sa.Float),
+    sa.Index("ix_pending_cleanups_done_id", "done_at", "id"),
+)
+
+# The audit's cursor (oldest verified first) runs on this index.
+sa.Index(
+    "ix_braze_users_workspace_verified",
+    braze_users.c.workspace_id,
+    braze_users.c.verified_at,
+    braze_users.c.external_id,
+)
+
+# ---------------------------------------------------------------------------------------------
+# Currents round trip (SPEC §6): Braze events queued for mParticle feeds. Migration 0003.
+# ---------------------------------------------------------------------------------------------
+
+# Arrival order is ``seq``; SQLite only auto-increments an INTEGER primary key (and only
+# AUTOINCREMENT keeps it from reusing the numbers of deleted rows).
+SeqType = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+# The intake queue: one row per accepted, forwardable event until it is cut into a batch (the
+# row then moves into the batch). state: queued | held (no feed takes it) | dead (with reason).
+currents_events = sa.Table(
+    "currents_events",
+    metadata,
+    sa.Column("seq", SeqType, primary_key=True, autoincrement=True),
+    sa.Column("event_id", sa.String(256), nullable=False),
+    sa.Column("feed", sa.String(128)),
+    sa.Column("external_user_id", sa.String(1024), nullable=False),
+    sa.Column("app_id", sa.String(256)),
+    sa.Column("platform", sa.String(32)),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("received_at", sa.Float, nullable=False),
+    # The batch parts, serialised once at intake (core.currents.batching.QueuedEvent).
+    sa.Column("envelope", sa.Text, nullable=False),
+    sa.Column("event", sa.Text, nullable=False),
+    sa.Column("reason", sa.Text),
+    sa.Index("ix_currents_events_state_feed_seq", "state", "feed", "seq"),
+    # Never reuse a seq: batched events leave this table, and a reused (smaller) seq would
+    # order a user's new batch before an older pending one.
+    sqlite_autoincrement=True,
+)
+
+# Formed batches: content fixed, id = source_request_id. Deleted once mParticle accepts them.
+# state: pending | dead.
+currents_batches = sa.Table(
+    "currents_batches",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("feed", sa.String(128), nullable=False),
+    sa.Column("external_user_id", sa.String(1024), nullable=False),
+    sa.Column("first_seq", sa.BigInteger, nullable=False),
+    sa.Column("events", sa.Integer, nullable=False),
+    # JSON array of the Currents ids it carries (dead-letter reports, replay).
+    sa.Column("event_ids", sa.Text, nullable=False),
+    sa.Column("body", sa.LargeBinary, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("first_failure_at", sa.Float),
+    sa.Column("due_at", sa.Float, nullable=False),
+    sa.Column("claimed_by", sa.String(128)),
+    sa.Column("claimed_until", sa.Float),
+    sa.Column("last_reason", sa.Text),
+    # Arrival of its oldest event; retention counts from retain_from (arrival, or replay).
+    sa.Column("received_at", sa.Float, nullable=False),
+    sa.Column("retain_from", sa.Float, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Index("ix_currents_batches_state_feed_seq", "state", "feed", "first_seq"),
+    sa.Index("ix_currents_batches_user", "feed", "external_user_id", "first_seq"),
+)
+
+# Feed state (SPEC §6.5): active | paused (credentials refused), probed while paused.
+currents_feeds = sa.Table(
+    "currents_feeds",
+    metadata,
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("reason", sa.Text),
+    sa.Column("paused_at", sa.Float),
+    sa.Column("next_probe_at", sa.Float),
+    # sha256 of url, key and secret: a change means "probe at once".
+    sa.Column("settings_fingerprint", sa.String(64)),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+
+# Imported Avro files: each (path, checksum) once (SPEC §6.2).
+currents_files = sa.Table(
+    "currents_files",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("path", sa.Text, nullable=False),
+    sa.Column("checksum", sa.String(64), nullable=False),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("events", sa.Integer, nullable=False),
+    sa.Column("forwarded", sa.Integer, nullable=False),
+    sa.Column("skipped", JSONType, nullable=False),
+    sa.Column("imported_at", sa.Float, nullable=False),
+    sa.UniqueConstraint("path", "checksum"),
+)
+
+# Currents event ids seen within currents.dedup_window_s (from arrival).
+currents_dedup = sa.Table(
+    "currents_dedup",
+    metadata,
+    sa.Column("event_id", sa.String(256), primary_key=True),
+    sa.Column("seen_at", sa.Float, nullable=False),
+    sa.Index("ix_currents_dedup_seen_at", "seen_at"),
 )

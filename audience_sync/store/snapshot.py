@@ -15,6 +15,7 @@ import sqlalchemy as sa
 
 from audience_sync.core.state import Acknowledged, ConnectionRow, Desired, Snapshot
 from audience_sync.core.states import AudienceState, ConnectionState
+from audience_sync.store.field_flags import load_field_flags
 from audience_sync.store.schema import audiences, braze_users, connections, memberships, users
 
 
@@ -168,4 +169,5 @@ def load_snapshot(
         desired={k: tuple(v) for k, v in desired.items()},
         acknowledged=acknowledged,
         audience_accounts=audience_accounts,
+        field_flags=load_field_flags(conn, workspace_id, ids),
     )

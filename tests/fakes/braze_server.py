@@ -19,6 +19,11 @@ Standalone (prints its URL, serves until killed; ``GET /_state`` returns users a
 
     python -m tests.fakes.braze_server --port 0 --api-key k --rate-429 0.1 --rate-5xx 0.05
 
+Recorded answers: ``braze.answer_next(Canned(status=201, body={...}))`` queues answers returned
+verbatim to the next ``/users/track`` requests (objects no indexed error names are applied, as
+Braze does); ``object_error`` refuses chosen objects on every request (say, one malformed email),
+and ``received_objects`` keeps every attribute object received, in order.
+
 Answer shapes follow https://www.braze.com/docs/api/errors/ and
 https://www.braze.com/docs/api/endpoints/user_data/post_user_track/.
 """
@@ -36,8 +41,9 @@ import sys
 import threading
 import time
 import typing as t
-from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
@@ -71,6 +77,8 @@ FAULT_FIELDS = (
     "auth_fail",
     "delay_s",
     "enforce_rate_limit",
+    "object_error",
+    "export_429_next",
 )
 
 
@@ -157,6 +165,50 @@ def apply_attributes(
     return total
 
 
+@dataclass(frozen=True, kw_only=True)
+class Canned:
+    """One recorded answer for the next ``/users/track`` request.
+
+    Attributes:
+        status: HTTP status to answer.
+        body: a JSON value, or ``bytes`` sent verbatim (empty, or not JSON).
+        headers: extra response headers.
+        apply: which objects of the request the fake applies: ``"unnamed"`` (a 2xx applies every
+            object no indexed ``attributes`` error names; other statuses apply nothing),
+            ``"none"`` or ``"all"``.
+    """
+
+    status: int
+    body: t.Any = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    apply: str = "unnamed"
+
+    def named_indices(self) -> set[int]:
+        """Positions an indexed error of ``attributes`` names (a missing array means it)."""
+        errors = self.body.get("errors") if isinstance(self.body, dict) else None
+        named: set[int] = set()
+        for entry in errors if isinstance(errors, list) else ():
+            if not isinstance(entry, dict) or entry.get("input_array", "attributes") not in (
+                "attributes",
+                None,
+            ):
+                continue
+            index = entry.get("index")
+            if isinstance(index, str) and index.strip().isdigit():
+                index = int(index)
+            if isinstance(index, int) and not isinstance(index, bool):
+                named.add(index)
+        return named
+
+    def applies(self, index: int) -> bool:
+        """Whether the object at ``index`` is applied when this answer is given."""
+        if self.apply == "all":
+            return True
+        if self.apply == "none" or not 200 <= self.status < 300:
+            return False
+        return index not in self.named_indices()
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
@@ -220,7 +272,10 @@ class _Handler(BaseHTTPRequestHandler):
                 pass
             return
         status, body, headers = answer
-        data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        if isinstance(body, bytes):
+            data = body
+        else:
+            data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
@@ -254,6 +309,9 @@ class FakeBraze:
             (Braze default: 3,000 per 3 s) and enforced with 429 if ``enforce_rate_limit``.
         reset_as_epoch: send ``x-ratelimit-reset`` as an epoch second instead of seconds left.
         array_max_length: Braze workspace array limit.
+        object_error: called with every attribute object; an ``errors`` entry it returns
+            (``{"type": ...}``, optionally with ``input_array``) refuses that object, which is
+            not applied, and is answered with the entry plus the object's ``index``.
         port: 0 picks a free port.
 
     Fault settings can be changed while running with :meth:`configure` (or ``POST /_faults``).
@@ -280,6 +338,7 @@ class FakeBraze:
         enforce_rate_limit: bool = False,
         reset_as_epoch: bool = False,
         array_max_length: int = 500,
+        object_error: Callable[[Mapping[str, t.Any]], Mapping[str, t.Any] | None] | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
@@ -300,6 +359,8 @@ class FakeBraze:
         self.enforce_rate_limit = enforce_rate_limit
         self.reset_as_epoch = reset_as_epoch
         self.array_max_length = array_max_length
+        self.object_error = object_error
+        self._canned: deque[Canned] = deque()
         self.host = host
         self.port = port
 
@@ -311,6 +372,9 @@ class FakeBraze:
         self._connections: set[socket.socket] = set()
         self._windows: dict[str, tuple[float, int]] = {}  # key -> (window start, count)
         self._in_flight: Counter[str] = Counter()
+        self.export_429_next = 0  # answer this many next exports 429 (Retry-After: 1)
+        self.export_requests = 0
+        self.export_ids_requested: list[int] = []  # ids per /users/export/ids request
         self.reset_stats()
 
     # -- life cycle ----------------------------------------------------------------------
@@ -376,6 +440,17 @@ class FakeBraze:
                     value = frozenset(value)
                 setattr(self, name, value)
 
+    def answer_next(self, *answers: Canned) -> None:
+        """Queue recorded answers for the next ``/users/track`` requests, in order."""
+        with self.lock:
+            self._canned.extend(answers)
+
+    @property
+    def canned_left(self) -> int:
+        """Queued answers not given yet."""
+        with self.lock:
+            return len(self._canned)
+
     def reset_stats(self) -> None:
         """Forget recorded requests, data points and violations (``users`` are kept)."""
         with self.lock:
@@ -389,6 +464,7 @@ class FakeBraze:
             self.status_counts: Counter[str] = Counter()
             self.notes: Counter[str] = Counter()
             self.violations: list[dict[str, t.Any]] = []
+            self.received_objects: list[t.Any] = []  # every attribute object, in order
             self.max_in_flight = 0
             self._requests_in_flight = 0
 
@@ -498,6 +574,7 @@ class FakeBraze:
         others = len(payload.get("events") or []) + len(payload.get("purchases") or [])
         with self.lock:
             self.objects_per_request.append(len(attributes))
+            self.received_objects.extend(json.loads(json.dumps(attributes)))
         if not attributes and not others:
             message = (
                 "Valid data must be provided in the 'attributes', 'events', or 'purchases' fields."
@@ -552,6 +629,10 @@ class FakeBraze:
             status_5xx = self.rng.choice((500, 502, 503))
         if len(attributes) + others > self.max_objects:
             return self._finish(400, {"message": "Max Input Length Exceeded"}, rl_headers)
+        with self.lock:
+            canned = self._canned.popleft() if self._canned else None
+        if canned is not None:
+            return self._answer_canned(canned, attributes, rl_headers)
         if (self.enforce_rate_limit and over_limit) or draws[0] < self.rate_429:
             retry = {"X-Ratelimit-Retry-After": "1", "Retry-After": "1"}
             if over_limit:
@@ -579,6 +660,23 @@ class FakeBraze:
             body["errors"] = errors
         return self._finish(201, body, rl_headers)
 
+    def _answer_canned(
+        self, canned: Canned, attributes: list[t.Any], rl_headers: dict[str, str]
+    ) -> t.Any:
+        with self.lock:
+            for index, obj in enumerate(attributes):
+                eid = obj.get("external_id") if isinstance(obj, dict) else None
+                if not canned.applies(index) or not isinstance(eid, str) or not eid:
+                    continue
+                self.datapoints += apply_attributes(
+                    self.users.setdefault(eid, {}),
+                    obj,
+                    array_max_length=self.array_max_length,
+                    points=self.datapoints_by_key,
+                    notes=self.notes,
+                )
+        return self._finish(canned.status, canned.body, {**rl_headers, **canned.headers})
+
     def _apply(self, attributes: list[t.Any], fail_one: int) -> tuple[list[dict[str, t.Any]], int]:
         errors: list[dict[str, t.Any]] = []
         processed = 0
@@ -604,6 +702,10 @@ class FakeBraze:
                 if index == fail_one:
                     refuse(index, ERROR_RETRYABLE)
                     continue
+                refused = self.object_error(obj) if self.object_error is not None else None
+                if refused is not None:
+                    errors.append({**refused, "index": index})
+                    continue
                 if obj.get("_update_existing_only") is True and eid not in self.users:
                     # Braze answers success and ignores the object.
                     self.notes["skipped_update_existing_only"] += 1
@@ -619,9 +721,46 @@ class FakeBraze:
                 processed += 1
         return errors, processed
 
+    # -- tampering with stored attributes (audit tests: drift made outside the engine) ------
+
+    def drop_attribute(self, external_id: str, key: str) -> None:
+        """Remove one attribute of a stored user, as a marketer's manual edit would."""
+        with self.lock:
+            self.users[external_id].pop(key, None)
+
+    def set_attribute(self, external_id: str, key: str, value: t.Any) -> None:
+        """Overwrite one stored attribute (e.g. flip ``In <name>`` from true to false)."""
+        with self.lock:
+            self.users.setdefault(external_id, {})[key] = value
+
+    def flip_boolean(self, external_id: str, key: str) -> None:
+        """Negate a stored boolean attribute."""
+        with self.lock:
+            self.users[external_id][key] = not self.users[external_id][key]
+
+    def add_array_value(self, external_id: str, key: str, value: str) -> None:
+        """Append a stray value to a stored array attribute."""
+        with self.lock:
+            array = self.users.setdefault(external_id, {}).setdefault(key, [])
+            if value not in array:
+                array.append(value)
+
+    def delete_user(self, external_id: str) -> None:
+        """Forget a user entirely (a deletion in Braze)."""
+        with self.lock:
+            self.users.pop(external_id, None)
+
     def _handle_export(self, headers: Mapping[str, str], raw: bytes) -> t.Any:
-        if self._authorized(headers) is None:
+        key = self._authorized(headers)
+        if key is None:
             return self._finish(401, {"message": "Invalid API key"})
+        with self.lock:
+            self.export_requests += 1
+            rl_headers, _ = self._ratelimit("export:" + key, time.time())
+            if self.export_429_next > 0:
+                self.export_429_next -= 1
+                retry = {"X-Ratelimit-Retry-After": "1", "Retry-After": "1"}
+                return self._finish(429, {"message": "Rate Limited"}, {**rl_headers, **retry})
         try:
             payload = json.loads(raw)
         except ValueError:
@@ -629,6 +768,8 @@ class FakeBraze:
         if not isinstance(payload, dict) or not isinstance(payload.get("external_ids"), list):
             return self._finish(400, {"message": "Bad Request"})
         ids = payload["external_ids"]
+        with self.lock:
+            self.export_ids_requested.append(len(ids))
         if len(ids) > MAX_EXPORT_IDS:
             return self._finish(400, {"message": "The max number of ids per request was exceeded"})
         fields = payload.get("fields_to_export") or None
@@ -655,7 +796,7 @@ class FakeBraze:
         body: dict[str, t.Any] = {"users": users, "message": "success"}
         if invalid:
             body["invalid_user_ids"] = invalid
-        return self._finish(201, body)
+        return self._finish(201, body, rl_headers)
 
     def _handle_faults(self, raw: bytes) -> t.Any:
         try:

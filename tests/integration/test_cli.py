@@ -10,6 +10,7 @@ import sys
 import time
 
 import requests
+import sqlalchemy as sa
 from click.testing import CliRunner
 
 from audience_sync.cli import main
@@ -45,9 +46,9 @@ def test_db_upgrade_creates_the_schema_and_is_repeatable(tmp_path):
     for _ in range(2):
         result = runner.invoke(main, ["db", "upgrade"], env=env)
         assert result.exit_code == 0, result.output
-        engine = create_engine(env["AUDIENCE_SYNC_DATABASE__URL"])
-        assert f"database at revision {head_revision(engine)}" in result.output
-        engine.dispose()
+        assert f"database at revision {head_revision(sa.create_engine('sqlite://'))}" in (
+            result.output
+        )
 
 
 def _free_port() -> int:
@@ -97,13 +98,13 @@ def test_run_serves_until_sigterm_and_refuses_an_unmigrated_database(tmp_path):
     assert proc.returncode == 0, stderr
     assert '"action": "process_started"' in stderr
     assert '"action": "senders_started"' in stderr
+    assert '"action": "scheduler_started"' in stderr
     assert '"action": "process_stopped"' in stderr
 
 
 def test_replay_requeues_dead_letters(tmp_path):
     import sqlalchemy as sa
 
-    from audience_sync.store.engine import create_engine
     from audience_sync.store.migrate import upgrade
     from audience_sync.store.schema import outbox, workspaces
 

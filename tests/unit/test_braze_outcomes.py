@@ -9,6 +9,7 @@ from audience_sync.braze.headers import reset_at, retry_after_at
 from audience_sync.braze.outcomes import (
     Kind,
     ObjectOutcome,
+    Verdict,
     classify_object_error,
     classify_response,
     classify_track_response,
@@ -97,8 +98,8 @@ CASES = [
         {},
         {"message": "success", "errors": [err(0), err(None)]},
         3,
-        Kind.RETRY_ALL,
-        "error_without_index",
+        Kind.PARTIAL,
+        "partial_unindexed",
     ),
     (201, {}, {"message": "something odd"}, 3, Kind.RETRY_ALL, "unexpected_message"),
     (201, {}, None, 3, Kind.RETRY_ALL, "unparseable_body"),
@@ -135,7 +136,7 @@ def test_classify(status, headers, body, sent, kind, reason):
     assert outcome.kind == kind
     assert outcome.reason == reason
     if kind != Kind.PARTIAL:
-        assert kind in (Kind.SPLIT, Kind.BAD_REQUEST) or not outcome.per_object
+        assert not outcome.per_object
     if kind != Kind.RATE_LIMITED:
         assert outcome.retry_at is None
 
@@ -175,13 +176,14 @@ def test_partial_maps_each_error_to_its_position_and_permanence():
     }
     outcome = classify_track_response(201, {}, body, sent=9, now=NOW)
     assert outcome.kind == Kind.PARTIAL
+    dead = Verdict.DEAD_LETTER
     assert dict(outcome.per_object) == {
-        0: ObjectOutcome(permanent=True, reason="blacklisted_external_id"),
-        2: ObjectOutcome(permanent=False, reason="object_error"),
-        4: ObjectOutcome(permanent=True, reason="missing_identifier"),
-        5: ObjectOutcome(permanent=True, reason="missing_identifier"),
-        6: ObjectOutcome(permanent=True, reason="external_id_too_large"),
-        7: ObjectOutcome(permanent=True, reason="blacklisted_external_id"),
+        0: ObjectOutcome(verdict=dead, reason="blacklisted_external_id"),
+        2: ObjectOutcome(verdict=Verdict.RETRY, reason="object_error"),
+        4: ObjectOutcome(verdict=dead, reason="missing_identifier"),
+        5: ObjectOutcome(verdict=dead, reason="missing_identifier"),
+        6: ObjectOutcome(verdict=dead, reason="external_id_too_large"),
+        7: ObjectOutcome(verdict=dead, reason="blacklisted_external_id"),
     }
     assert "blacklisted" in outcome.detail
 
@@ -200,31 +202,57 @@ def test_two_errors_on_one_object_permanent_wins():
 
 
 @pytest.mark.parametrize(
-    ("type_", "permanent", "reason"),
+    ("type_", "verdict", "reason", "fields"),
     [
-        (BLACKLISTED, True, "blacklisted_external_id"),
-        ("external_id is blocklisted", True, "blacklisted_external_id"),
-        ("BLACKLISTED_EXTERNAL_USER_ID", True, "blacklisted_external_id"),
-        ("EXTERNAL_USER_ID_TOO_LARGE", True, "external_id_too_large"),
-        ("'external_id' is too large", True, "external_id_too_large"),
-        (REQUIRED_OLD, True, "missing_identifier"),
-        (REQUIRED_NEW, True, "missing_identifier"),
-        ("'email_subscribe' must be one of subscribed, unsubscribed", False, "object_error"),
-        ("", False, "object_error"),
+        (BLACKLISTED, Verdict.DEAD_LETTER, "blacklisted_external_id", ()),
+        ("external_id is blocklisted", Verdict.DEAD_LETTER, "blacklisted_external_id", ()),
+        ("BLACKLISTED_EXTERNAL_USER_ID", Verdict.DEAD_LETTER, "blacklisted_external_id", ()),
+        ("EXTERNAL_USER_ID_TOO_LARGE", Verdict.DEAD_LETTER, "external_id_too_large", ()),
+        ("'external_id' is too large", Verdict.DEAD_LETTER, "external_id_too_large", ()),
+        (REQUIRED_OLD, Verdict.DEAD_LETTER, "missing_identifier", ()),
+        (REQUIRED_NEW, Verdict.DEAD_LETTER, "missing_identifier", ()),
+        (
+            "'email_subscribe' must be one of subscribed, unsubscribed",
+            Verdict.DROP_FIELD,
+            "invalid_attribute",
+            ("email_subscribe",),
+        ),
+        ("", Verdict.RETRY, "object_error", ()),
+        (None, Verdict.RETRY, "object_error", ()),
+        ({"nested": 1}, Verdict.RETRY, "object_error", ()),
+    ],
+    ids=[
+        "blacklisted-text",
+        "blocklisted-text",
+        "blacklisted-enum",
+        "too-large-enum",
+        "too-large-text",
+        "required-old",
+        "required-new",
+        "attribute-value",
+        "empty",
+        "none",
+        "not-a-string",
     ],
 )
-def test_object_error_types(type_, permanent, reason):
-    assert classify_object_error(type_) == ObjectOutcome(permanent=permanent, reason=reason)
+def test_object_error_types(type_, verdict, reason, fields):
+    expected = ObjectOutcome(verdict=verdict, reason=reason, fields=fields)
+    assert classify_object_error(type_) == expected
 
 
-def test_400_names_the_objects_braze_blamed_as_hints():
+def test_400_naming_its_culprits_gets_the_2xx_verdicts_and_resends_the_rest():
     body = {
         "message": "Valid data must be provided in the 'attributes', 'events', or 'purchases'",
-        "errors": [err(0, REQUIRED_NEW)],
+        "errors": [err(0, REQUIRED_NEW), err(2, "EMAIL_BAD_FORMAT")],
     }
-    outcome = classify_track_response(400, {}, body, sent=2, now=NOW)
-    assert outcome.kind == Kind.SPLIT
-    assert outcome.per_object[0].permanent
+    outcome = classify_track_response(400, {}, body, sent=4, now=NOW)
+    assert outcome.kind == Kind.PARTIAL
+    assert {i: (o.verdict, o.reason) for i, o in outcome.per_object.items()} == {
+        0: (Verdict.DEAD_LETTER, "missing_identifier"),
+        1: (Verdict.RESEND, "bad_request"),
+        2: (Verdict.DROP_FIELD, "invalid_email"),
+        3: (Verdict.RESEND, "bad_request"),
+    }
 
 
 RATE_LIMIT_CASES = [
@@ -281,3 +309,9 @@ def test_classify_response_takes_a_client_response():
     response = TrackResponse(status=None, headers={}, body=None, elapsed_s=1.0, error="timeout")
     outcome = classify_response(response, sent=3, now=NOW)
     assert (outcome.kind, outcome.reason) == (Kind.RETRY_ALL, "timeout")
+
+
+def test_413_always_splits_even_when_errors_name_objects():
+    body = {"message": "Payload Too Large", "errors": [err(0, "EMAIL_BAD_FORMAT")]}
+    outcome = classify_track_response(413, {}, body, sent=3, now=NOW)
+    assert (outcome.kind, outcome.reason, dict(outcome.per_object)) == (Kind.SPLIT, "too_large", {})

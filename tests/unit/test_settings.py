@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from audience_sync.errors import ConfigValidationError
-from audience_sync.settings import FIELDS, Secret, load_settings
+from audience_sync.settings import FIELDS, Secret, _flatten, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_defaults_file_matches_the_code():
     with (ROOT / "config" / "default.toml").open("rb") as fh:
         data = tomllib.load(fh)
-    flat = {f"{s}.{k}": v for s, section in data.items() for k, v in section.items()}
+    flat = _flatten(data)  # jobs.<name>.<key> nests three levels
     for key, value in flat.items():
         _kind, default = FIELDS[key]
         assert value == default, key
@@ -142,3 +142,23 @@ def test_mparticle_url_may_be_a_pod_or_an_allowed_local_server():
         },
     )
     assert local.get("currents.mparticle_url") == "http://127.0.0.1:9000"
+
+
+@pytest.mark.parametrize(
+    ("url", "allowed", "ok"),
+    [
+        ("https://s2s.eu1.mparticle.com", [], True),
+        ("https://user@s2s.mparticle.com", [], False),
+        ("https://mparticle.com.example.org", [], False),
+        ("http://127.0.0.1:8099", ["http://127.0.0.1:"], True),
+        ("http://127.0.0.1:8099", [], False),
+    ],
+    ids=["pod", "userinfo", "lookalike", "allowed", "not-allowed"],
+)
+def test_mparticle_url_is_checked_as_a_parsed_url_at_start_up(url, allowed, ok):
+    overrides = {"currents.mparticle_url": url, "currents.allowed_mparticle_urls": allowed}
+    if ok:
+        load_settings(environ={}, overrides=overrides)
+    else:
+        with pytest.raises(ConfigValidationError, match=r"currents\.mparticle_url"):
+            load_settings(environ={}, overrides=overrides)

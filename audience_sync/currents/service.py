@@ -1,0 +1,164 @@
+"""The Currents intake service: normalised events → mapped, deduplicated, routed and queued in
+one transaction (durable before any reply), every skipped event counted by reason.
+
+Shared by ``POST /currents`` and the file importer; :class:`CurrentsConfig` is what both need
+from the settings (the mapping table with its override, the feeds as routing sees them).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+import sqlalchemy as sa
+
+from audience_sync.core.currents.events import CurrentsEvent
+from audience_sync.core.currents.mapping import MappedEvent, Skip, map_event
+from audience_sync.core.currents.routing import Feed, route
+from audience_sync.core.currents.table import MappingTable, default_table, override_table
+from audience_sync.core.currents.validation import envelope_problems, event_problems
+from audience_sync.settings import FeedSettings, Settings
+from audience_sync.store import currents as queue
+
+logger = logging.getLogger(__name__)
+
+NO_FEED = "no_feed"
+
+
+@dataclass(frozen=True, kw_only=True)
+class CurrentsConfig:
+    """The Currents settings the intake works with."""
+
+    table: MappingTable
+    feeds: tuple[Feed, ...]
+    identity_key: str = "customerid"
+    dedup_window_s: float = 259200.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> CurrentsConfig:
+        """Build from settings; ``currents.mapping_path`` entries override the bundled table."""
+        table = default_table()
+        path = settings.get("currents.mapping_path")
+        if path:
+            table = override_table(table, json.loads(Path(path).read_text("utf-8")))
+        return cls(
+            table=table,
+            feeds=routing_feeds(settings.feeds),
+            identity_key=settings.get("currents.identity_key"),
+            dedup_window_s=settings.get("currents.dedup_window_s"),
+        )
+
+    def route(self, app_id: str | None, platform: str | None) -> str | None:
+        """The feed of an event (None: held)."""
+        return route(app_id, platform, self.feeds)
+
+
+def routing_feeds(feeds: Sequence[FeedSettings]) -> tuple[Feed, ...]:
+    """Configured feeds as routing sees them (no credentials), in name order."""
+    return tuple(
+        Feed(name=f.name, platform=f.platform, app_ids=frozenset(f.app_ids))
+        for f in sorted(feeds, key=lambda f: f.name)
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class IntakeResult:
+    """What happened to the events of one request or file."""
+
+    received: int
+    queued: int
+    held: int
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def forwarded(self) -> int:
+        """Events queued for a feed (held ones are reported apart, as ``no_feed``)."""
+        return self.queued
+
+    def not_forwarded(self) -> dict[str, int]:
+        """Events not queued for a feed, by reason; ``no_feed`` ones are held, not dropped."""
+        return {**self.skipped, **({NO_FEED: self.held} if self.held else {})}
+
+
+def _dumps(value: object) -> str:
+    return orjson.dumps(value).decode("utf-8")
+
+
+def prepare(
+    events: Sequence[CurrentsEvent], config: CurrentsConfig
+) -> tuple[list[queue.NewEvent], Counter[str]]:
+    """Map, validate and route (pure work, before the transaction)."""
+    skipped: Counter[str] = Counter()
+    ready: list[queue.NewEvent] = []
+    for event in events:
+        mapped = map_event(event, config.table, identity_key=config.identity_key)
+        if isinstance(mapped, Skip):
+            skipped[mapped] += 1
+            continue
+        if not _is_valid(mapped, config.identity_key):
+            skipped[Skip.INVALID_EVENT] += 1
+            continue
+        ready.append(
+            queue.NewEvent(
+                event_id=mapped.event_id,
+                feed=config.route(mapped.app_id, mapped.platform),
+                external_user_id=mapped.external_user_id,
+                app_id=mapped.app_id,
+                platform=mapped.platform,
+                envelope_json=_dumps(mapped.envelope),
+                event_json=_dumps(mapped.event),
+            )
+        )
+    return ready, skipped
+
+
+def _is_valid(mapped: MappedEvent, identity_key: str) -> bool:
+    problems = event_problems(mapped.event) + envelope_problems(
+        mapped.envelope, identity_key=identity_key
+    )
+    if problems:
+        logger.info(
+            "currents event fails mParticle's rules",
+            extra={"action": "currents_invalid_event", "problems": problems[:5]},
+        )
+    return not problems
+
+
+def store_events(
+    conn: sa.Connection,
+    ready: Sequence[queue.NewEvent],
+    skipped: Counter[str],
+    *,
+    received: int,
+    config: CurrentsConfig,
+    now: float,
+) -> IntakeResult:
+    """Deduplicate and queue prepared events in the caller's transaction; count everything."""
+    fresh = queue.claim_new_ids(
+        conn, [e.event_id for e in ready], now=now, window_s=config.dedup_window_s
+    )
+    keep: list[queue.NewEvent] = []
+    for event in ready:
+        if event.event_id in fresh:
+            fresh.discard(event.event_id)  # a second copy in the same request is a duplicate
+            keep.append(event)
+        else:
+            skipped[Skip.DUPLICATE] += 1
+    queue.enqueue(conn, keep, now=now)
+    held = sum(1 for e in keep if e.feed is None)
+    counts = {"received": received, "queued": len(keep) - held, NO_FEED: held, **skipped}
+    queue.count(conn, counts, now=now)
+    return IntakeResult(
+        received=received, queued=len(keep) - held, held=held, skipped=dict(skipped)
+    )
+
+
+def file_checksum(data: bytes) -> str:
+    """sha256 of a file's content (with its path, the once-only key of an import)."""
+    return hashlib.sha256(data).hexdigest()

@@ -1,0 +1,300 @@
+"""Formed batches: leases, outcomes, the dead-letter store, retention and replay."""
+
+from __future__ import annotations
+
+import typing as t
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from audience_sync.store.currents.base import (
+    BatchState,
+    EventState,
+    chunks,
+    count,
+)
+from audience_sync.store.schema import (
+    currents_batches,
+    currents_events,
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClaimedBatch:
+    """A batch a sender holds a lease on."""
+
+    id: str
+    feed: str
+    external_user_id: str
+    first_seq: int
+    events: int
+    body: bytes
+    attempts: int
+    first_failure_at: float | None
+
+
+def _claimable(now: float) -> t.Any:
+    b = currents_batches.c
+    earlier = currents_batches.alias("earlier")
+    return sa.and_(
+        b.state == BatchState.PENDING,
+        b.due_at <= now,
+        sa.or_(b.claimed_until.is_(None), b.claimed_until < now),
+        ~sa.exists().where(
+            earlier.c.feed == b.feed,
+            earlier.c.external_user_id == b.external_user_id,
+            earlier.c.state == BatchState.PENDING,
+            earlier.c.first_seq < b.first_seq,
+        ),
+    )
+
+
+def _claim(
+    conn: sa.Connection, where: t.Any, *, worker_id: str, now: float, lease_s: float, limit: int
+) -> list[ClaimedBatch]:
+    b = currents_batches.c
+    query = (
+        sa.select(
+            b.id,
+            b.feed,
+            b.external_user_id,
+            b.first_seq,
+            b.events,
+            b.body,
+            b.attempts,
+            b.first_failure_at,
+        )
+        .where(where)
+        .order_by(b.first_seq)
+        .limit(limit)
+    )
+    if conn.dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True, of=currents_batches)
+    rows = conn.execute(query).all()
+    if rows:
+        for chunk in chunks([r.id for r in rows]):
+            conn.execute(
+                sa.update(currents_batches)
+                .where(b.id.in_(chunk))
+                .values(claimed_by=worker_id, claimed_until=now + lease_s)
+            )
+    return [
+        ClaimedBatch(
+            id=r.id,
+            feed=r.feed,
+            external_user_id=r.external_user_id,
+            first_seq=r.first_seq,
+            events=r.events,
+            body=bytes(r.body),
+            attempts=r.attempts,
+            first_failure_at=r.first_failure_at,
+        )
+        for r in rows
+    ]
+
+
+def claim_batches(
+    conn: sa.Connection,
+    *,
+    feeds: Sequence[str],
+    worker_id: str,
+    now: float,
+    lease_s: float,
+    limit: int,
+) -> list[ClaimedBatch]:
+    """Lease the oldest due batches of ``feeds`` (the active ones), one per user at a time."""
+    if not feeds:
+        return []
+    where = sa.and_(_claimable(now), currents_batches.c.feed.in_(list(feeds)))
+    return _claim(conn, where, worker_id=worker_id, now=now, lease_s=lease_s, limit=limit)
+
+
+def claim_probe(
+    conn: sa.Connection, feed: str, *, worker_id: str, now: float, lease_s: float
+) -> ClaimedBatch | None:
+    """Lease the oldest pending batch of a paused feed, whatever its due time (the probe)."""
+    b = currents_batches.c
+    where = sa.and_(
+        b.feed == feed,
+        b.state == BatchState.PENDING,
+        sa.or_(b.claimed_until.is_(None), b.claimed_until < now),
+    )
+    claimed = _claim(conn, where, worker_id=worker_id, now=now, lease_s=lease_s, limit=1)
+    return claimed[0] if claimed else None
+
+
+def _owned(ids: Sequence[str], worker_id: str) -> t.Any:
+    b = currents_batches.c
+    return sa.and_(b.id.in_(list(ids)), b.claimed_by == worker_id)
+
+
+def finish(conn: sa.Connection, ids: Sequence[str], *, worker_id: str, now: float) -> int:
+    """mParticle accepted these batches: delete them (their events with them); returns the
+    number of events done."""
+    done = 0
+    for chunk in chunks(list(ids)):
+        done += sum(
+            conn.execute(
+                sa.delete(currents_batches)
+                .where(_owned(chunk, worker_id))
+                .returning(currents_batches.c.events)
+            ).scalars()
+        )
+    if done:
+        count(conn, {"forwarded": done}, now=now)
+    return done
+
+
+def release(
+    conn: sa.Connection,
+    ids: Sequence[str],
+    *,
+    worker_id: str,
+    due_at: float,
+    reason: str | None,
+) -> None:
+    """Give batches back without spending an attempt (rate limited, feed paused)."""
+    for chunk in chunks(list(ids)):
+        conn.execute(
+            sa.update(currents_batches)
+            .where(_owned(chunk, worker_id))
+            .values(claimed_by=None, claimed_until=None, due_at=due_at, last_reason=reason)
+        )
+
+
+def reschedule(
+    conn: sa.Connection,
+    retries: Mapping[str, tuple[float, str]],
+    *,
+    worker_id: str,
+    now: float,
+) -> None:
+    """A failed attempt: due again at the given time, with the reason; one attempt spent."""
+    b = currents_batches.c
+    for batch_id, (due_at, reason) in retries.items():
+        conn.execute(
+            sa.update(currents_batches)
+            .where(_owned([batch_id], worker_id))
+            .values(
+                claimed_by=None,
+                claimed_until=None,
+                due_at=due_at,
+                last_reason=reason,
+                attempts=b.attempts + 1,
+                first_failure_at=sa.func.coalesce(b.first_failure_at, now),
+            )
+        )
+
+
+def dead_letter(
+    conn: sa.Connection,
+    reasons: Mapping[str, str],
+    *,
+    worker_id: str | None,
+    now: float,
+) -> int:
+    """Move batches (and their events) to the dead-letter store with a reason."""
+    moved = 0
+    for batch_id, reason in reasons.items():
+        where = (
+            _owned([batch_id], worker_id)
+            if worker_id is not None
+            else currents_batches.c.id == batch_id
+        )
+        events = conn.execute(
+            sa.update(currents_batches)
+            .where(where, currents_batches.c.state == BatchState.PENDING)
+            .values(state=BatchState.DEAD, last_reason=reason, claimed_by=None, claimed_until=None)
+            .returning(currents_batches.c.events)
+        ).scalar()
+        if events is None:
+            continue
+        moved += events
+    if moved:
+        count(conn, {"dead_letter": moved}, now=now)
+    return moved
+
+
+def expire(conn: sa.Connection, *, now: float, retention_s: float) -> int:
+    """Dead-letter what has waited past ``retention_s`` since arrival (or replay); returns the
+    number of events moved. Nothing is deleted (SPEC §6.5)."""
+    cutoff = now - retention_s
+    b = currents_batches.c
+    expired = conn.execute(
+        sa.select(b.id, b.last_reason).where(
+            b.state == BatchState.PENDING,
+            b.retain_from < cutoff,
+            sa.or_(b.claimed_until.is_(None), b.claimed_until < now),
+        )
+    ).all()
+    moved = dead_letter(
+        conn,
+        {r.id: f"retention_expired: {r.last_reason or 'not delivered'}" for r in expired},
+        worker_id=None,
+        now=now,
+    )
+    e = currents_events.c
+    stale = conn.execute(
+        sa.update(currents_events)
+        .where(e.state.in_([EventState.QUEUED, EventState.HELD]), e.received_at < cutoff)
+        .values(
+            state=EventState.DEAD,
+            reason="retention_expired: " + sa.func.coalesce(e.reason, "queued"),
+        )
+        .returning(e.seq)
+    ).all()
+    if stale:
+        count(conn, {"dead_letter": len(stale)}, now=now)
+    return moved + len(stale)
+
+
+def replay(conn: sa.Connection, *, feed: str | None, now: float) -> int:
+    """Re-queue dead-lettered batches and events (of one feed, or all) with a fresh retention
+    and attempt budget; returns the number of events re-queued."""
+    b = currents_batches.c
+    e = currents_events.c
+    batch_where = [b.state == BatchState.DEAD]
+    if feed is not None:
+        batch_where.append(b.feed == feed)
+    revived = conn.execute(
+        sa.update(currents_batches)
+        .where(*batch_where)
+        .values(
+            state=BatchState.PENDING,
+            attempts=0,
+            first_failure_at=None,
+            due_at=now,
+            retain_from=now,
+            claimed_by=None,
+            claimed_until=None,
+        )
+        .returning(b.events)
+    ).all()
+    event_where = [e.state == EventState.DEAD]
+    if feed is not None:
+        event_where.append(e.feed == feed)
+    loose = conn.execute(
+        sa.update(currents_events)
+        .where(*event_where)
+        .values(
+            state=sa.case((e.feed.is_(None), EventState.HELD), else_=EventState.QUEUED),
+            reason=sa.case((e.feed.is_(None), "no_feed"), else_=None),
+            received_at=now,
+        )
+        .returning(e.seq)
+    ).all()
+    total = sum(r.events for r in revived) + len(loose)
+    if total:
+        count(conn, {"replayed": total}, now=now)
+    return total
+
+
+def release_all_claims(conn: sa.Connection) -> int:
+    """Drop every lease (SQLite at start-up: the only sending process was this one)."""
+    result = conn.execute(
+        sa.update(currents_batches)
+        .where(currents_batches.c.claimed_by.is_not(None))
+        .values(claimed_by=None, claimed_until=None)
+    )
+    return int(result.rowcount or 0)

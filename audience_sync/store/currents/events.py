@@ -1,0 +1,321 @@
+"""The intake queue: new events (deduplicated by id), held events, and cutting queued
+events into batches."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from audience_sync.core.currents.batching import BatchPlan, PlannedBatch, QueuedEvent
+from audience_sync.store.currents.base import (
+    BatchState,
+    EventState,
+    chunks,
+    count,
+)
+from audience_sync.store.schema import (
+    currents_batches,
+    currents_dedup,
+    currents_events,
+)
+from audience_sync.store.statements import insert
+
+
+@dataclass(frozen=True, kw_only=True)
+class NewEvent:
+    """A mapped event to queue; ``feed`` None means held (``no_feed``)."""
+
+    event_id: str
+    feed: str | None
+    external_user_id: str
+    app_id: str | None
+    platform: str | None
+    envelope_json: str
+    event_json: str
+
+
+def claim_new_ids(
+    conn: sa.Connection, event_ids: Sequence[str], *, now: float, window_s: float
+) -> set[str]:
+    """Record ``event_ids`` as seen; return those not seen within ``window_s`` (new work).
+
+    Concurrent intakes of the same id: the primary key lets exactly one insert win.
+    """
+    unique = list(dict.fromkeys(event_ids))
+    fresh: set[str] = set()
+    cutoff = now - window_s
+    for chunk in chunks(unique):
+        expired = conn.execute(
+            sa.update(currents_dedup)
+            .where(currents_dedup.c.event_id.in_(chunk), currents_dedup.c.seen_at < cutoff)
+            .values(seen_at=now)
+            .returning(currents_dedup.c.event_id)
+        ).scalars()
+        fresh.update(expired)
+        inserted = conn.execute(
+            insert(conn, currents_dedup)
+            .on_conflict_do_nothing(index_elements=[currents_dedup.c.event_id])
+            .returning(currents_dedup.c.event_id),
+            [{"event_id": i, "seen_at": now} for i in chunk],
+        ).scalars()
+        fresh.update(inserted)
+    return fresh
+
+
+ENQUEUE_COLUMNS = (
+    "event_id",
+    "feed",
+    "external_user_id",
+    "app_id",
+    "platform",
+    "state",
+    "received_at",
+    "envelope",
+    "event",
+    "reason",
+)
+_PLACEHOLDER = {"qmark": "?", "format": "%s", "pyformat": "%s"}
+
+
+def enqueue(conn: sa.Connection, events: Sequence[NewEvent], *, now: float) -> int:
+    """Queue mapped events in arrival order (the order given), in the caller's transaction.
+
+    One driver-level ``executemany`` of tuples: this runs for every imported event, and
+    SQLAlchemy's per-row parameter processing cost more than the insert itself.
+    """
+    if not events:
+        return 0
+    mark = _PLACEHOLDER[conn.dialect.paramstyle]
+    sql = (
+        f"INSERT INTO {currents_events.name} ({', '.join(ENQUEUE_COLUMNS)}) "
+        f"VALUES ({', '.join([mark] * len(ENQUEUE_COLUMNS))})"
+    )
+    queued, held = str(EventState.QUEUED), str(EventState.HELD)
+    conn.exec_driver_sql(
+        sql,
+        [
+            (
+                e.event_id,
+                e.feed,
+                e.external_user_id,
+                e.app_id,
+                e.platform,
+                queued if e.feed else held,
+                now,
+                e.envelope_json,
+                e.event_json,
+                None if e.feed else "no_feed",
+            )
+            for e in events
+        ],
+    )
+    return len(events)
+
+
+def backlog(conn: sa.Connection) -> int:
+    """Events accepted and not yet delivered nor dead-lettered (queued, held or batched)."""
+    waiting = conn.execute(
+        sa.select(sa.func.count())
+        .select_from(currents_events)
+        .where(currents_events.c.state != EventState.DEAD)
+    ).scalar_one()
+    batched = conn.execute(
+        sa.select(sa.func.coalesce(sa.func.sum(currents_batches.c.events), 0)).where(
+            currents_batches.c.state == BatchState.PENDING
+        )
+    ).scalar_one()
+    return int(waiting) + int(batched)
+
+
+def lock_feed_for_planning(conn: sa.Connection, feed: str) -> None:
+    """Serialise planners of one feed until the transaction ends (PostgreSQL; SQLite has one
+    writer anyway). Two plans committing out of order could otherwise let a user's later
+    batch be claimed before the earlier one exists."""
+    if conn.dialect.name == "postgresql":
+        key = int.from_bytes(hashlib.sha256(f"currents-plan:{feed}".encode()).digest()[:8], "big")
+        conn.execute(sa.select(sa.func.pg_advisory_xact_lock(key - 2**63)))
+
+
+def queued_events(conn: sa.Connection, feed: str, *, limit: int) -> list[QueuedEvent]:
+    """The oldest queued events of a feed (locked against other planners on PostgreSQL)."""
+    c = currents_events.c
+    query = (
+        sa.select(c.seq, c.event_id, c.feed, c.external_user_id, c.received_at, c.envelope, c.event)
+        .where(c.state == EventState.QUEUED, c.feed == feed)
+        .order_by(c.seq)
+        .limit(limit)
+    )
+    if conn.dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    return [
+        QueuedEvent(
+            seq=r.seq,
+            event_id=r.event_id,
+            feed=r.feed,
+            external_user_id=r.external_user_id,
+            received_at=r.received_at,
+            envelope_json=r.envelope,
+            event_json=r.event,
+        )
+        for r in conn.execute(query)
+    ]
+
+
+def is_planning_due(conn: sa.Connection, feed: str, *, older_than: float, enough: int) -> bool:
+    """Whether a feed's queued events should be cut into batches now: its oldest has waited
+    since ``older_than``, or ``enough`` are queued (batches then hold more events per user)."""
+    c = currents_events.c
+    queued = (
+        sa.select(c.seq, c.received_at)
+        .where(c.state == EventState.QUEUED, c.feed == feed)
+        .order_by(c.seq)
+    )
+    oldest = conn.execute(queued.limit(1)).first()
+    if oldest is None:
+        return False
+    if oldest.received_at <= older_than:
+        return True
+    return conn.execute(queued.offset(enough - 1).limit(1)).first() is not None
+
+
+def feeds_with_queued(conn: sa.Connection) -> list[str]:
+    """Feeds that have events waiting for a batch."""
+    c = currents_events.c
+    return list(
+        conn.execute(
+            sa.select(c.feed).where(c.state == EventState.QUEUED).group_by(c.feed)
+        ).scalars()
+    )
+
+
+class PlanConflictError(Exception):
+    """Events read for a plan changed before it was saved (expired, or taken by another
+    planner): the transaction rolls back and the events are planned again later."""
+
+
+def save_plan(
+    conn: sa.Connection,
+    plan: BatchPlan,
+    *,
+    now: float,
+    claim: tuple[str, float] | None = None,
+    claim_limit: int = 1000,
+) -> list[PlannedBatch]:
+    """Store formed batches (their events move into them) and dead-letter events that cannot
+    be sent, in the caller's transaction.
+
+    ``claim=(worker_id, lease_until)`` leases up to ``claim_limit`` new batches to that sender
+    at once (no more than it can send within the lease), except a batch whose user already has
+    an older pending batch in the feed (order of arrival), and a user's second new batch.
+    Returns the batches leased.
+
+    Raises:
+        PlanConflictError: some planned events are no longer queued.
+    """
+    c = currents_events.c
+    seqs = [s for b in plan.batches for s in b.seqs] + [s for s, _ in plan.rejected]
+    deleted = 0
+    for chunk in chunks([s for b in plan.batches for s in b.seqs]):
+        deleted += conn.execute(
+            sa.delete(currents_events).where(c.seq.in_(chunk), c.state == EventState.QUEUED)
+        ).rowcount
+    if plan.rejected:
+        result = conn.execute(
+            sa.update(currents_events)
+            .where(c.seq == sa.bindparam("b_seq"), c.state == EventState.QUEUED)
+            .values(state=EventState.DEAD, reason=sa.bindparam("b_reason")),
+            [{"b_seq": s, "b_reason": r} for s, r in plan.rejected],
+        )
+        deleted += result.rowcount
+        count(conn, {"dead_letter": len(plan.rejected)}, now=now)
+    if deleted != len(seqs):
+        raise PlanConflictError(f"{len(seqs) - deleted} planned event(s) changed")
+    claimed: list[PlannedBatch] = []
+    if claim is not None and plan.batches:
+        blocked = _users_with_pending(conn, plan.batches)
+        for batch in plan.batches:
+            key = (batch.feed, batch.external_user_id)
+            if key not in blocked and len(claimed) < claim_limit:
+                claimed.append(batch)
+            blocked.add(key)
+    leased = {b.batch_id for b in claimed}
+    if plan.batches:
+        conn.execute(
+            currents_batches.insert(),
+            [
+                {
+                    "id": b.batch_id,
+                    "feed": b.feed,
+                    "external_user_id": b.external_user_id,
+                    "first_seq": b.first_seq,
+                    "events": len(b.seqs),
+                    "event_ids": json.dumps(list(b.event_ids)),
+                    "body": b.body,
+                    "state": BatchState.PENDING,
+                    "attempts": 0,
+                    "due_at": now,
+                    "claimed_by": claim[0] if claim and b.batch_id in leased else None,
+                    "claimed_until": claim[1] if claim and b.batch_id in leased else None,
+                    "received_at": b.received_at,
+                    "retain_from": b.received_at,
+                    "created_at": now,
+                }
+                for b in plan.batches
+            ],
+        )
+    return claimed
+
+
+def _users_with_pending(
+    conn: sa.Connection, batches: Sequence[PlannedBatch]
+) -> set[tuple[str, str]]:
+    """(feed, user) pairs among ``batches`` that already have a pending batch."""
+    b = currents_batches.c
+    found: set[tuple[str, str]] = set()
+    by_feed: dict[str, list[str]] = {}
+    for batch in batches:
+        by_feed.setdefault(batch.feed, []).append(batch.external_user_id)
+    for feed, users in by_feed.items():
+        for chunk in chunks(sorted(set(users))):
+            rows = conn.execute(
+                sa.select(b.external_user_id)
+                .where(b.feed == feed, b.state == BatchState.PENDING, b.external_user_id.in_(chunk))
+                .distinct()
+            ).scalars()
+            found.update((feed, user) for user in rows)
+    return found
+
+
+def reroute_held(
+    conn: sa.Connection, route: Callable[[str | None, str | None], str | None], *, now: float
+) -> int:
+    """Give held events (``no_feed``) to a feed that now takes them; returns how many moved."""
+    e = currents_events.c
+    held = conn.execute(
+        sa.select(e.seq, e.app_id, e.platform).where(e.state == EventState.HELD)
+    ).all()
+    moves = [
+        {"b_seq": r.seq, "b_feed": feed}
+        for r in held
+        if (feed := route(r.app_id, r.platform)) is not None
+    ]
+    if moves:
+        conn.execute(
+            sa.update(currents_events)
+            .where(e.seq == sa.bindparam("b_seq"), e.state == EventState.HELD)
+            .values(feed=sa.bindparam("b_feed"), state=EventState.QUEUED, reason=None),
+            moves,
+        )
+    return len(moves)
+
+
+def prune_dedup(conn: sa.Connection, *, now: float, window_s: float) -> int:
+    """Delete dedup keys older than the window; returns how many."""
+    result = conn.execute(
+        sa.delete(currents_dedup).where(currents_dedup.c.seen_at < now - window_s)
+    )
+    return int(result.rowcount or 0)

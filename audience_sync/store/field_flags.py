@@ -1,0 +1,76 @@
+"""Reads and writes of the field values Braze refused per user (``field_flags``, SPEC §5.3).
+
+The core decides what a refusal means (:mod:`audience_sync.core.field_flags`); this module only
+remembers each refused value's fingerprint per user and field, and reads them back for a batch.
+"""
+
+from __future__ import annotations
+
+import typing as t
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+
+import sqlalchemy as sa
+
+from audience_sync.core.field_flags import FieldFlag
+from audience_sync.store.schema import field_flags
+from audience_sync.store.statements import cached_statement, insert
+
+_SELECT = sa.select(
+    field_flags.c.external_id,
+    field_flags.c.field,
+    field_flags.c.fingerprint,
+    field_flags.c.flag,
+).where(
+    field_flags.c.workspace_id == sa.bindparam("b_workspace_id"),
+    field_flags.c.external_id.in_(sa.bindparam("b_ids", expanding=True)),
+)
+
+
+def load_field_flags(
+    conn: sa.Connection, workspace_id: int, external_ids: Sequence[str]
+) -> dict[str, tuple[FieldFlag, ...]]:
+    """The refused field values of each of ``external_ids`` that has any."""
+    if not external_ids:
+        return {}
+    out: dict[str, list[FieldFlag]] = defaultdict(list)
+    for external_id, name, digest, flag in conn.execute(
+        _SELECT, {"b_workspace_id": workspace_id, "b_ids": list(external_ids)}
+    ):
+        out[external_id].append(FieldFlag(field=name, fingerprint=digest, flag=flag))
+    return {k: tuple(sorted(v, key=lambda f: f.field)) for k, v in out.items()}
+
+
+def _upsert(conn: sa.Connection) -> t.Any:
+    stmt = insert(conn, field_flags)
+    return stmt.on_conflict_do_update(
+        index_elements=[field_flags.c.workspace_id, field_flags.c.external_id, field_flags.c.field],
+        set_={
+            "fingerprint": stmt.excluded.fingerprint,
+            "flag": stmt.excluded.flag,
+            "flagged_at": stmt.excluded.flagged_at,
+        },
+    )
+
+
+def save_field_flags(
+    conn: sa.Connection,
+    *,
+    workspace_id: int,
+    flags: Iterable[tuple[str, FieldFlag]],
+    now: float,
+) -> None:
+    """Remember refused values: ``(external_id, flag)`` pairs; a newer one replaces the older."""
+    rows = [
+        {
+            "workspace_id": workspace_id,
+            "external_id": external_id,
+            "field": f.field,
+            "fingerprint": f.fingerprint,
+            "flag": f.flag,
+            "flagged_at": now,
+        }
+        for external_id, f in flags
+    ]
+    if rows:
+        conn.execute(cached_statement(conn, "field_flags.upsert", lambda: _upsert(conn)), rows)

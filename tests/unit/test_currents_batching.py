@@ -1,0 +1,162 @@
+"""Feed routing and batch forming (SPEC §6.3, §6.4), from tables."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from audience_sync.core.currents.batching import QueuedEvent, plan_batches, source_request_id
+from audience_sync.core.currents.routing import Feed, route
+
+FEEDS = (
+    Feed(name="android", platform="android"),
+    Feed(name="ios", platform="ios", app_ids=frozenset({"app-tv"})),
+    Feed(name="unbound", platform="unbound"),
+    Feed(name="web", platform="web"),
+)
+
+
+@pytest.mark.parametrize(
+    ("app_id", "platform", "feeds", "expected"),
+    [
+        ("app-tv", "android", FEEDS, "ios"),
+        (None, "ios", FEEDS, "ios"),
+        (None, "Android", FEEDS, "android"),
+        ("other-app", "web", FEEDS, "web"),
+        (None, None, FEEDS, "unbound"),
+        (None, "roku", FEEDS, "unbound"),
+        (None, "ios", (Feed(name="unbound", platform="unbound"),), None),
+        (None, None, (Feed(name="ios", platform="ios"),), None),
+        (None, None, (), None),
+    ],
+    ids=[
+        "app-id-first",
+        "ios",
+        "android-case",
+        "unknown-app",
+        "email-unbound",
+        "other-platform",
+        "no-ios-feed",
+        "no-unbound-feed",
+        "no-feeds",
+    ],
+)
+def test_route(app_id, platform, feeds, expected):
+    assert route(app_id, platform, feeds) == expected
+
+
+def queued(seq, user="u", feed="f", envelope=None, size=10):
+    env = envelope or {
+        "user_identities": {"customerid": user},
+        "device_info": {},
+        "user_attributes": {},
+    }
+    event = {
+        "event_type": "custom_event",
+        "data": {
+            "event_name": "X",
+            "custom_event_type": "other",
+            "timestamp_unixtime_ms": seq,
+            "source_message_id": f"m{seq}",
+            "custom_attributes": {"pad": "p" * size},
+        },
+    }
+    return QueuedEvent(
+        seq=seq,
+        event_id=f"m{seq}",
+        feed=feed,
+        external_user_id=user,
+        received_at=float(seq),
+        envelope_json=json.dumps(env),
+        event_json=json.dumps(event),
+    )
+
+
+def test_one_batch_per_user_and_feed_in_arrival_order():
+    events = [queued(3, "b"), queued(1, "a"), queued(2, "b"), queued(4, "a", feed="g")]
+    plan = plan_batches(events, environment="production")
+    summary = [(b.feed, b.external_user_id, b.seqs) for b in plan.batches]
+    assert summary == [("f", "a", (1,)), ("f", "b", (2, 3)), ("g", "a", (4,))]
+    body = json.loads(plan.batches[1].body)
+    assert body["schema_version"] == 2 and body["environment"] == "production"
+    assert body["source_request_id"] == plan.batches[1].batch_id
+    assert body["user_identities"] == {"customerid": "b"}
+    assert [e["data"]["source_message_id"] for e in body["events"]] == ["m2", "m3"]
+
+
+def test_a_changed_envelope_starts_a_new_batch_keeping_order():
+    other = {
+        "user_identities": {"customerid": "u", "email": "e@x"},
+        "device_info": {},
+        "user_attributes": {},
+    }
+    plan = plan_batches([queued(1), queued(2, envelope=other), queued(3)], environment="production")
+    assert [b.seqs for b in plan.batches] == [(1,), (2,), (3,)]
+
+
+def test_batches_stay_under_128_kb_and_oversized_events_are_rejected():
+    events = [queued(n, size=30_000) for n in range(1, 10)] + [queued(10, size=200_000)]
+    plan = plan_batches(events, environment="production")
+    assert all(len(b.body) < 128 * 1024 for b in plan.batches)
+    assert sum(len(b.seqs) for b in plan.batches) == 9
+    assert [s for b in plan.batches for s in b.seqs] == list(range(1, 10))
+    assert plan.rejected == ((10, "event_too_large"),)
+
+
+def test_source_request_id_is_deterministic():
+    first = plan_batches([queued(1), queued(2)], environment="production").batches[0]
+    again = plan_batches([queued(2), queued(1)], environment="production").batches[0]
+    assert first.batch_id == again.batch_id == source_request_id("f", 1, ["m1", "m2"])
+    assert first.body == again.body
+    assert source_request_id("g", 1, ["m1", "m2"]) != first.batch_id
+    assert source_request_id("f", 7, ["m1", "m2"]) != first.batch_id  # re-queued later
+
+
+def test_an_invalid_environment_is_caught_before_sending():
+    plan = plan_batches([queued(1)], environment="staging")
+    assert plan.batches == ()
+    assert plan.rejected[0][1].startswith("invalid_batch: environment")
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    spec=st.lists(
+        st.tuples(
+            st.sampled_from(["a", "b", "c"]),  # user
+            st.sampled_from(["f", "g"]),  # feed
+            st.booleans(),  # with an email identity (another envelope)
+            st.integers(min_value=0, max_value=60_000),  # attribute padding
+        ),
+        max_size=40,
+    )
+)
+def test_plans_keep_every_event_once_in_arrival_order_per_user(spec):
+    events = []
+    for seq, (user, feed, email, size) in enumerate(spec, start=1):
+        identities = {"customerid": user, **({"email": f"{user}@x"} if email else {})}
+        envelope = {"user_identities": identities, "device_info": {}, "user_attributes": {}}
+        events.append(queued(seq, user=user, feed=feed, envelope=envelope, size=size))
+    plan = plan_batches(list(reversed(events)), environment="production")
+    placed = [s for b in plan.batches for s in b.seqs] + [s for s, _ in plan.rejected]
+    assert sorted(placed) == list(range(1, len(spec) + 1))  # each event exactly once
+    for batch in plan.batches:
+        body = json.loads(batch.body)
+        assert len(batch.body) < 128 * 1024
+        assert {events[s - 1].external_user_id for s in batch.seqs} == {batch.external_user_id}
+        assert {events[s - 1].feed for s in batch.seqs} == {batch.feed}
+        assert list(batch.seqs) == sorted(batch.seqs)
+        assert [e["data"]["source_message_id"] for e in body["events"]] == [
+            f"m{s}" for s in batch.seqs
+        ]
+    for user in "abc":
+        for feed in "fg":
+            order = [
+                s
+                for b in plan.batches
+                if (b.external_user_id, b.feed) == (user, feed)
+                for s in b.seqs
+            ]
+            assert order == sorted(order)  # batches sorted by first_seq keep arrival order
