@@ -47,6 +47,10 @@ queued event has waited ``delivery.coalesce_s`` or this many are queued, so that
 arriving close together share a batch (fewer batches against the 270 batches/s budget)."""
 CLAIM_BATCHES = 1000
 """Batches leased at a time (ten full requests)."""
+FORMATION_SEND_S = 5.0
+"""Batches are leased as they are formed (no separate claim, which cost more than the rest of
+a batch's bookkeeping) up to what the feed's budget sends in this many seconds, well within the
+lease, and at least :data:`CLAIM_BATCHES`; the others are claimed later, oldest first."""
 HOUSEKEEPING_INTERVAL_S = 1.0
 """How often feed rows, held events and probes are looked at."""
 
@@ -114,6 +118,12 @@ class CurrentsSender(SenderLoop[queue.ClaimedBatch]):
         self.config = CurrentsConfig.from_settings(settings)
         self.environment: str = settings.get("currents.environment")
         self.lease_s: float = settings.get("delivery.lease_s")
+        self.formation_claims = int(
+            min(
+                PLAN_EVENTS,
+                max(CLAIM_BATCHES, budget.rate * min(FORMATION_SEND_S, self.lease_s / 2)),
+            )
+        )
         self.coalesce_s: float = settings.get("delivery.coalesce_s")
         self.probe_interval_s: float = settings.get("currents.probe_interval_s")
         base_url = settings.get("currents.mparticle_url")
@@ -227,7 +237,7 @@ class CurrentsSender(SenderLoop[queue.ClaimedBatch]):
                 events = queue.queued_events(conn, feed, limit=PLAN_EVENTS)
                 plan = plan_batches(events, environment=self.environment)
                 return plan, queue.save_plan(
-                    conn, plan, now=now, claim=claim, claim_limit=CLAIM_BATCHES
+                    conn, plan, now=now, claim=claim, claim_limit=self.formation_claims
                 )
 
             return self.transaction(locked, action="currents_plan")
@@ -238,7 +248,7 @@ class CurrentsSender(SenderLoop[queue.ClaimedBatch]):
         plan = plan_batches(events, environment=self.environment)
         claimed = self.transaction(
             lambda conn: queue.save_plan(
-                conn, plan, now=now, claim=claim, claim_limit=CLAIM_BATCHES
+                conn, plan, now=now, claim=claim, claim_limit=self.formation_claims
             ),
             action="currents_plan",
         )
@@ -279,8 +289,9 @@ class CurrentsSender(SenderLoop[queue.ClaimedBatch]):
     ) -> None:
         """Pack and send the claimed batches of one feed, recording every outcome.
 
-        Accepted batches are recorded together at the end (one transaction for the round); if
-        the process dies before, they are resent with the same ``source_request_id``.
+        Accepted batches are recorded together (one transaction per ten full requests and at
+        the end); if the process dies before, they are resent with the same
+        ``source_request_id``.
         """
         credentials = self.credentials[feed]
         by_id = {b.id: b for b in batches}
@@ -301,6 +312,10 @@ class CurrentsSender(SenderLoop[queue.ClaimedBatch]):
                 outcome = self.client.send(credentials, request.body, now=now)
                 if outcome.kind == Kind.ACCEPTED:
                     accepted.extend(request.batch_ids)
+                    if len(accepted) >= CLAIM_BATCHES:
+                        # Recorded every ten full requests: a SIGKILL resends no more.
+                        self._accepted(feed, accepted, now=self.clock(), probe=probe)
+                        accepted = []
                     continue
                 keep_going = self._record(
                     feed, [by_id[i] for i in request.batch_ids], outcome, now=now, probe=probe
