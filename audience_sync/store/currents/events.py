@@ -176,26 +176,27 @@ def lock_feed_for_planning(conn: sa.Connection, feed: str) -> None:
 
 def queued_events(conn: sa.Connection, feed: str, *, limit: int) -> list[QueuedEvent]:
     """The oldest queued events of a feed (locked against other planners on PostgreSQL)."""
-    c = currents_events.c
-    query = (
-        sa.select(c.seq, c.event_id, c.feed, c.external_user_id, c.received_at, c.envelope, c.event)
-        .where(c.state == EventState.QUEUED, c.feed == feed)
-        .order_by(c.seq)
-        .limit(limit)
-    )
-    if conn.dialect.name == "postgresql":
-        query = query.with_for_update(skip_locked=True)
+    mark = _PLACEHOLDER[conn.dialect.paramstyle]
+    lock = " FOR UPDATE SKIP LOCKED" if conn.dialect.name == "postgresql" else ""
+    # Driver SQL and tuples: up to PLAN_EVENTS rows per call, where SQLAlchemy's Row objects
+    # cost more than the query.
+    rows = conn.exec_driver_sql(
+        "SELECT seq, event_id, feed, external_user_id, received_at, envelope, event "
+        f"FROM {currents_events.name} WHERE state = {mark} AND feed = {mark} "
+        f"ORDER BY seq LIMIT {int(limit)}{lock}",
+        (str(EventState.QUEUED), feed),
+    ).all()
     return [
         QueuedEvent(
-            seq=r.seq,
-            event_id=r.event_id,
-            feed=r.feed,
-            external_user_id=r.external_user_id,
-            received_at=r.received_at,
-            envelope_json=r.envelope,
-            event_json=r.event,
+            seq=seq,
+            event_id=event_id,
+            feed=feed_,
+            external_user_id=user,
+            received_at=received_at,
+            envelope_json=envelope,
+            event_json=event,
         )
-        for r in conn.execute(query)
+        for seq, event_id, feed_, user, received_at, envelope, event in rows
     ]
 
 
