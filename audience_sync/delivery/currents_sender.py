@@ -118,6 +118,9 @@ class CurrentsSender(SenderLoop[queue.ClaimedBatch]):
         self.config = CurrentsConfig.from_settings(settings)
         self.environment: str = settings.get("currents.environment")
         self.lease_s: float = settings.get("delivery.lease_s")
+        # A request must be able to end before the lease of its batches does (see deliver).
+        self.request_timeout_s: float = min(settings.get("currents.timeout_s"), 0.8 * self.lease_s)
+        self._lease_until = 0.0
         self.formation_claims = int(
             min(
                 PLAN_EVENTS,
@@ -165,6 +168,7 @@ class CurrentsSender(SenderLoop[queue.ClaimedBatch]):
         if self.url_problem:
             return []
         active = [n for n in self.credentials if self.states.get(n) != queue.FeedState.PAUSED]
+        self._lease_until = now + self.lease_s
         return self.transaction(
             lambda conn: queue.claim_batches(
                 conn,
@@ -224,6 +228,7 @@ class CurrentsSender(SenderLoop[queue.ClaimedBatch]):
                 continue  # the events changed under the plan: planned again next round
             formed += len(plan.batches)
             if claimed:
+                self._lease_until = now + self.lease_s
                 self.deliver(feed, [_fresh_claim(b) for b in claimed])
         return formed
 
@@ -279,6 +284,7 @@ class CurrentsSender(SenderLoop[queue.ClaimedBatch]):
                 "probing paused feed %s", feed, extra={"action": "currents_probe", "feed": feed}
             )
             probed += 1
+            self._lease_until = now + self.lease_s
             self.deliver(feed, [claim], probe=True)
         return probed
 
@@ -309,6 +315,12 @@ class CurrentsSender(SenderLoop[queue.ClaimedBatch]):
                 if wait > 0:
                     self.stop.wait(wait)
                 now = self.clock()
+                if now + self.request_timeout_s >= self._lease_until:
+                    # The lease could end mid-request (a slow server, a short lease): give the
+                    # rest back rather than risk another sender taking them in flight.
+                    left = [i for r in requests[index:] for i in r.batch_ids]
+                    self._release(left, due_at=now)
+                    return
                 outcome = self.client.send(credentials, request.body, now=now)
                 if outcome.kind == Kind.ACCEPTED:
                     accepted.extend(request.batch_ids)
