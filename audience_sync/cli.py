@@ -226,6 +226,7 @@ def currents_import_command(ctx: Context, paths: tuple[str, ...]) -> None:
 
     from audience_sync.currents.importer import find_files, import_paths
     from audience_sync.currents.service import CurrentsConfig
+    from audience_sync.progress import progress
     from audience_sync.runtime import Runtime
 
     settings = _setup(ctx)
@@ -233,12 +234,10 @@ def currents_import_command(ctx: Context, paths: tuple[str, ...]) -> None:
     _require_current_schema(runtime)
     config = CurrentsConfig.from_settings(settings)
     total = sum(1 for _ in find_files(paths))
-    if sys.stderr.isatty():
-        with click.progressbar(length=total, label="importing", file=sys.stderr) as bar:
-            summary = import_paths(runtime.engine, config, paths, on_file=lambda _r: bar.update(1))
-    else:
-        # Off a terminal each file is a JSON log line (currents_file_imported / _failed).
-        summary = import_paths(runtime.engine, config, paths)
+    # A bar on a terminal; off it none is drawn, and each file is a JSON log line
+    # (currents_file_imported / _failed).
+    with progress("importing files", total=total) as advance:
+        summary = import_paths(runtime.engine, config, paths, on_file=lambda _r: advance(1))
     for path, error in summary.failed:
         click.echo(f"failed: {path}: {error}", err=True)
     skipped = ", ".join(f"{k} {v}" for k, v in sorted(summary.skipped.items())) or "none"

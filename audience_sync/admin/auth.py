@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 from flask import Flask, Response, request, session
 
+from audience_sync import web
 from audience_sync.http_errors import error_response
 from audience_sync.runtime import current_runtime
 from audience_sync.settings import Secret
@@ -34,23 +35,24 @@ CSRF_KEY = "csrf"
 COOKIE_NAME = "audience_sync_admin"
 
 
+def _token() -> Secret:
+    return t.cast(Secret, current_runtime().settings.get("admin.token"))
+
+
 def _configured() -> bytes:
-    token: Secret = current_runtime().settings.get("admin.token")
-    return token.reveal().encode("utf-8", "surrogateescape")
+    return _token().reveal().encode("utf-8", "surrogateescape")
 
 
 def token_matches(presented: str) -> bool:
     """``presented`` equals the configured token (never true when none is configured)."""
-    expected = _configured()
-    given = presented.encode("utf-8", "surrogateescape")
-    return bool(expected) & hmac.compare_digest(given, expected)
+    return web.token_matches(presented, [_token()])
 
 
 def bearer_ok() -> bool:
     """The request carries ``Authorization: Bearer <admin.token>``."""
-    scheme, _, value = request.headers.get("Authorization", "").strip().partition(" ")
-    matched = token_matches(value.strip())
-    return matched and scheme.lower() == "bearer"
+    return web.authorization_matches(
+        request.headers.get("Authorization", ""), web.AuthScheme.BEARER, [_token()]
+    )
 
 
 def session_ok() -> bool:

@@ -8,13 +8,11 @@ event is skipped and counted ``invalid_event``. Everything accepted is committed
 
 from __future__ import annotations
 
-import hmac
 import logging
 import threading
 import time
 import typing as t
 from collections import Counter
-from collections.abc import Iterable
 
 import orjson
 import sqlalchemy as sa
@@ -26,32 +24,19 @@ from audience_sync.currents.service import CurrentsConfig, prepare, store_events
 from audience_sync.errors import InvalidPayloadError
 from audience_sync.http_errors import error_response
 from audience_sync.runtime import current_runtime
-from audience_sync.settings import Secret
 from audience_sync.store import currents as queue
 from audience_sync.store.engine import read_only
 from audience_sync.store.transactions import in_transaction
+from audience_sync.web import AuthScheme, authorization_matches
 
 logger = logging.getLogger(__name__)
 
 bp = Blueprint("currents", __name__)
 
-AUTH_SCHEME = "bearer"
 BACKLOG_CHECK_INTERVAL_S = 1.0
 """How long a backlog count is reused (counting every request would cost more than intake)."""
 RETRY_AFTER_BACKLOG_S = 30
 RETRY_AFTER_UNAVAILABLE_S = 5
-
-
-def is_authorized(header: str, tokens: Iterable[Secret]) -> bool:
-    """``Authorization: Bearer <t>`` against every configured token, in constant time (every
-    token compared, no early exit; an empty configured token never matches)."""
-    scheme, _, presented = header.strip().partition(" ")
-    presented_bytes = presented.strip().encode("utf-8", "surrogateescape")
-    matched = False
-    for token in tokens:
-        expected = token.reveal().encode("utf-8", "surrogateescape")
-        matched |= bool(expected) & hmac.compare_digest(presented_bytes, expected)
-    return matched and scheme.lower() == AUTH_SCHEME
 
 
 class _BacklogGauge:
@@ -98,7 +83,9 @@ def receive() -> Response | tuple[Response, int]:
     started = time.perf_counter()
     runtime = current_runtime()
     settings = runtime.settings
-    if not is_authorized(request.headers.get("Authorization", ""), settings.get("currents.tokens")):
+    if not authorization_matches(
+        request.headers.get("Authorization", ""), AuthScheme.BEARER, settings.get("currents.tokens")
+    ):
         _log_rejected(401, "unauthorized")
         response, status = error_response(401, "missing or invalid Currents token")
         response.headers["WWW-Authenticate"] = "Bearer"

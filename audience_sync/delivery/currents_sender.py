@@ -47,6 +47,10 @@ queued event has waited ``delivery.coalesce_s`` or this many are queued, so that
 arriving close together share a batch (fewer batches against the 270 batches/s budget)."""
 CLAIM_BATCHES = 1000
 """Batches leased at a time (ten full requests)."""
+FORMATION_SEND_S = 5.0
+"""Batches are leased as they are formed (no separate claim, which cost more than the rest of
+a batch's bookkeeping) up to what the feed's budget sends in this many seconds, well within the
+lease, and at least :data:`CLAIM_BATCHES`; the others are claimed later, oldest first."""
 HOUSEKEEPING_INTERVAL_S = 1.0
 """How often feed rows, held events and probes are looked at."""
 
@@ -114,6 +118,15 @@ class CurrentsSender(SenderLoop[queue.ClaimedBatch]):
         self.config = CurrentsConfig.from_settings(settings)
         self.environment: str = settings.get("currents.environment")
         self.lease_s: float = settings.get("delivery.lease_s")
+        # A request must be able to end before the lease of its batches does (see deliver).
+        self.request_timeout_s: float = min(settings.get("currents.timeout_s"), 0.8 * self.lease_s)
+        self._lease_until = 0.0
+        self.formation_claims = int(
+            min(
+                PLAN_EVENTS,
+                max(CLAIM_BATCHES, budget.rate * min(FORMATION_SEND_S, self.lease_s / 2)),
+            )
+        )
         self.coalesce_s: float = settings.get("delivery.coalesce_s")
         self.probe_interval_s: float = settings.get("currents.probe_interval_s")
         base_url = settings.get("currents.mparticle_url")
@@ -155,6 +168,7 @@ class CurrentsSender(SenderLoop[queue.ClaimedBatch]):
         if self.url_problem:
             return []
         active = [n for n in self.credentials if self.states.get(n) != queue.FeedState.PAUSED]
+        self._lease_until = now + self.lease_s
         return self.transaction(
             lambda conn: queue.claim_batches(
                 conn,
@@ -214,6 +228,7 @@ class CurrentsSender(SenderLoop[queue.ClaimedBatch]):
                 continue  # the events changed under the plan: planned again next round
             formed += len(plan.batches)
             if claimed:
+                self._lease_until = now + self.lease_s
                 self.deliver(feed, [_fresh_claim(b) for b in claimed])
         return formed
 
@@ -227,7 +242,7 @@ class CurrentsSender(SenderLoop[queue.ClaimedBatch]):
                 events = queue.queued_events(conn, feed, limit=PLAN_EVENTS)
                 plan = plan_batches(events, environment=self.environment)
                 return plan, queue.save_plan(
-                    conn, plan, now=now, claim=claim, claim_limit=CLAIM_BATCHES
+                    conn, plan, now=now, claim=claim, claim_limit=self.formation_claims
                 )
 
             return self.transaction(locked, action="currents_plan")
@@ -238,7 +253,7 @@ class CurrentsSender(SenderLoop[queue.ClaimedBatch]):
         plan = plan_batches(events, environment=self.environment)
         claimed = self.transaction(
             lambda conn: queue.save_plan(
-                conn, plan, now=now, claim=claim, claim_limit=CLAIM_BATCHES
+                conn, plan, now=now, claim=claim, claim_limit=self.formation_claims
             ),
             action="currents_plan",
         )
@@ -269,6 +284,7 @@ class CurrentsSender(SenderLoop[queue.ClaimedBatch]):
                 "probing paused feed %s", feed, extra={"action": "currents_probe", "feed": feed}
             )
             probed += 1
+            self._lease_until = now + self.lease_s
             self.deliver(feed, [claim], probe=True)
         return probed
 
@@ -279,8 +295,9 @@ class CurrentsSender(SenderLoop[queue.ClaimedBatch]):
     ) -> None:
         """Pack and send the claimed batches of one feed, recording every outcome.
 
-        Accepted batches are recorded together at the end (one transaction for the round); if
-        the process dies before, they are resent with the same ``source_request_id``.
+        Accepted batches are recorded together (one transaction per ten full requests and at
+        the end); if the process dies before, they are resent with the same
+        ``source_request_id``.
         """
         credentials = self.credentials[feed]
         by_id = {b.id: b for b in batches}
@@ -298,9 +315,19 @@ class CurrentsSender(SenderLoop[queue.ClaimedBatch]):
                 if wait > 0:
                     self.stop.wait(wait)
                 now = self.clock()
+                if now + self.request_timeout_s >= self._lease_until:
+                    # The lease could end mid-request (a slow server, a short lease): give the
+                    # rest back rather than risk another sender taking them in flight.
+                    left = [i for r in requests[index:] for i in r.batch_ids]
+                    self._release(left, due_at=now)
+                    return
                 outcome = self.client.send(credentials, request.body, now=now)
                 if outcome.kind == Kind.ACCEPTED:
                     accepted.extend(request.batch_ids)
+                    if len(accepted) >= CLAIM_BATCHES:
+                        # Recorded every ten full requests: a SIGKILL resends no more.
+                        self._accepted(feed, accepted, now=self.clock(), probe=probe)
+                        accepted = []
                     continue
                 keep_going = self._record(
                     feed, [by_id[i] for i in request.batch_ids], outcome, now=now, probe=probe

@@ -6,14 +6,12 @@ The view authenticates, validates, hands the message to :mod:`audience_sync.fire
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import math
 import time
 import typing as t
 import uuid
-from collections.abc import Iterable
 
 from flask import Blueprint, Response, jsonify, request
 
@@ -35,14 +33,13 @@ from audience_sync.firehose.registration import registration_content
 from audience_sync.firehose.validation import load_message
 from audience_sync.http_errors import error_response
 from audience_sync.runtime import current_runtime
-from audience_sync.settings import Secret
+from audience_sync.web import AuthScheme, authorization_matches
 
 logger = logging.getLogger(__name__)
 
 bp = Blueprint("firehose", __name__)
 
 DEFAULT_FIREHOSE_VERSION = "3.2.0"
-AUTH_SCHEME = "token"
 
 
 class _InvalidJSON(Exception):
@@ -57,8 +54,10 @@ def receive() -> Response | tuple[Response, int]:
     """Dispatch one Firehose message on its ``type`` and answer with its ``…_response``."""
     started = time.perf_counter()
     runtime = current_runtime()
-    authorized = is_authorized(
-        request.headers.get("Authorization", ""), runtime.settings.get("firehose.tokens")
+    authorized = authorization_matches(
+        request.headers.get("Authorization", ""),
+        AuthScheme.TOKEN,
+        runtime.settings.get("firehose.tokens"),
     )
     try:
         # Within firehose.max_body_bytes: audience_sync.body_limits answered larger ones.
@@ -128,19 +127,6 @@ def receive() -> Response | tuple[Response, int]:
     )
 
 
-def is_authorized(header: str, tokens: Iterable[Secret]) -> bool:
-    """``Authorization: Token <t>`` against every configured token, in constant time.
-
-    Every token is compared (no early exit), so the time taken does not tell which one
-    nearly matched; an empty configured token never matches.
-    """
-    scheme, _, presented = header.strip().partition(" ")
-    presented_bytes = presented.strip().encode("utf-8", "surrogateescape")
-    matched = False
-    for token in tokens:
-        expected = token.reveal().encode("utf-8", "surrogateescape")
-        matched |= bool(expected) & hmac.compare_digest(presented_bytes, expected)
-    return matched and scheme.lower() == AUTH_SCHEME
 
 
 def _reject_constant(name: str) -> t.NoReturn:

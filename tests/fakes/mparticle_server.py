@@ -135,6 +135,7 @@ class FakeMParticle:
         retry_after_s: float = 0.2,
         validate: bool = True,
         port: int = 0,
+        hang_s: float = 0.0,
     ) -> None:
         self.feeds = dict(feeds)
         self.random = random.Random(seed)
@@ -144,6 +145,9 @@ class FakeMParticle:
         self.rate_drop_after = rate_drop_after
         self.retry_after_s = retry_after_s
         self.validate = validate
+        # Requests held this long, then dropped unrecorded (a sender killed mid-request).
+        self.hang_s = hang_s
+        self.hung = 0
         self.unauthorized: set[str] = set()
         # source_request_ids answered with a 400 (mParticle refusing a request outright).
         self.refuse_batches: set[str] = set()
@@ -294,6 +298,11 @@ class FakeMParticle:
                 key = fake._feed_of(self.headers.get("Authorization", ""))
                 if key is None or key in fake.unauthorized:
                     return self._answer(401, {"errors": [{"message": "Unauthorized"}]})
+                if fake.hang_s:
+                    with fake.lock:
+                        fake.hung += 1
+                    time.sleep(fake.hang_s)
+                    return self._drop()
                 with fake.lock:
                     roll = fake.random.random()
                     r429, r5xx, rdrop = fake.rate_429, fake.rate_5xx, fake.rate_drop

@@ -393,3 +393,49 @@ def test_an_event_accepted_again_after_the_dedup_window_forms_a_new_batch(make_c
     assert mp.message_ids() == {event["id"]: 1}
     with runtime.engine.connect() as conn:
         assert len(queue.dead_letters(conn)) == 1
+
+
+def test_batches_whose_lease_could_end_mid_request_are_given_back_not_sent(make_client, mp):
+    """A sender never starts a request its lease might not outlast (another sender could take
+    the batches meanwhile): the rest are released, then claimed and sent, each exactly once."""
+    client = make_client(
+        **currents_settings(
+            mp.url, delivery__lease_s=10.0, currents__timeout_s=2.0, braze__timeout_s=2.0
+        )
+    )
+    runtime = client.application.extensions["audience_sync"]
+    events = [http_event(user=f"u{n}") for n in range(250)]
+    post(client, events)
+    clock = [time.time() + 5]  # the events have waited out the coalescing window
+    mparticle = MParticleClient(Transport(name="mparticle", timeout_s=5))
+    send = mparticle.send
+
+    def slow_send(*args, **kwargs):
+        outcome = send(*args, **kwargs)
+        clock[0] += 6.0  # each request takes 6 s of a 10 s lease
+        return outcome
+
+    mparticle.send = slow_send
+    sender = CurrentsSender(
+        engine=runtime.engine,
+        settings=runtime.settings,
+        client=mparticle,
+        budget=BatchBudget(runtime.settings.get("currents.batches_per_second")),
+        worker_id="slow",
+        clock=lambda: clock[0],
+    )
+    sender.run_once()  # forms 250 batches leased for 10 s: 3 requests, time for 2
+    assert len(mp.received) == 200
+    with runtime.engine.connect() as conn:
+        rest = conn.execute(
+            sa.select(currents_batches.c.claimed_by).where(
+                currents_batches.c.state == queue.BatchState.PENDING
+            )
+        ).all()
+    assert len(rest) == 50 and all(r.claimed_by is None for r in rest)
+    deadline = time.monotonic() + 30
+    while live(runtime.engine):
+        assert time.monotonic() < deadline
+        sender.run_once()
+    assert sorted(mp.message_ids().elements()) == sorted(e["id"] for e in events)
+    assert mp.rejected == []

@@ -4,10 +4,10 @@ events into batches."""
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import orjson
 import sqlalchemy as sa
 
 from audience_sync.core.currents.batching import BatchPlan, PlannedBatch, QueuedEvent
@@ -22,7 +22,7 @@ from audience_sync.store.schema import (
     currents_dedup,
     currents_events,
 )
-from audience_sync.store.statements import insert
+from audience_sync.store.statements import executemany, insert
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -46,6 +46,8 @@ def claim_new_ids(
     Concurrent intakes of the same id: the primary key lets exactly one insert win.
     """
     unique = list(dict.fromkeys(event_ids))
+    if conn.dialect.name == "sqlite":
+        return _claim_new_ids_sqlite(conn, unique, now=now, window_s=window_s)
     fresh: set[str] = set()
     cutoff = now - window_s
     for chunk in chunks(unique):
@@ -66,6 +68,40 @@ def claim_new_ids(
     return fresh
 
 
+def _claim_new_ids_sqlite(
+    conn: sa.Connection, unique: list[str], *, now: float, window_s: float
+) -> set[str]:
+    """SQLite: the transaction holds the one write lock from its start (BEGIN IMMEDIATE), so
+    reading which ids are known and then writing is race-free; plain multi-row statements
+    instead of RETURNING through SQLAlchemy's per-row machinery (this runs for every event)."""
+    known: dict[str, float] = {}
+    for chunk in chunks(unique):
+        marks = ",".join("?" * len(chunk))
+        known.update(
+            conn.exec_driver_sql(
+                f"SELECT event_id, seen_at FROM {currents_dedup.name} WHERE event_id IN ({marks})",
+                tuple(chunk),
+            ).all()
+        )
+    cutoff = now - window_s
+    expired = [i for i, seen_at in known.items() if seen_at < cutoff]
+    for chunk in chunks(expired):
+        marks = ",".join("?" * len(chunk))
+        conn.exec_driver_sql(
+            f"UPDATE {currents_dedup.name} SET seen_at = ? WHERE event_id IN ({marks})",
+            (now, *chunk),
+        )
+    new = [i for i in unique if i not in known]
+    executemany(
+        conn,
+        "currents_dedup_insert",
+        lambda: sa.insert(currents_dedup),
+        ("event_id", "seen_at"),
+        [(i, now) for i in new],
+    )
+    return {*new, *expired}
+
+
 ENQUEUE_COLUMNS = (
     "event_id",
     "feed",
@@ -78,25 +114,23 @@ ENQUEUE_COLUMNS = (
     "event",
     "reason",
 )
-_PLACEHOLDER = {"qmark": "?", "format": "%s", "pyformat": "%s"}
 
 
 def enqueue(conn: sa.Connection, events: Sequence[NewEvent], *, now: float) -> int:
     """Queue mapped events in arrival order (the order given), in the caller's transaction.
 
-    One driver-level ``executemany`` of tuples: this runs for every imported event, and
-    SQLAlchemy's per-row parameter processing cost more than the insert itself.
+    Through :func:`~audience_sync.store.statements.executemany` (tuples, multi-row ``VALUES``
+    on SQLite): this runs for every imported event, and SQLAlchemy's per-row parameter
+    processing cost more than the insert itself.
     """
     if not events:
         return 0
-    mark = _PLACEHOLDER[conn.dialect.paramstyle]
-    sql = (
-        f"INSERT INTO {currents_events.name} ({', '.join(ENQUEUE_COLUMNS)}) "
-        f"VALUES ({', '.join([mark] * len(ENQUEUE_COLUMNS))})"
-    )
     queued, held = str(EventState.QUEUED), str(EventState.HELD)
-    conn.exec_driver_sql(
-        sql,
+    executemany(
+        conn,
+        "currents_enqueue",
+        lambda: sa.insert(currents_events),
+        ENQUEUE_COLUMNS,
         [
             (
                 e.event_id,
@@ -142,26 +176,27 @@ def lock_feed_for_planning(conn: sa.Connection, feed: str) -> None:
 
 def queued_events(conn: sa.Connection, feed: str, *, limit: int) -> list[QueuedEvent]:
     """The oldest queued events of a feed (locked against other planners on PostgreSQL)."""
-    c = currents_events.c
-    query = (
-        sa.select(c.seq, c.event_id, c.feed, c.external_user_id, c.received_at, c.envelope, c.event)
-        .where(c.state == EventState.QUEUED, c.feed == feed)
-        .order_by(c.seq)
-        .limit(limit)
-    )
-    if conn.dialect.name == "postgresql":
-        query = query.with_for_update(skip_locked=True)
+    mark = _PLACEHOLDER[conn.dialect.paramstyle]
+    lock = " FOR UPDATE SKIP LOCKED" if conn.dialect.name == "postgresql" else ""
+    # Driver SQL and tuples: up to PLAN_EVENTS rows per call, where SQLAlchemy's Row objects
+    # cost more than the query.
+    rows = conn.exec_driver_sql(
+        "SELECT seq, event_id, feed, external_user_id, received_at, envelope, event "
+        f"FROM {currents_events.name} WHERE state = {mark} AND feed = {mark} "
+        f"ORDER BY seq LIMIT {int(limit)}{lock}",
+        (str(EventState.QUEUED), feed),
+    ).all()
     return [
         QueuedEvent(
-            seq=r.seq,
-            event_id=r.event_id,
-            feed=r.feed,
-            external_user_id=r.external_user_id,
-            received_at=r.received_at,
-            envelope_json=r.envelope,
-            event_json=r.event,
+            seq=seq,
+            event_id=event_id,
+            feed=feed_,
+            external_user_id=user,
+            received_at=received_at,
+            envelope_json=envelope,
+            event_json=event,
         )
-        for r in conn.execute(query)
+        for seq, event_id, feed_, user, received_at, envelope, event in rows
     ]
 
 
@@ -192,6 +227,26 @@ def feeds_with_queued(conn: sa.Connection) -> list[str]:
     )
 
 
+BATCH_COLUMNS = (
+    "id",
+    "feed",
+    "external_user_id",
+    "first_seq",
+    "events",
+    "event_ids",
+    "body",
+    "state",
+    "attempts",
+    "due_at",
+    "claimed_by",
+    "claimed_until",
+    "received_at",
+    "retain_from",
+    "created_at",
+)
+_PLACEHOLDER = {"qmark": "?", "format": "%s", "pyformat": "%s"}
+
+
 class PlanConflictError(Exception):
     """Events read for a plan changed before it was saved (expired, or taken by another
     planner): the transaction rolls back and the events are planned again later."""
@@ -219,9 +274,13 @@ def save_plan(
     c = currents_events.c
     seqs = [s for b in plan.batches for s in b.seqs] + [s for s, _ in plan.rejected]
     deleted = 0
+    mark = _PLACEHOLDER[conn.dialect.paramstyle]
     for chunk in chunks([s for b in plan.batches for s in b.seqs]):
-        deleted += conn.execute(
-            sa.delete(currents_events).where(c.seq.in_(chunk), c.state == EventState.QUEUED)
+        # Driver SQL: SQLAlchemy re-renders an expanding IN list for every chunk.
+        deleted += conn.exec_driver_sql(
+            f"DELETE FROM {currents_events.name} WHERE state = {mark} "
+            f"AND seq IN ({', '.join([mark] * len(chunk))})",
+            (str(EventState.QUEUED), *chunk),
         ).rowcount
     if plan.rejected:
         result = conn.execute(
@@ -243,30 +302,34 @@ def save_plan(
                 claimed.append(batch)
             blocked.add(key)
     leased = {b.batch_id for b in claimed}
-    if plan.batches:
-        conn.execute(
-            currents_batches.insert(),
-            [
-                {
-                    "id": b.batch_id,
-                    "feed": b.feed,
-                    "external_user_id": b.external_user_id,
-                    "first_seq": b.first_seq,
-                    "events": len(b.seqs),
-                    "event_ids": json.dumps(list(b.event_ids)),
-                    "body": b.body,
-                    "state": BatchState.PENDING,
-                    "attempts": 0,
-                    "due_at": now,
-                    "claimed_by": claim[0] if claim and b.batch_id in leased else None,
-                    "claimed_until": claim[1] if claim and b.batch_id in leased else None,
-                    "received_at": b.received_at,
-                    "retain_from": b.received_at,
-                    "created_at": now,
-                }
-                for b in plan.batches
-            ],
-        )
+    worker, until = claim if claim is not None else (None, None)
+    pending = str(BatchState.PENDING)
+    executemany(
+        conn,
+        "currents_batches_insert",
+        lambda: sa.insert(currents_batches),
+        BATCH_COLUMNS,
+        [
+            (
+                b.batch_id,
+                b.feed,
+                b.external_user_id,
+                b.first_seq,
+                len(b.seqs),
+                orjson.dumps(b.event_ids).decode("utf-8"),
+                b.body,
+                pending,
+                0,
+                now,
+                worker if b.batch_id in leased else None,
+                until if b.batch_id in leased else None,
+                b.received_at,
+                b.received_at,
+                now,
+            )
+            for b in plan.batches
+        ],
+    )
     return claimed
 
 
