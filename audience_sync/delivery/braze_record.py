@@ -1,26 +1,34 @@
-"""What the Braze sender writes after each step, one function per transaction: the store work
-of a planned batch, of a request's outcome, of a hand-back, of a suspension. Each takes the
-connection of the sender's transaction (:meth:`audience_sync.delivery.loop.SenderLoop.transaction`).
+"""What the Braze sender writes after each step: the store work of a planned batch, of a
+request's outcome, of a hand-back, of a suspension. Each takes the connection of the sender's
+transaction (:meth:`audience_sync.delivery.loop.SenderLoop.transaction`); the counts of each
+step (``*_counts``) are computed outside it and go to the sender's in-memory tally
+(:mod:`audience_sync.delivery.tally`), written once per iteration.
 """
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import sqlalchemy as sa
 
-from audience_sync.core.delivery_plan import BatchPlan, PendingWrite, accepted_rows
-from audience_sync.core.state import Failure
+from audience_sync.core.delivery_plan import BatchPlan, PendingWrite
+from audience_sync.core.state import AckRow, Failure
 from audience_sync.core.states import DeliveryCounter, DeliveryReason
 from audience_sync.store import connections, outbox
-from audience_sync.store.counters import increment
-from audience_sync.store.datapoints import add_datapoints
 from audience_sync.store.ledger import save_acknowledged
 
 
-def _scope(workspace_id: int) -> str:
+def scope_of(workspace_id: int) -> str:
+    """The counter scope of a workspace."""
     return f"workspace:{workspace_id}"
+
+
+def plan_counts(plan: BatchPlan) -> dict[str, int]:
+    """What :func:`record_plan` counts: new guard flags and the users needing no write."""
+    counts = dict(plan.new_flags)
+    if plan.unchanged:
+        counts[DeliveryCounter.UNCHANGED] = len(plan.unchanged)
+    return counts
 
 
 def record_plan(
@@ -45,12 +53,6 @@ def record_plan(
         now=now,
         next_due_at=now,
     )
-    scope = _scope(workspace_id)
-    counts = {(scope, flag): n for flag, n in plan.new_flags.items()}
-    if plan.unchanged:
-        counts[(scope, DeliveryCounter.UNCHANGED)] = len(plan.unchanged)
-    if counts:
-        increment(conn, counts, now=now)
 
 
 def record_request(
@@ -58,29 +60,25 @@ def record_request(
     *,
     worker_id: str,
     workspace_id: int,
-    accepted: Sequence[PendingWrite],
+    accepted: Sequence[AckRow],
     failures: Sequence[Failure],
-    counts: Mapping[str, int],
     now: float,
     next_due_at: float,
 ) -> None:
-    """Persist one request's outcome for every user in it."""
+    """Persist one request's outcome for every user in it (``accepted``: the acknowledged rows
+    of the users Braze accepted, from ``accepted_rows``)."""
     owned = outbox.finish(
         conn,
         worker_id=worker_id,
         workspace_id=workspace_id,
-        external_ids=[p.claim.external_id for p in accepted],
+        external_ids=[r.external_id for r in accepted],
         now=now,
         next_due_at=next_due_at,
     )
     # Only the lease holder records what Braze acknowledged (see outbox.renew).
-    rows, charges = accepted_rows(p for p in accepted if p.claim.external_id in owned)
+    rows = [r for r in accepted if r.external_id in owned]
     save_acknowledged(conn, workspace_id=workspace_id, rows=rows, now=now)
     outbox.record_failures(conn, worker_id=worker_id, workspace_id=workspace_id, failures=failures)
-    add_datapoints(conn, workspace_id=workspace_id, charges=charges, now=now)
-    totals = Counter(counts) + Counter({DeliveryCounter.DATAPOINTS: sum(charges.values())})
-    scope = _scope(workspace_id)
-    increment(conn, {(scope, r): n for r, n in totals.items() if n}, now=now)
 
 
 def release(
@@ -91,7 +89,6 @@ def release(
     batch: Sequence[PendingWrite],
     due_at: float,
     reason: str,
-    now: float,
 ) -> None:
     """Hand users back without an attempt; Braze surely applied nothing of this write."""
     outbox.release(
@@ -102,15 +99,12 @@ def release(
         reason=reason,
         in_flight={p.external_id: p.in_flight_before() for p in batch},
     )
-    increment(conn, {(_scope(workspace_id), reason): len(batch)}, now=now)
 
 
 def suspend(
     conn: sa.Connection, *, workspace_id: int, reason: str, now: float, probe_at: float
 ) -> bool:
     """Suspend the workspace (its key or URL is refused); True if this sender was first."""
-    first = connections.suspend_workspace(
+    return connections.suspend_workspace(
         conn, workspace_id=workspace_id, reason=reason, now=now, probe_at=probe_at
     )
-    increment(conn, {(_scope(workspace_id), reason): 1}, now=now)
-    return first

@@ -6,9 +6,11 @@
 2. pack full ``/users/track`` requests (:func:`audience_sync.braze.requests.build_requests`) and
    send them within the key's rate budget, after renewing the lease and recording write-ahead
    what each request may change;
-3. record each user's outcome in one transaction per request: acknowledged state and data
-   points for the accepted, a durable retry time (or the dead-letter store) for the failed, and
-   a new due time without an attempt for the rate-limited and the suspended.
+3. record each user's outcome: acknowledged state for the accepted, a durable retry time (or
+   the dead-letter store) for the failed, and a new due time without an attempt for the
+   rate-limited and the suspended. The record commits with the write-ahead of the next request
+   (:meth:`~audience_sync.delivery.loop.SenderLoop.defer`); counts and data points are summed
+   in memory and written once per iteration (:mod:`audience_sync.delivery.tally`).
 
 Resending after a crash resends the same difference, which sets the same values (idempotent).
 """
@@ -32,6 +34,7 @@ from audience_sync.core.delivery_plan import (
     WAIT_FOR_CONNECTION_S,
     FailedWrite,
     PendingWrite,
+    accepted_rows,
     fail_all,
     plan_batch,
 )
@@ -41,6 +44,7 @@ from audience_sync.core.states import DeliveryCounter, DeliveryReason
 from audience_sync.delivery import braze_record as record
 from audience_sync.delivery.braze_target import ActiveConnections, Target, target_of
 from audience_sync.delivery.loop import SenderLoop
+from audience_sync.delivery.tally import Tally
 from audience_sync.settings import Settings
 from audience_sync.store import connections, outbox
 from audience_sync.store.engine import read_only
@@ -99,6 +103,11 @@ class BrazeSender(SenderLoop[Claim]):
             settings.connection_overrides, tuple(settings.get("braze.allowed_custom_endpoints"))
         )
         self._next_probe_check = 0.0
+        self.tally = Tally()
+
+    def take_flush(self) -> Callable[[sa.Connection], object] | None:
+        """The counts and data points summed since the last flush."""
+        return self.tally.take(self.clock())
 
     # -- claim ---------------------------------------------------------------------------------
 
@@ -162,15 +171,15 @@ class BrazeSender(SenderLoop[Claim]):
             snapshot = load_snapshot(conn, workspace_id, ids, all_connections=True)
         active = self.active_connections.of(snapshot)
         if not active:
-            self.transaction(
+            due_at = {i: now + WAIT_FOR_CONNECTION_S for i in ids}
+            self.defer(
                 lambda conn: outbox.release(
                     conn,
                     worker_id=self.worker_id,
                     workspace_id=workspace_id,
-                    due_at={i: now + WAIT_FOR_CONNECTION_S for i in ids},
+                    due_at=due_at,
                     reason=DeliveryReason.NO_ACTIVE_CONNECTION,
-                ),
-                action="release",
+                )
             )
             return
         target = target_of(workspace_id, active)
@@ -184,12 +193,12 @@ class BrazeSender(SenderLoop[Claim]):
             array_write=self.array_write,
         )
 
-        self.transaction(
+        self.defer(
             lambda conn: record.record_plan(
                 conn, worker_id=self.worker_id, workspace_id=workspace_id, plan=plan, now=now
-            ),
-            action="record_unchanged",
+            )
         )
+        self.tally.count(record.scope_of(workspace_id), record.plan_counts(plan))
         if plan.pending:
             self._send_all(target, list(plan.pending), probe=probe)
 
@@ -238,13 +247,15 @@ class BrazeSender(SenderLoop[Claim]):
         if not self._wait_for_budget(target):
             self._release(target, batch, self.clock(), reason=DeliveryReason.SHUTDOWN)
             return
+        in_flight = {p.external_id: p.in_flight_during() for p in batch}
+        until = self.clock() + self.lease_s
         held = self.transaction(
             lambda conn: outbox.renew(
                 conn,
                 worker_id=self.worker_id,
                 workspace_id=target.workspace_id,
-                in_flight={p.external_id: p.in_flight_during() for p in batch},
-                until=self.clock() + self.lease_s,
+                in_flight=in_flight,
+                until=until,
             ),
             action="renew",
         )
@@ -341,7 +352,9 @@ class BrazeSender(SenderLoop[Claim]):
                 probe_at=now + self.probe_interval_s,
             )
 
-        if self.transaction(suspend, action="suspend"):
+        first = self.transaction(suspend, action="suspend")
+        self.tally.count(record.scope_of(target.workspace_id), {outcome.reason: 1})
+        if first:
             logger.warning(
                 "workspace suspended: Braze refused the key or URL",
                 extra={
@@ -356,8 +369,7 @@ class BrazeSender(SenderLoop[Claim]):
         self, target: Target, batch: Sequence[PendingWrite], due_at: float, *, reason: str
     ) -> None:
         """Hand users back without an attempt; Braze surely applied nothing of this write."""
-
-        self.transaction(
+        self.defer(
             lambda conn: record.release(
                 conn,
                 worker_id=self.worker_id,
@@ -365,10 +377,9 @@ class BrazeSender(SenderLoop[Claim]):
                 batch=batch,
                 due_at=due_at,
                 reason=reason,
-                now=self.clock(),
-            ),
-            action="release",
+            )
         )
+        self.tally.count(record.scope_of(target.workspace_id), {reason: len(batch)})
 
     def _record(
         self,
@@ -377,20 +388,22 @@ class BrazeSender(SenderLoop[Claim]):
         failed: Sequence[FailedWrite],
         counts: Counter[str],
     ) -> None:
-        """Persist one request's outcome for every user in it, in one transaction."""
+        """Persist one request's outcome for every user in it (with the next transaction)."""
         now = self.clock()
         failures = self.plan_failures(failed, now=now, workspace_id=target.workspace_id)
+        rows, charges = accepted_rows(accepted)
         counts = counts + Counter(failures.counts)
-        self.transaction(
+        counts[DeliveryCounter.DATAPOINTS] += sum(charges.values())
+        self.defer(
             lambda conn: record.record_request(
                 conn,
                 worker_id=self.worker_id,
                 workspace_id=target.workspace_id,
-                accepted=accepted,
+                accepted=rows,
                 failures=failures.failures,
-                counts=counts,
                 now=now,
                 next_due_at=now + self.min_resend_s,
-            ),
-            action="record",
+            )
         )
+        self.tally.count(record.scope_of(target.workspace_id), counts)
+        self.tally.charge(target.workspace_id, charges)
