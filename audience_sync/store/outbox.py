@@ -14,6 +14,8 @@ import sqlalchemy as sa
 
 from audience_sync.core.state import Claim, Failure
 from audience_sync.core.states import OutboxState, WorkspaceState
+from audience_sync.store import bulk
+from audience_sync.store.bulk import json_text
 from audience_sync.store.schema import outbox, workspaces
 from audience_sync.store.statements import chunks, executemany, insert
 
@@ -259,24 +261,10 @@ def renew(
     """
     if not in_flight:
         return set()
-    result = conn.execute(
-        outbox.update()
-        .where(
-            outbox.c.workspace_id == workspace_id,
-            outbox.c.external_id == sa.bindparam("b_external_id"),
-            outbox.c.claimed_by == worker_id,
-        )
-        .values(claimed_until=until, in_flight=sa.bindparam("b_in_flight")),
-        [{"b_external_id": e, "b_in_flight": f} for e, f in in_flight.items()],
+    rows = [(e, json_text(f)) for e, f in in_flight.items()]
+    return bulk.of(conn).renew(
+        conn, workspace_id=workspace_id, worker_id=worker_id, until=until, rows=rows
     )
-    if result.rowcount == len(in_flight):
-        return set(in_flight)
-    held = conn.execute(
-        sa.select(outbox.c.external_id).where(
-            _mine(worker_id, workspace_id, list(in_flight)), outbox.c.claimed_until == until
-        )
-    )
-    return set(held.scalars())
 
 
 def release(
@@ -295,27 +283,17 @@ def release(
     """
     if not due_at:
         return
-    values: dict[str, t.Any] = {
-        "claimed_by": None,
-        "claimed_until": None,
-        "due_at": sa.bindparam("b_due_at"),
-        "last_reason": sa.func.coalesce(sa.literal(reason), outbox.c.last_reason),
-    }
-    if in_flight is not None:
-        values["in_flight"] = sa.bindparam("b_in_flight")
-    conn.execute(
-        outbox.update()
-        .where(
-            outbox.c.workspace_id == workspace_id,
-            outbox.c.external_id == sa.bindparam("b_external_id"),
-            outbox.c.claimed_by == worker_id,
-        )
-        .values(**values),
-        [
-            {"b_external_id": e, "b_due_at": d}
-            | ({"b_in_flight": in_flight.get(e)} if in_flight is not None else {})
-            for e, d in due_at.items()
-        ],
+    if in_flight is None:
+        rows = [(e, d, None) for e, d in due_at.items()]
+    else:
+        rows = [(e, d, json_text(in_flight.get(e))) for e, d in due_at.items()]
+    bulk.of(conn).release(
+        conn,
+        workspace_id=workspace_id,
+        worker_id=worker_id,
+        reason=reason,
+        rows=rows,
+        set_in_flight=in_flight is not None,
     )
 
 
@@ -325,41 +303,24 @@ def record_failures(
     """Persist the retry decision of each failed user (durable ``due_at``), or bury it."""
     if not failures:
         return
-    conn.execute(
-        outbox.update()
-        .where(
-            outbox.c.workspace_id == workspace_id,
-            outbox.c.external_id == sa.bindparam("b_external_id"),
-            outbox.c.claimed_by == worker_id,
+    rows = [
+        (
+            f.external_id,
+            f.attempts,
+            f.first_failure_at,
+            f.retry_at if f.retry_at is not None else f.first_failure_at,
+            (OutboxState.PENDING if f.retry_at is not None else OutboxState.DEAD).value,
+            f.reason,
+            json_text(f.in_flight),
         )
-        .values(
-            claimed_by=None,
-            claimed_until=None,
-            attempts=sa.bindparam("b_attempts"),
-            first_failure_at=sa.bindparam("b_first"),
-            due_at=sa.bindparam("b_due"),
-            # A change that arrived while the user was in flight is new work: not buried.
-            state=sa.case(
-                (outbox.c.generation != outbox.c.claimed_generation, OutboxState.PENDING.value),
-                else_=sa.bindparam("b_state"),
-            ),
-            last_reason=sa.bindparam("b_reason"),
-            in_flight=sa.bindparam("b_in_flight"),
-        ),
-        [
-            {
-                "b_external_id": f.external_id,
-                "b_attempts": f.attempts,
-                "b_first": f.first_failure_at,
-                "b_due": f.retry_at if f.retry_at is not None else f.first_failure_at,
-                "b_state": (
-                    OutboxState.PENDING if f.retry_at is not None else OutboxState.DEAD
-                ).value,
-                "b_reason": f.reason,
-                "b_in_flight": f.in_flight,
-            }
-            for f in failures
-        ],
+        for f in failures
+    ]
+    bulk.of(conn).record_failures(
+        conn,
+        workspace_id=workspace_id,
+        worker_id=worker_id,
+        pending=OutboxState.PENDING.value,
+        rows=rows,
     )
 
 

@@ -1,0 +1,117 @@
+"""The set-based outbox statements on PostgreSQL: the rows travel as one JSON array, unpacked
+by ``jsonb_to_recordset``. See :mod:`audience_sync.store.bulk`."""
+
+from __future__ import annotations
+
+import typing as t
+from collections.abc import Sequence
+
+import orjson
+import sqlalchemy as sa
+
+
+def _records(names: Sequence[str], rows: Sequence[tuple[t.Any, ...]]) -> str:
+    # JSON values arrive encoded as text (or None): embed them as JSON, not as strings.
+    return orjson.dumps(
+        [
+            {
+                name: (orjson.Fragment(value) if name == "in_flight" and value else value)
+                for name, value in zip(names, row, strict=True)
+            }
+            for row in rows
+        ]
+    ).decode()
+
+
+def renew(
+    conn: sa.Connection,
+    *,
+    workspace_id: int,
+    worker_id: str,
+    until: float,
+    rows: Sequence[tuple[str, str | None]],
+) -> set[str]:
+    """See :func:`audience_sync.store.bulk.sqlite.renew`."""
+    if not rows:
+        return set()
+    result = conn.exec_driver_sql(
+        "UPDATE outbox AS o SET claimed_until = %(until)s, in_flight = v.in_flight "
+        "FROM jsonb_to_recordset(%(rows)s::jsonb) AS v(external_id text, in_flight jsonb) "
+        "WHERE o.workspace_id = %(ws)s AND o.external_id = v.external_id "
+        "AND o.claimed_by = %(worker)s RETURNING o.external_id",
+        {
+            "until": until,
+            "rows": _records(("external_id", "in_flight"), rows),
+            "ws": workspace_id,
+            "worker": worker_id,
+        },
+    )
+    return {r[0] for r in result}
+
+
+def release(
+    conn: sa.Connection,
+    *,
+    workspace_id: int,
+    worker_id: str,
+    reason: str | None,
+    rows: Sequence[tuple[str, float, str | None]],
+    set_in_flight: bool,
+) -> None:
+    """See :func:`audience_sync.store.bulk.sqlite.release`."""
+    if not rows:
+        return
+    in_flight = ", in_flight = v.in_flight" if set_in_flight else ""
+    conn.exec_driver_sql(
+        "UPDATE outbox AS o SET claimed_by = NULL, claimed_until = NULL, due_at = v.due_at, "
+        f"last_reason = coalesce(%(reason)s, o.last_reason){in_flight} "
+        "FROM jsonb_to_recordset(%(rows)s::jsonb) "
+        "AS v(external_id text, due_at double precision, in_flight jsonb) "
+        "WHERE o.workspace_id = %(ws)s AND o.external_id = v.external_id "
+        "AND o.claimed_by = %(worker)s",
+        {
+            "reason": reason,
+            "rows": _records(("external_id", "due_at", "in_flight"), rows),
+            "ws": workspace_id,
+            "worker": worker_id,
+        },
+    )
+
+
+def record_failures(
+    conn: sa.Connection,
+    *,
+    workspace_id: int,
+    worker_id: str,
+    pending: str,
+    rows: Sequence[tuple[str, int, float | None, float | None, str, str, str | None]],
+) -> None:
+    """See :func:`audience_sync.store.bulk.sqlite.record_failures`."""
+    if not rows:
+        return
+    names = (
+        "external_id",
+        "attempts",
+        "first_failure_at",
+        "due_at",
+        "state",
+        "reason",
+        "in_flight",
+    )
+    conn.exec_driver_sql(
+        "UPDATE outbox AS o SET claimed_by = NULL, claimed_until = NULL, attempts = v.attempts, "
+        "first_failure_at = v.first_failure_at, due_at = v.due_at, "
+        "state = CASE WHEN o.generation != o.claimed_generation THEN %(pending)s "
+        "ELSE v.state END, last_reason = v.reason, in_flight = v.in_flight "
+        "FROM jsonb_to_recordset(%(rows)s::jsonb) AS v(external_id text, attempts integer, "
+        "first_failure_at double precision, due_at double precision, state text, reason text, "
+        "in_flight jsonb) "
+        "WHERE o.workspace_id = %(ws)s AND o.external_id = v.external_id "
+        "AND o.claimed_by = %(worker)s",
+        {
+            "pending": pending,
+            "rows": _records(names, rows),
+            "ws": workspace_id,
+            "worker": worker_id,
+        },
+    )

@@ -1,0 +1,104 @@
+"""The set-based outbox statements on SQLite (3.35+: ``UPDATE ... FROM`` and ``RETURNING``).
+See :mod:`audience_sync.store.bulk`."""
+
+from __future__ import annotations
+
+import itertools
+import typing as t
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+
+ROWS_PER_STATEMENT = 500
+"""Rows per statement: well under SQLite's 32,766 bound parameters."""
+
+
+def _values(rows: Sequence[tuple[t.Any, ...]], names: Sequence[str]) -> str:
+    group = "(" + ", ".join("?" * len(names)) + ")"
+    columns = ", ".join(f"column{i + 1} AS {name}" for i, name in enumerate(names))
+    return f"(SELECT {columns} FROM (VALUES {', '.join([group] * len(rows))}))"
+
+
+def _chunks(rows: Sequence[tuple[t.Any, ...]]) -> t.Iterator[Sequence[tuple[t.Any, ...]]]:
+    for start in range(0, len(rows), ROWS_PER_STATEMENT):
+        yield rows[start : start + ROWS_PER_STATEMENT]
+
+
+def renew(
+    conn: sa.Connection,
+    *,
+    workspace_id: int,
+    worker_id: str,
+    until: float,
+    rows: Sequence[tuple[str, str | None]],
+) -> set[str]:
+    """Extend the lease and set ``in_flight`` of ``(external_id, in_flight)`` rows this worker
+    holds; returns the external ids updated."""
+    held: set[str] = set()
+    for chunk in _chunks(rows):
+        sql = (
+            "UPDATE outbox SET claimed_until = ?, in_flight = v.in_flight "
+            f"FROM {_values(chunk, ('external_id', 'in_flight'))} AS v "
+            "WHERE outbox.workspace_id = ? AND outbox.external_id = v.external_id "
+            "AND outbox.claimed_by = ? RETURNING outbox.external_id"
+        )
+        params = (until, *itertools.chain.from_iterable(chunk), workspace_id, worker_id)
+        held.update(r[0] for r in conn.exec_driver_sql(sql, params))
+    return held
+
+
+def release(
+    conn: sa.Connection,
+    *,
+    workspace_id: int,
+    worker_id: str,
+    reason: str | None,
+    rows: Sequence[tuple[str, float, str | None]],
+    set_in_flight: bool,
+) -> None:
+    """Hand back ``(external_id, due_at, in_flight)`` rows without an attempt; ``in_flight`` is
+    written only with ``set_in_flight``."""
+    in_flight = ", in_flight = v.in_flight" if set_in_flight else ""
+    for chunk in _chunks(rows):
+        sql = (
+            "UPDATE outbox SET claimed_by = NULL, claimed_until = NULL, due_at = v.due_at, "
+            f"last_reason = coalesce(?, outbox.last_reason){in_flight} "
+            f"FROM {_values(chunk, ('external_id', 'due_at', 'in_flight'))} AS v "
+            "WHERE outbox.workspace_id = ? AND outbox.external_id = v.external_id "
+            "AND outbox.claimed_by = ?"
+        )
+        params = (reason, *itertools.chain.from_iterable(chunk), workspace_id, worker_id)
+        conn.exec_driver_sql(sql, params)
+
+
+def record_failures(
+    conn: sa.Connection,
+    *,
+    workspace_id: int,
+    worker_id: str,
+    pending: str,
+    rows: Sequence[tuple[str, int, float | None, float | None, str, str, str | None]],
+) -> None:
+    """Record ``(external_id, attempts, first_failure_at, due_at, state, reason, in_flight)``
+    of failed rows; a row whose generation moved on while in flight stays ``pending``."""
+    names = (
+        "external_id",
+        "attempts",
+        "first_failure_at",
+        "due_at",
+        "state",
+        "reason",
+        "in_flight",
+    )
+    for chunk in _chunks(rows):
+        sql = (
+            "UPDATE outbox SET claimed_by = NULL, claimed_until = NULL, attempts = v.attempts, "
+            "first_failure_at = v.first_failure_at, due_at = v.due_at, "
+            "state = CASE WHEN outbox.generation != outbox.claimed_generation THEN ? "
+            "ELSE v.state END, last_reason = v.reason, in_flight = v.in_flight "
+            f"FROM {_values(chunk, names)} AS v "
+            "WHERE outbox.workspace_id = ? AND outbox.external_id = v.external_id "
+            "AND outbox.claimed_by = ?"
+        )
+        params = (pending, *itertools.chain.from_iterable(chunk), workspace_id, worker_id)
+        conn.exec_driver_sql(sql, params)
