@@ -1,0 +1,160 @@
+"""The hand-written set-based outbox statements (store/bulk), run on SQLite and PostgreSQL:
+each touches only the rows this worker holds, and writes each row's own values."""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+
+from audience_sync.core.states import OutboxState, WorkspaceState
+from audience_sync.store import bulk, outbox
+from audience_sync.store.schema import outbox as outbox_table
+from audience_sync.store.schema import workspaces
+
+
+@pytest.fixture
+def claimed(engine):
+    """A workspace with u0..u5 claimed by worker "a" (u5 taken over by "b") and u6 not claimed."""
+    with engine.begin() as conn:
+        ws = conn.execute(
+            workspaces.insert()
+            .values(
+                endpoint="http://x", key_fingerprint="f", state=WorkspaceState.ACTIVE, created_at=0
+            )
+            .returning(workspaces.c.id)
+        ).scalar_one()
+        outbox.enqueue(conn, ws, [f"u{i}" for i in range(6)], now=0)
+        outbox.claim(conn, worker_id="a", now=0, lease_s=10, limit=10)
+        conn.execute(
+            outbox_table.update().where(outbox_table.c.external_id == "u5").values(claimed_by="b")
+        )
+        outbox.enqueue(conn, ws, ["u6"], now=0)
+    return ws
+
+
+def _rows(engine):
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(outbox_table).order_by(outbox_table.c.external_id))
+        return {r.external_id: r for r in rows}
+
+
+def test_renew_writes_each_rows_in_flight_and_returns_the_held(engine, claimed):
+    with engine.begin() as conn:
+        held = bulk.of(conn).renew(
+            conn,
+            workspace_id=claimed,
+            worker_id="a",
+            until=50.0,
+            rows=[
+                ("u0", bulk.json_text({"keys": ["x"], "values": []})),
+                ("u1", None),
+                ("u5", bulk.json_text({"keys": ["y"]})),
+                ("u6", bulk.json_text({"keys": ["z"]})),
+                ("nobody", None),
+            ],
+        )
+    assert held == {"u0", "u1"}
+    rows = _rows(engine)
+    assert rows["u0"].in_flight == {"keys": ["x"], "values": []}
+    assert rows["u0"].claimed_until == 50.0
+    assert rows["u1"].in_flight is None
+    assert rows["u5"].in_flight is None and rows["u5"].claimed_until == 10.0
+    assert rows["u6"].in_flight is None and rows["u6"].claimed_by is None
+
+
+@pytest.mark.parametrize(
+    "set_in_flight", [True, False], ids=["restore_in_flight", "keep_in_flight"]
+)
+def test_release_hands_back_with_each_rows_due_time(engine, claimed, set_in_flight):
+    with engine.begin() as conn:
+        bulk.of(conn).renew(
+            conn,
+            workspace_id=claimed,
+            worker_id="a",
+            until=50.0,
+            rows=[("u0", bulk.json_text({"keys": ["during"]})), ("u1", None)],
+        )
+        bulk.of(conn).release(
+            conn,
+            workspace_id=claimed,
+            worker_id="a",
+            reason="rate_limited",
+            rows=[
+                ("u0", 7.0, bulk.json_text({"keys": ["before"]})),
+                ("u1", 8.0, None),
+                ("u5", 9.0, None),
+            ],
+            set_in_flight=set_in_flight,
+        )
+    rows = _rows(engine)
+    assert (rows["u0"].claimed_by, rows["u0"].due_at, rows["u0"].last_reason) == (
+        None,
+        7.0,
+        "rate_limited",
+    )
+    assert rows["u1"].due_at == 8.0
+    assert rows["u0"].in_flight == ({"keys": ["before"]} if set_in_flight else {"keys": ["during"]})
+    assert rows["u5"].claimed_by == "b" and rows["u5"].due_at == 0.0
+
+
+def test_release_without_reason_keeps_the_last_one(engine, claimed):
+    with engine.begin() as conn:
+        conn.execute(outbox_table.update().values(last_reason="earlier"))
+        bulk.of(conn).release(
+            conn,
+            workspace_id=claimed,
+            worker_id="a",
+            reason=None,
+            rows=[("u2", 3.0, None)],
+            set_in_flight=False,
+        )
+    assert _rows(engine)["u2"].last_reason == "earlier"
+
+
+def test_record_failures_writes_retry_or_dead_and_keeps_new_changes_pending(engine, claimed):
+    with engine.begin() as conn:
+        outbox.enqueue(conn, claimed, ["u3"], now=1)  # a change while u3 is in flight
+        bulk.of(conn).record_failures(
+            conn,
+            workspace_id=claimed,
+            worker_id="a",
+            pending=OutboxState.PENDING.value,
+            rows=[
+                (
+                    "u2",
+                    2,
+                    1.0,
+                    30.0,
+                    OutboxState.PENDING.value,
+                    "server_error",
+                    bulk.json_text({"keys": ["k"]}),
+                ),
+                ("u3", 5, 1.0, 1.0, OutboxState.DEAD.value, "bad_request", None),
+                ("u4", 5, 1.0, 1.0, OutboxState.DEAD.value, "bad_request", None),
+                ("u5", 1, 1.0, 1.0, OutboxState.DEAD.value, "bad_request", None),
+            ],
+        )
+    rows = _rows(engine)
+    u2 = rows["u2"]
+    assert (u2.state, u2.attempts, u2.first_failure_at, u2.due_at, u2.last_reason) == (
+        "pending",
+        2,
+        1.0,
+        30.0,
+        "server_error",
+    )
+    assert u2.in_flight == {"keys": ["k"]} and u2.claimed_by is None
+    assert rows["u3"].state == "pending"
+    assert rows["u4"].state == "dead"
+    assert rows["u5"].state == "pending" and rows["u5"].claimed_by == "b"
+
+
+def test_many_rows_span_several_statements(engine, claimed):
+    with engine.begin() as conn:
+        ids = [f"m{i:04d}" for i in range(1200)]
+        outbox.enqueue(conn, claimed, ids, now=0)
+        outbox.claim(conn, worker_id="m", now=0, lease_s=10, limit=2000)
+        held = bulk.of(conn).renew(
+            conn, workspace_id=claimed, worker_id="m", until=99.0, rows=[(i, None) for i in ids]
+        )
+    assert held == set(ids)
