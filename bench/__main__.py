@@ -9,11 +9,12 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Sequence
 
-from bench import delivery, firehose
+from bench import delivery, firehose, system
 
 SUITES: dict[str, Callable[[Sequence[str]], int]] = {
     "firehose": firehose.main,
     "delivery": delivery.main,
+    "system": system.main,
 }
 
 

@@ -85,7 +85,14 @@ def fake_state(url: str) -> dict:
 
 
 def seed(
-    engine: sa.Engine, *, url: str, n_users: int, mode: str, now: float, account: int = ACCOUNT
+    engine: sa.Engine,
+    *,
+    url: str,
+    n_users: int,
+    mode: str,
+    now: float,
+    account: int = ACCOUNT,
+    prefix: str = "user-",
 ) -> int:
     """One connection writing to the fake Braze; every user in 1-3 audiences and dirty."""
     account_settings = {
@@ -138,7 +145,7 @@ def seed(
             conn.execute(
                 users.insert(),
                 [
-                    {"account_id": account, "external_id": f"user-{i}", "updated_at": now}
+                    {"account_id": account, "external_id": f"{prefix}{i}", "updated_at": now}
                     for i in rows
                 ],
             )
@@ -147,7 +154,7 @@ def seed(
                 [
                     {
                         "account_id": account,
-                        "external_id": f"user-{i}",
+                        "external_id": f"{prefix}{i}",
                         "audience_id": ids[j],
                         "is_member": True,
                         "changed_at": now,
@@ -161,7 +168,7 @@ def seed(
                 [
                     {
                         "workspace_id": workspace_id,
-                        "external_id": f"user-{i}",
+                        "external_id": f"{prefix}{i}",
                         "state": OutboxState.PENDING,
                         "generation": 1,
                         "due_at": now,

@@ -5,9 +5,9 @@ priority writer (the Firehose intake) takes it before any waiting sender. Across
 (``audience-sync run`` sends from a child process), the holder of that lock then takes two
 ``flock`` files next to the database:
 
-- ``<db>-intake.lock``: a priority writer holds it *shared* while it waits for the writer
-  lock; a sender takes it *exclusive* for an instant before waiting, so it queues behind every
-  announced intake writer of every process;
+- ``<db>-intake.lock``: held *shared* by a process while any of its priority writers waits or
+  writes; a sender takes it *exclusive* for an instant before queueing, so it waits while an
+  intake writer of any process is waiting;
 - ``<db>-writer.lock``: held exclusive for the transaction.
 
 A sender that read the announcement just before an intake writer made it goes first; the intake
@@ -60,32 +60,38 @@ class PriorityLock:
 
 
 class _FileLocks:
-    """The two lock files of one database (opened once per process; only the holder of the
-    process's :class:`PriorityLock` uses them)."""
+    """The lock files of one database, opened once per process. The intake file is opened twice:
+    one descriptor announces this process's waiting priority writers (held shared while any
+    waits), the other is the senders' check (``flock`` conflicts between descriptors even in one
+    process, never on one)."""
 
     def __init__(self, database: str) -> None:
-        self.intake = os.open(database + "-intake.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        self.writer = os.open(database + "-writer.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        flags = os.O_RDWR | os.O_CREAT
+        self.announce = os.open(database + "-intake.lock", flags, 0o600)
+        self.check = os.open(database + "-intake.lock", flags, 0o600)
+        self.writer = os.open(database + "-writer.lock", flags, 0o600)
         self.pid = os.getpid()
+        self._guard = threading.Lock()
+        self._waiting = 0
 
-    def acquire(self, *, priority: bool) -> None:
-        if priority:
-            fcntl.flock(self.intake, fcntl.LOCK_SH)
-            try:
-                fcntl.flock(self.writer, fcntl.LOCK_EX)
-            finally:
-                fcntl.flock(self.intake, fcntl.LOCK_UN)
-        else:
-            fcntl.flock(self.intake, fcntl.LOCK_EX)
-            fcntl.flock(self.intake, fcntl.LOCK_UN)
-            fcntl.flock(self.writer, fcntl.LOCK_EX)
+    def announce_start(self) -> None:
+        """A priority writer of this process waits: senders everywhere hold back."""
+        with self._guard:
+            self._waiting += 1
+            if self._waiting == 1:
+                fcntl.flock(self.announce, fcntl.LOCK_SH)
 
-    def release(self) -> None:
-        fcntl.flock(self.writer, fcntl.LOCK_UN)
+    def announce_end(self) -> None:
+        with self._guard:
+            self._waiting -= 1
+            if self._waiting == 0:
+                fcntl.flock(self.announce, fcntl.LOCK_UN)
 
-    def close(self) -> None:
-        os.close(self.intake)
-        os.close(self.writer)
+    def wait_for_priority_writers(self) -> None:
+        """Block while a priority writer of any process waits (before taking anything else:
+        the announcing writer may be waiting for this process's lock)."""
+        fcntl.flock(self.check, fcntl.LOCK_EX)
+        fcntl.flock(self.check, fcntl.LOCK_UN)
 
 
 class _Gate:
@@ -104,19 +110,31 @@ class _Gate:
 
     @contextlib.contextmanager
     def hold(self, *, priority: bool) -> Iterator[None]:
-        self.lock.acquire(priority=priority)
-        try:
-            files = self.files()
-            if files is None:
-                yield
-                return
-            files.acquire(priority=priority)
+        files = self.files()
+        if files is None:
+            self.lock.acquire(priority=priority)
             try:
                 yield
             finally:
-                files.release()
+                self.lock.release()
+            return
+        if priority:
+            files.announce_start()
+        else:
+            files.wait_for_priority_writers()
+        try:
+            self.lock.acquire(priority=priority)
+            try:
+                fcntl.flock(files.writer, fcntl.LOCK_EX)
+                try:
+                    yield
+                finally:
+                    fcntl.flock(files.writer, fcntl.LOCK_UN)
+            finally:
+                self.lock.release()
         finally:
-            self.lock.release()
+            if priority:
+                files.announce_end()
 
 
 _GATES: weakref.WeakKeyDictionary[sa.Engine, _Gate] = weakref.WeakKeyDictionary()
