@@ -158,3 +158,31 @@ def test_many_rows_span_several_statements(engine, claimed):
             conn, workspace_id=claimed, worker_id="m", until=99.0, rows=[(i, None) for i in ids]
         )
     assert held == set(ids)
+
+
+def test_save_acknowledged_inserts_then_updates_keeping_the_last_write_time(engine, claimed):
+    from audience_sync.store.schema import braze_users
+
+    def save(rows, now):
+        with engine.begin() as conn:
+            bulk.of(conn).save_acknowledged(conn, workspace_id=claimed, now=now, rows=rows)
+
+    save(
+        [
+            ("a", bulk.json_text({"In X": True, "arr": ["1", "2"]}), "[]", 5.0, "accepted"),
+            ("b", "{}", bulk.json_text(["string_too_long"]), None, "unchanged"),
+        ],
+        now=5.0,
+    )
+    save([("a", bulk.json_text({"In X": False}), "[]", None, "unchanged")], now=9.0)
+    with engine.connect() as conn:
+        rows = {r.external_id: r for r in conn.execute(sa.select(braze_users))}
+    a, b = rows["a"], rows["b"]
+    assert (a.attributes, a.flags, a.last_write_at, a.last_outcome) == (
+        {"In X": False},
+        [],
+        5.0,
+        "unchanged",
+    )
+    assert (a.last_outcome_at, a.updated_at) == (9.0, 9.0)
+    assert (b.attributes, b.flags, b.last_write_at) == ({}, ["string_too_long"], None)

@@ -115,3 +115,39 @@ def record_failures(
             "worker": worker_id,
         },
     )
+
+
+def save_acknowledged(
+    conn: sa.Connection,
+    *,
+    workspace_id: int,
+    now: float,
+    rows: Sequence[tuple[str, str, str, float | None, str]],
+) -> None:
+    """See :func:`audience_sync.store.bulk.sqlite.save_acknowledged`."""
+    if not rows:
+        return
+    records = orjson.dumps(
+        [
+            {
+                "external_id": external_id,
+                "attributes": orjson.Fragment(attributes),
+                "flags": orjson.Fragment(flags),
+                "last_write_at": last_write_at,
+                "outcome": outcome,
+            }
+            for external_id, attributes, flags, last_write_at, outcome in rows
+        ]
+    ).decode()
+    conn.exec_driver_sql(
+        "INSERT INTO braze_users AS b (workspace_id, external_id, attributes, flags, "
+        "last_write_at, last_outcome, last_outcome_at, updated_at) "
+        "SELECT %(ws)s, v.external_id, v.attributes, v.flags, v.last_write_at, v.outcome, "
+        "%(now)s, %(now)s FROM jsonb_to_recordset(%(rows)s::jsonb) AS v(external_id text, "
+        "attributes jsonb, flags jsonb, last_write_at double precision, outcome text) "
+        "ON CONFLICT (workspace_id, external_id) DO UPDATE SET attributes = excluded.attributes, "
+        "flags = excluded.flags, last_write_at = coalesce(excluded.last_write_at, "
+        "b.last_write_at), last_outcome = excluded.last_outcome, "
+        "last_outcome_at = excluded.last_outcome_at, updated_at = excluded.updated_at",
+        {"ws": workspace_id, "now": now, "rows": records},
+    )

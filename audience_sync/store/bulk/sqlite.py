@@ -102,3 +102,43 @@ def record_failures(
         )
         params = (pending, *itertools.chain.from_iterable(chunk), workspace_id, worker_id)
         conn.exec_driver_sql(sql, params)
+
+
+_UPSERT_ACKNOWLEDGED_TAIL = (
+    " ON CONFLICT (workspace_id, external_id) DO UPDATE SET attributes = excluded.attributes, "
+    "flags = excluded.flags, last_write_at = coalesce(excluded.last_write_at, "
+    "braze_users.last_write_at), last_outcome = excluded.last_outcome, "
+    "last_outcome_at = excluded.last_outcome_at, updated_at = excluded.updated_at"
+)
+
+
+def save_acknowledged(
+    conn: sa.Connection,
+    *,
+    workspace_id: int,
+    now: float,
+    rows: Sequence[tuple[str, str, str, float | None, str]],
+) -> None:
+    """Upsert ``(external_id, attributes, flags, last_write_at, outcome)`` rows of acknowledged
+    state (JSON as text); a row without ``last_write_at`` keeps the stored one."""
+    for chunk in _chunks(rows):
+        group = "(?, ?, ?, ?, ?, ?, ?, ?)"
+        sql = (
+            "INSERT INTO braze_users (workspace_id, external_id, attributes, flags, "
+            "last_write_at, last_outcome, last_outcome_at, updated_at) VALUES "
+            + ", ".join([group] * len(chunk))
+            + _UPSERT_ACKNOWLEDGED_TAIL
+        )
+        params: list[t.Any] = []
+        for external_id, attributes, flags, last_write_at, outcome in chunk:
+            params += [
+                workspace_id,
+                external_id,
+                attributes,
+                flags,
+                last_write_at,
+                outcome,
+                now,
+                now,
+            ]
+        conn.exec_driver_sql(sql, tuple(params))
