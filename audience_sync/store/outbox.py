@@ -17,7 +17,7 @@ from audience_sync.core.states import OutboxState, WorkspaceState
 from audience_sync.store import bulk
 from audience_sync.store.bulk import json_text
 from audience_sync.store.schema import outbox, workspaces
-from audience_sync.store.statements import chunks, executemany, insert
+from audience_sync.store.statements import executemany, insert
 
 _COLUMNS = (
     "workspace_id",
@@ -178,42 +178,6 @@ _CLAIM_BY_KEY = (
 )
 
 
-def _mine(worker_id: str, workspace_id: int, external_ids: Sequence[str]) -> sa.ColumnElement[bool]:
-    return sa.and_(
-        outbox.c.workspace_id == workspace_id,
-        outbox.c.external_id.in_(external_ids),
-        outbox.c.claimed_by == worker_id,
-    )
-
-
-# finish() runs once per request: its statements are built once, with an expanding IN, so
-# neither building nor compiling them costs anything per call.
-_MINE_BOUND = sa.and_(
-    outbox.c.workspace_id == sa.bindparam("b_workspace_id"),
-    outbox.c.external_id.in_(sa.bindparam("b_external_ids", expanding=True)),
-    outbox.c.claimed_by == sa.bindparam("b_worker_id"),
-)
-_FINISH_DELETE = (
-    outbox.delete()
-    .where(_MINE_BOUND, outbox.c.generation == outbox.c.claimed_generation)
-    .returning(outbox.c.external_id)
-)
-_FINISH_RELEASE = (
-    outbox.update()
-    .where(_MINE_BOUND)
-    .values(
-        claimed_by=None,
-        claimed_until=None,
-        due_at=sa.bindparam("b_next_due_at"),
-        attempts=0,
-        first_failure_at=None,
-        last_reason=None,
-        in_flight=None,  # Braze confirmed the write: nothing is uncertain any more
-    )
-    .returning(outbox.c.external_id)
-)
-
-
 def finish(
     conn: sa.Connection,
     *,
@@ -231,17 +195,13 @@ def finish(
     The DELETE goes first: a change committed between the two statements then finds its row
     still leased by us, and the release below hands it back, instead of matching neither.
     """
-    owned: set[str] = set()
-    for chunk in chunks(external_ids):
-        mine = {
-            "b_workspace_id": workspace_id,
-            "b_external_ids": list(chunk),
-            "b_worker_id": worker_id,
-        }
-        owned.update(conn.execute(_FINISH_DELETE, mine).scalars())
-        released = conn.execute(_FINISH_RELEASE, mine | {"b_next_due_at": next_due_at})
-        owned.update(released.scalars())
-    return owned
+    return bulk.of(conn).finish(
+        conn,
+        workspace_id=workspace_id,
+        worker_id=worker_id,
+        external_ids=external_ids,
+        next_due_at=next_due_at,
+    )
 
 
 def renew(

@@ -186,3 +186,20 @@ def test_save_acknowledged_inserts_then_updates_keeping_the_last_write_time(engi
     )
     assert (a.last_outcome_at, a.updated_at) == (9.0, 9.0)
     assert (b.attributes, b.flags, b.last_write_at) == ({}, ["string_too_long"], None)
+
+
+def test_finish_drops_the_unchanged_and_releases_the_changed_it_holds(engine, claimed):
+    with engine.begin() as conn:
+        outbox.enqueue(conn, claimed, ["u1"], now=3)  # changed while in flight
+        owned = bulk.of(conn).finish(
+            conn,
+            workspace_id=claimed,
+            worker_id="a",
+            external_ids=["u0", "u1", "u5", "u6"],
+            next_due_at=42.0,
+        )
+    assert owned == {"u0", "u1"}
+    rows = _rows(engine)
+    assert "u0" not in rows
+    assert (rows["u1"].claimed_by, rows["u1"].due_at, rows["u1"].attempts) == (None, 42.0, 0)
+    assert rows["u5"].claimed_by == "b" and "u6" in rows

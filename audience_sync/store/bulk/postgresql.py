@@ -151,3 +151,32 @@ def save_acknowledged(
         "last_outcome_at = excluded.last_outcome_at, updated_at = excluded.updated_at",
         {"ws": workspace_id, "now": now, "rows": records},
     )
+
+
+def finish(
+    conn: sa.Connection,
+    *,
+    workspace_id: int,
+    worker_id: str,
+    external_ids: Sequence[str],
+    next_due_at: float,
+) -> set[str]:
+    """See :func:`audience_sync.store.bulk.sqlite.finish` (the ids go as one array)."""
+    if not external_ids:
+        return set()
+    mine = "workspace_id = %(ws)s AND claimed_by = %(worker)s AND external_id = ANY(%(ids)s)"
+    params = {"ws": workspace_id, "worker": worker_id, "ids": list(external_ids)}
+    deleted = conn.exec_driver_sql(
+        f"DELETE FROM outbox WHERE {mine} AND generation = claimed_generation "
+        "RETURNING external_id",
+        params,
+    )
+    owned = {r[0] for r in deleted}
+    released = conn.exec_driver_sql(
+        "UPDATE outbox SET claimed_by = NULL, claimed_until = NULL, due_at = %(due)s, "
+        "attempts = 0, first_failure_at = NULL, last_reason = NULL, in_flight = NULL "
+        f"WHERE {mine} RETURNING external_id",
+        params | {"due": next_due_at},
+    )
+    owned.update(r[0] for r in released)
+    return owned

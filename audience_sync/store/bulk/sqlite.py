@@ -142,3 +142,35 @@ def save_acknowledged(
                 now,
             ]
         conn.exec_driver_sql(sql, tuple(params))
+
+
+def finish(
+    conn: sa.Connection,
+    *,
+    workspace_id: int,
+    worker_id: str,
+    external_ids: Sequence[str],
+    next_due_at: float,
+) -> set[str]:
+    """Drop the rows this worker holds whose generation did not move; release the others due at
+    ``next_due_at`` with a clean failure record. Returns the external ids it held."""
+    owned: set[str] = set()
+    for start in range(0, len(external_ids), ROWS_PER_STATEMENT):
+        chunk = list(external_ids[start : start + ROWS_PER_STATEMENT])
+        marks = ", ".join("?" * len(chunk))
+        mine = f"workspace_id = ? AND claimed_by = ? AND external_id IN ({marks})"
+        params = (workspace_id, worker_id, *chunk)
+        deleted = conn.exec_driver_sql(
+            f"DELETE FROM outbox WHERE {mine} AND generation = claimed_generation "
+            "RETURNING external_id",
+            params,
+        )
+        owned.update(r[0] for r in deleted)
+        released = conn.exec_driver_sql(
+            "UPDATE outbox SET claimed_by = NULL, claimed_until = NULL, due_at = ?, "
+            "attempts = 0, first_failure_at = NULL, last_reason = NULL, in_flight = NULL "
+            f"WHERE {mine} RETURNING external_id",
+            (next_due_at, *params),
+        )
+        owned.update(r[0] for r in released)
+    return owned
