@@ -203,3 +203,72 @@ def test_finish_drops_the_unchanged_and_releases_the_changed_it_holds(engine, cl
     assert "u0" not in rows
     assert (rows["u1"].claimed_by, rows["u1"].due_at, rows["u1"].attempts) == (None, 42.0, 0)
     assert rows["u5"].claimed_by == "b" and "u6" in rows
+
+
+def test_snapshot_rows_read_desired_and_acknowledged_rows_with_json_decoded(engine, claimed):
+    from audience_sync.store.schema import braze_users, memberships, users
+
+    with engine.begin() as conn:
+        conn.execute(
+            users.insert(),
+            [
+                {
+                    "account_id": 1,
+                    "external_id": "u0",
+                    "email": "a@x",
+                    "push_tokens": ["t1"],
+                    "updated_at": 2.0,
+                },
+                {
+                    "account_id": 2,
+                    "external_id": "u0",
+                    "email": None,
+                    "push_tokens": None,
+                    "updated_at": 3.0,
+                },
+                {
+                    "account_id": 1,
+                    "external_id": "other",
+                    "email": None,
+                    "push_tokens": None,
+                    "updated_at": 3.0,
+                },
+            ],
+        )
+        conn.execute(
+            memberships.insert(),
+            [
+                {
+                    "account_id": 1,
+                    "external_id": "u0",
+                    "audience_id": 7,
+                    "is_member": True,
+                    "changed_at": 1.0,
+                },
+                {
+                    "account_id": 1,
+                    "external_id": "u1",
+                    "audience_id": 7,
+                    "is_member": False,
+                    "changed_at": 1.0,
+                },
+            ],
+        )
+        conn.execute(
+            braze_users.insert().values(
+                workspace_id=claimed,
+                external_id="u1",
+                attributes={"k": [1]},
+                flags=["f"],
+                updated_at=1.0,
+            )
+        )
+        users_rows, member_rows, acked = bulk.of(conn).snapshot_rows(
+            conn, workspace_id=claimed, accounts=[1], ids=["u0", "u1"]
+        )
+    assert users_rows == [(1, "u0", "a@x", ["t1"], 2.0)]
+    assert sorted((a, e, au, bool(m)) for a, e, au, m in member_rows) == [
+        (1, "u0", 7, True),
+        (1, "u1", 7, False),
+    ]
+    assert acked == [("u1", {"k": [1]}, ["f"], None)]

@@ -180,3 +180,39 @@ def finish(
     )
     owned.update(r[0] for r in released)
     return owned
+
+
+def snapshot_rows(
+    conn: sa.Connection, *, workspace_id: int, accounts: Sequence[int], ids: Sequence[str]
+) -> tuple[list[tuple[t.Any, ...]], list[tuple[t.Any, ...]], list[tuple[t.Any, ...]]]:
+    """See :func:`audience_sync.store.bulk.sqlite.snapshot_rows` (JSONB arrives decoded)."""
+    params = {"accounts": list(accounts), "ids": list(ids), "ws": workspace_id}
+    users: list[tuple[t.Any, ...]] = []
+    members: list[tuple[t.Any, ...]] = []
+    if accounts and ids:
+        where = "account_id = ANY(%(accounts)s) AND external_id = ANY(%(ids)s)"
+        users = [
+            tuple(r)
+            for r in conn.exec_driver_sql(
+                "SELECT account_id, external_id, email, push_tokens, updated_at FROM users "
+                f"WHERE {where}",
+                params,
+            )
+        ]
+        members = [
+            tuple(r)
+            for r in conn.exec_driver_sql(
+                "SELECT account_id, external_id, audience_id, is_member FROM memberships "
+                f"WHERE {where}",
+                params,
+            )
+        ]
+    acknowledged = [
+        tuple(r)
+        for r in conn.exec_driver_sql(
+            "SELECT external_id, attributes, flags, last_write_at FROM braze_users "
+            "WHERE workspace_id = %(ws)s AND external_id = ANY(%(ids)s)",
+            params,
+        )
+    ]
+    return users, members, acknowledged

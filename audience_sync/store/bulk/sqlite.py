@@ -7,6 +7,7 @@ import itertools
 import typing as t
 from collections.abc import Sequence
 
+import orjson
 import sqlalchemy as sa
 
 ROWS_PER_STATEMENT = 500
@@ -174,3 +175,45 @@ def finish(
         )
         owned.update(r[0] for r in released)
     return owned
+
+
+def _json(value: str | None) -> t.Any:
+    return None if value is None else orjson.loads(value)
+
+
+def snapshot_rows(
+    conn: sa.Connection, *, workspace_id: int, accounts: Sequence[int], ids: Sequence[str]
+) -> tuple[list[tuple[t.Any, ...]], list[tuple[t.Any, ...]], list[tuple[t.Any, ...]]]:
+    """The desired and acknowledged rows of a batch of users, as plain tuples (JSON decoded):
+    ``(account_id, external_id, email, push_tokens, updated_at)`` users,
+    ``(account_id, external_id, audience_id, is_member)`` memberships and
+    ``(external_id, attributes, flags, last_write_at)`` acknowledged rows."""
+    users: list[tuple[t.Any, ...]] = []
+    members: list[tuple[t.Any, ...]] = []
+    acknowledged: list[tuple[t.Any, ...]] = []
+    in_accounts = ", ".join("?" * len(accounts))
+    for start in range(0, len(ids), ROWS_PER_STATEMENT):
+        chunk = tuple(ids[start : start + ROWS_PER_STATEMENT])
+        in_ids = ", ".join("?" * len(chunk))
+        if accounts:
+            where = f"account_id IN ({in_accounts}) AND external_id IN ({in_ids})"
+            for a, e, email, tokens, updated in conn.exec_driver_sql(
+                "SELECT account_id, external_id, email, push_tokens, updated_at FROM users "
+                f"WHERE {where}",
+                (*accounts, *chunk),
+            ):
+                users.append((a, e, email, _json(tokens), updated))
+            members.extend(
+                conn.exec_driver_sql(
+                    "SELECT account_id, external_id, audience_id, is_member FROM memberships "
+                    f"WHERE {where}",
+                    (*accounts, *chunk),
+                ).fetchall()
+            )
+        for e, attributes, flags, last_write_at in conn.exec_driver_sql(
+            "SELECT external_id, attributes, flags, last_write_at FROM braze_users "
+            f"WHERE workspace_id = ? AND external_id IN ({in_ids})",
+            (workspace_id, *chunk),
+        ):
+            acknowledged.append((e, _json(attributes), _json(flags), last_write_at))
+    return users, members, acknowledged
