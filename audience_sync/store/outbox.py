@@ -138,44 +138,25 @@ def claim(
     # workspace's primary-key index: with a million dirty users, most of a sender's time.
     claims: list[Claim] = []
     for ws, external_ids in by_workspace.items():
-        rows = conn.execute(
-            _CLAIM_BY_KEY,
-            {"b_ws": ws, "b_ids": external_ids, "b_worker": worker_id, "b_until": now + lease_s},
+        leased = bulk.of(conn).lease(
+            conn,
+            workspace_id=ws,
+            worker_id=worker_id,
+            until=now + lease_s,
+            external_ids=external_ids,
         )
         claims.extend(
             Claim(
-                workspace_id=row.workspace_id,
-                external_id=row.external_id,
-                generation=row.generation,
-                attempts=row.attempts,
-                first_failure_at=row.first_failure_at,
-                in_flight=row.in_flight,
+                workspace_id=ws,
+                external_id=external_id,
+                generation=generation,
+                attempts=attempts,
+                first_failure_at=first_failure_at,
+                in_flight=in_flight,
             )
-            for row in rows
+            for external_id, generation, attempts, first_failure_at, in_flight in leased
         )
     return claims
-
-
-_CLAIM_BY_KEY = (
-    outbox.update()
-    .where(
-        outbox.c.workspace_id == sa.bindparam("b_ws"),
-        outbox.c.external_id.in_(sa.bindparam("b_ids", expanding=True)),
-    )
-    .values(
-        claimed_by=sa.bindparam("b_worker"),
-        claimed_until=sa.bindparam("b_until"),
-        claimed_generation=outbox.c.generation,
-    )
-    .returning(
-        outbox.c.workspace_id,
-        outbox.c.external_id,
-        outbox.c.generation,
-        outbox.c.attempts,
-        outbox.c.first_failure_at,
-        outbox.c.in_flight,
-    )
-)
 
 
 def finish(

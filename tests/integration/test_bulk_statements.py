@@ -272,3 +272,20 @@ def test_snapshot_rows_read_desired_and_acknowledged_rows_with_json_decoded(engi
         (1, "u1", 7, False),
     ]
     assert acked == [("u1", {"k": [1]}, ["f"], None)]
+
+
+def test_lease_takes_the_rows_and_returns_their_state(engine, claimed):
+    with engine.begin() as conn:
+        bulk.of(conn).renew(
+            conn,
+            workspace_id=claimed,
+            worker_id="a",
+            until=5.0,
+            rows=[("u0", bulk.json_text({"keys": ["k"]}))],
+        )
+        leased = bulk.of(conn).lease(
+            conn, workspace_id=claimed, worker_id="z", until=77.0, external_ids=["u0", "u6", "none"]
+        )
+    assert sorted(leased) == [("u0", 1, 0, None, {"keys": ["k"]}), ("u6", 1, 0, None, None)]
+    rows = _rows(engine)
+    assert (rows["u6"].claimed_by, rows["u6"].claimed_until) == ("z", 77.0)

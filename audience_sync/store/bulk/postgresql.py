@@ -216,3 +216,24 @@ def snapshot_rows(
         )
     ]
     return users, members, acknowledged
+
+
+def lease(
+    conn: sa.Connection,
+    *,
+    workspace_id: int,
+    worker_id: str,
+    until: float,
+    external_ids: Sequence[str],
+) -> list[tuple[t.Any, ...]]:
+    """See :func:`audience_sync.store.bulk.sqlite.lease`."""
+    return [
+        tuple(r)
+        for r in conn.exec_driver_sql(
+            "UPDATE outbox SET claimed_by = %(worker)s, claimed_until = %(until)s, "
+            "claimed_generation = generation "
+            "WHERE workspace_id = %(ws)s AND external_id = ANY(%(ids)s) "
+            "RETURNING external_id, generation, attempts, first_failure_at, in_flight",
+            {"worker": worker_id, "until": until, "ws": workspace_id, "ids": list(external_ids)},
+        )
+    ]

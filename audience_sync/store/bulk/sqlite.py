@@ -217,3 +217,26 @@ def snapshot_rows(
         ):
             acknowledged.append((e, _json(attributes), _json(flags), last_write_at))
     return users, members, acknowledged
+
+
+def lease(
+    conn: sa.Connection,
+    *,
+    workspace_id: int,
+    worker_id: str,
+    until: float,
+    external_ids: Sequence[str],
+) -> list[tuple[t.Any, ...]]:
+    """Lease claimed candidates by primary key: ``(external_id, generation, attempts,
+    first_failure_at, in_flight)`` of each (``in_flight`` decoded)."""
+    leased: list[tuple[t.Any, ...]] = []
+    for start in range(0, len(external_ids), ROWS_PER_STATEMENT):
+        chunk = tuple(external_ids[start : start + ROWS_PER_STATEMENT])
+        for e, generation, attempts, first, in_flight in conn.exec_driver_sql(
+            "UPDATE outbox SET claimed_by = ?, claimed_until = ?, claimed_generation = generation "
+            f"WHERE workspace_id = ? AND external_id IN ({', '.join('?' * len(chunk))}) "
+            "RETURNING external_id, generation, attempts, first_failure_at, in_flight",
+            (worker_id, until, workspace_id, *chunk),
+        ):
+            leased.append((e, generation, attempts, first, _json(in_flight)))
+    return leased
