@@ -48,7 +48,7 @@ SEED_ACCOUNT = 778
 SEED_KEY = "bench-key"
 INTAKE_KEY = "bench-intake-key"
 MODE = "array+string+per_segment"
-FAULT_ARGS = ["--rate-429", "0.1", "--rate-5xx", "0.05", "--rate-drop", "0.02"]
+FAULTS = {"rate_429": 0.1, "rate_5xx": 0.05, "rate_drop": 0.02}
 KILLS = 3
 
 
@@ -219,11 +219,13 @@ def run_one(args: argparse.Namespace, database: str, workers: int) -> dict[str, 
         url, pg_dir = out[0], out[1]
     else:
         url = f"sqlite:///{tmp}/bench.db"
-    fake, fake_url = start_fake_braze(FAULT_ARGS if args.faults else [])
+    fake, fake_url = start_fake_braze([])
     engine_procs: Engine | None = None
     try:
         capacity = loopback_capacity(fake_url, SEED_KEY, threads=2)
         client = client_cpu(fake_url, SEED_KEY)
+        if args.faults:  # after measuring the capacity: faults from here on
+            requests.post(fake_url + "/_faults", json=FAULTS, timeout=10).raise_for_status()
         engine = create_engine(url)
         upgrade(engine)
         prefix = "seeded-"
@@ -256,7 +258,7 @@ def run_one(args: argparse.Namespace, database: str, workers: int) -> dict[str, 
         _wait_ready(port)
         cpu_start = engine_procs.cpu_s()
 
-        drained: dict[str, float] = {}
+        drained: dict[str, float] = {"kills": 0}
 
         def watch() -> None:
             kills_at = [args.users * f for f in (0.8, 0.5, 0.25)][:KILLS] if args.faults else []
@@ -265,6 +267,7 @@ def run_one(args: argparse.Namespace, database: str, workers: int) -> dict[str, 
                 engine_procs.sample_rss()
                 if kills_at and left <= kills_at[0]:
                     kills_at.pop(0)
+                    drained["kills"] += 1
                     engine_procs.kill()
                     engine_procs.start()
                     _wait_ready(port)
@@ -316,6 +319,7 @@ def run_one(args: argparse.Namespace, database: str, workers: int) -> dict[str, 
             "workers": workers if database == "postgresql" else 1,
             "senders_per_process": args.senders,
             "faults": args.faults,
+            "sigkills": int(drained["kills"]),
             "seeded_users": args.users,
             "ack_ms": ack["latency_ms"],
             "ack_errors": ack["errors"],
