@@ -31,9 +31,14 @@ import sqlalchemy as sa
 
 from audience_sync.core.delivery_plan import FailedWrite, FailurePlan, plan_failures
 from audience_sync.core.retry import RetryPolicy
+from audience_sync.store.statistics import analyze
 from audience_sync.store.transactions import in_transaction
 
 logger = logging.getLogger(__name__)
+
+ANALYZE_INTERVAL_S = 300.0
+"""While a sender keeps finding work, it refreshes PostgreSQL's planner statistics this often (a
+bulk load's rows are then planned for within minutes, whatever autovacuum does)."""
 
 Item = t.TypeVar("Item")
 T = t.TypeVar("T")
@@ -64,6 +69,7 @@ class SenderLoop(abc.ABC, t.Generic[Item]):
         self.jitter = jitter
         self.stop = stop or threading.Event()
         self._deferred: list[Callable[[sa.Connection], object]] = []
+        self._next_analyze = 0.0
 
     # -- what a vendor supplies ----------------------------------------------------------------
 
@@ -108,6 +114,10 @@ class SenderLoop(abc.ABC, t.Generic[Item]):
         now = self.clock()
         handled = self.before_claim(now)
         items = self.claim(now)
+        if items and now >= self._next_analyze:
+            # At the first work after start (after an import, a restart) and then periodically.
+            self._next_analyze = now + ANALYZE_INTERVAL_S
+            analyze(self.engine)
         groups: dict[Hashable, list[Item]] = {}
         for item in items:
             groups.setdefault(self.group_of(item), []).append(item)

@@ -289,3 +289,15 @@ def test_lease_takes_the_rows_and_returns_their_state(engine, claimed):
     assert sorted(leased) == [("u0", 1, 0, None, {"keys": ["k"]}), ("u6", 1, 0, None, None)]
     rows = _rows(engine)
     assert (rows["u6"].claimed_by, rows["u6"].claimed_until) == ("z", 77.0)
+
+
+def test_analyze_runs_on_postgresql_only(engine):
+    from audience_sync.store.statistics import analyze
+
+    assert analyze(engine) is (engine.dialect.name == "postgresql")
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as conn:
+            analyzed = conn.exec_driver_sql(
+                "SELECT last_analyze IS NOT NULL FROM pg_stat_user_tables WHERE relname = 'outbox'"
+            ).scalar_one()
+        assert analyzed
