@@ -99,14 +99,16 @@ class _Gate:
         self.lock = PriorityLock()
         self.database = database
         self._files: _FileLocks | None = None
+        self._opening = threading.Lock()
 
     def files(self) -> _FileLocks | None:
         """The lock files, reopened after a fork (a child must not share its parent's)."""
         if self.database is None:
             return None
-        if self._files is None or self._files.pid != os.getpid():
-            self._files = _FileLocks(self.database)
-        return self._files
+        with self._opening:
+            if self._files is None or self._files.pid != os.getpid():
+                self._files = _FileLocks(self.database)
+            return self._files
 
     @contextlib.contextmanager
     def hold(self, *, priority: bool) -> Iterator[None]:
