@@ -1,5 +1,9 @@
 """Process lifecycles for ``run``, ``serve``, ``worker`` and ``scheduler``: start the parts, stop
-on SIGTERM."""
+on SIGTERM.
+
+``run`` sends from a child process (:mod:`audience_sync.sender_process`); ``worker`` sends
+from its own threads, and several ``worker`` processes scale delivery on PostgreSQL.
+"""
 
 from __future__ import annotations
 
@@ -63,7 +67,13 @@ def run_all(
         from audience_sync.store.checkpoint import WalCheckpointer
 
         background.append(WalCheckpointer(runtime.engine, stop).start())
-    if senders:
+    if senders and http:
+        # `run`: the senders get their own process, so delivery and acknowledgements do not
+        # share one GIL (audience_sync.sender_process).
+        from audience_sync.sender_process import SenderProcess
+
+        background.append(SenderProcess(settings, stop).start())
+    elif senders:
         from audience_sync.delivery.service import start_senders
 
         background.append(start_senders(runtime, stop))

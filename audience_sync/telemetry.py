@@ -31,6 +31,10 @@ class Action(StrEnum):
     PROCESS_STOPPING = "process_stopping"
     PROCESS_STOPPED = "process_stopped"
     SENDERS_STARTED = "senders_started"
+    SENDER_PROCESS_STARTED = "sender_process_started"
+    SENDER_PROCESS_DIED = "sender_process_died"
+    SENDER_PROCESS_KILLED = "sender_process_killed"
+    SENDER_PROCESS_ORPHANED = "sender_process_orphaned"
     SQLITE_SINGLE_SENDER = "sqlite_single_sender"
     # worker registry (delivery/heartbeat.py)
     WORKER_REGISTERED = "worker_registered"

@@ -9,12 +9,13 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Sequence
 
-from bench import currents, delivery, firehose
+from bench import currents, delivery, firehose, system
 
 SUITES: dict[str, Callable[[Sequence[str]], int]] = {
     "firehose": firehose.main,
     "delivery": delivery.main,
     "currents": currents.main,
+    "system": system.main,
 }
 FAULT_SUITES = ("currents",)
 """Suites that take ``--faults``: ``scripts/bench --faults`` runs these (add yours here)."""

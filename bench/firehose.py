@@ -81,7 +81,9 @@ def _serve(database_url: str, port: int, threads: int, log_level: str, gc_thresh
     waitress.serve(app, host="127.0.0.1", port=port, threads=threads)
 
 
-def _bodies(count: int, profiles: int, seed: int) -> tuple[list[bytes], int]:
+def _bodies(
+    count: int, profiles: int, seed: int, settings: dict[str, str] | None = None
+) -> tuple[list[bytes], int]:
     """Pre-encoded membership requests, and the membership changes they carry."""
     rng = random.Random(seed)
     bodies, changes = [], 0
@@ -97,7 +99,11 @@ def _bodies(count: int, profiles: int, seed: int) -> tuple[list[bytes], int]:
             changes += len(audiences)
             batch.append(ft.profile(f"user-{user}", audiences, email=f"user-{user}@example.com"))
         body = ft.membership_request(
-            ACCOUNT_ID, batch, message_id=str(uuid.uuid4()), timestamp_ms=timestamp_ms + n
+            ACCOUNT_ID,
+            batch,
+            message_id=str(uuid.uuid4()),
+            timestamp_ms=timestamp_ms + n,
+            settings=settings,
         )
         bodies.append(json.dumps(body).encode())
     return bodies, changes

@@ -6,11 +6,15 @@ not retry (urllib3 retries are off): the sender retries durably through the outb
 automatic resend of a request Braze may already have applied would break SPEC §5.4.
 
 The REST key only ever goes into the ``Authorization`` header; logs show its fingerprint.
+
+Per request, only what the call needs: the request for each (URL, key) is prepared once by
+``requests`` (URL parsing, header merging) and copied with the new body, then sent through the
+session's pooled adapter; JSON is parsed with orjson. At Braze's rates the client's CPU per
+request was as much as the engine's work for the 75 users in it.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -22,6 +26,7 @@ from pathlib import Path
 from types import MappingProxyType
 from urllib.request import getproxies
 
+import orjson
 import requests
 from requests.adapters import HTTPAdapter
 
@@ -109,6 +114,7 @@ class BrazeClient:
             session.mount("http://", adapter)
             _read_environment_once(session)
         self.session = session
+        self._prepared: dict[tuple[str, str], requests.PreparedRequest] = {}
 
     def close(self) -> None:
         """Close pooled connections (only of a session this client created)."""
@@ -154,22 +160,35 @@ class BrazeClient:
                 body={"message": "success", "users": [], "dry_run": True},
             )
         payload = {"external_ids": list(external_ids), "fields_to_export": list(fields)}
-        body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        body = orjson.dumps(payload)
         return self._post(endpoint, EXPORT_IDS_PATH, api_key, body)
+
+    def _prepare(self, url: str, api_key: str) -> requests.PreparedRequest:
+        """The request to ``url`` with ``api_key``, prepared once (headers, parsed URL)."""
+        key = (url, api_key)
+        prepared = self._prepared.get(key)
+        if prepared is None:
+            headers = {
+                "Authorization": f"Bearer {api_key}",
+                "Content-Type": "application/json",
+                "Accept": "application/json",
+                "User-Agent": USER_AGENT,
+            }
+            request = requests.Request("POST", url, headers=headers, data=b"")
+            prepared = self.session.prepare_request(request)
+            if len(self._prepared) > 1024:  # keys come and go with connections: stay bounded
+                self._prepared.clear()
+            self._prepared[key] = prepared
+        return prepared
 
     def _post(self, endpoint: str, path: str, api_key: str, body: bytes) -> TrackResponse:
         url = endpoint.rstrip("/") + path
-        headers = {
-            "Authorization": f"Bearer {api_key}",
-            "Content-Type": "application/json",
-            "Accept": "application/json",
-            "User-Agent": USER_AGENT,
-        }
         started = time.perf_counter()
         try:
-            response = self.session.post(
-                url, data=body, headers=headers, timeout=self.timeout_s, allow_redirects=False
-            )
+            request = self._prepare(url, api_key).copy()
+            request.body = body
+            request.headers["Content-Length"] = str(len(body))
+            response = self.session.send(request, timeout=self.timeout_s, allow_redirects=False)
             content = response.content  # read fully here: a drop mid-body raises here too
         except requests.Timeout:
             return self._failed("timeout", url, api_key, started)
@@ -185,8 +204,8 @@ class BrazeClient:
         parsed: t.Any = None
         if content:
             try:
-                parsed = json.loads(content)
-            except ValueError:
+                parsed = orjson.loads(content)
+            except orjson.JSONDecodeError:
                 parsed = None
         return TrackResponse(
             status=response.status_code,
@@ -218,11 +237,9 @@ class BrazeClient:
 
     def _record_dry_run(self, endpoint: str, body: bytes) -> TrackResponse:
         started = time.perf_counter()
-        line = json.dumps(
-            {"ts": time.time(), "endpoint": endpoint, "body": json.loads(body)},
-            separators=(",", ":"),
-            ensure_ascii=False,
-        )
+        line = orjson.dumps(
+            {"ts": time.time(), "endpoint": endpoint, "body": orjson.Fragment(body)}
+        ).decode()
         path = self.dry_run_path
         if path is None:  # guarded in __init__
             raise RuntimeError("dry run without a dry_run_path")

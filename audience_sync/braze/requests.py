@@ -8,10 +8,11 @@ preserving the callers' order, so that under load every request but the last is 
 
 from __future__ import annotations
 
-import json
 import typing as t
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+
+import orjson
 
 MAX_OBJECTS_DEFAULT = 75
 """Objects per ``/users/track`` request (combined across attributes/events/purchases)."""
@@ -63,7 +64,7 @@ class ObjectTooLargeError(ValueError):
 
 def encode_object(obj: Mapping[str, t.Any]) -> bytes:
     """Encode one attribute object as compact UTF-8 JSON (the form it takes in a body)."""
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return orjson.dumps(obj)
 
 
 def build_requests(

@@ -29,6 +29,7 @@ from audience_sync.store.connections import (
     sync_connection,
     workspace_state_of_account,
 )
+from audience_sync.store.engine import read_only
 from audience_sync.store.memberships import apply_membership_plan
 from audience_sync.store.messages import is_recorded, record_message
 from audience_sync.store.transactions import in_transaction
@@ -149,7 +150,7 @@ def _run(
     """Run ``work`` in one transaction, again after a unique-key race or a deadlock (a repeated
     id is then a duplicate)."""
     try:
-        return in_transaction(engine, work, action="firehose", retry_conflicts=True)
+        return in_transaction(engine, work, action="firehose", retry_conflicts=True, priority=True)
     except sa.exc.IntegrityError:
         if is_recorded(engine, message_id):
             return IntakeResult(duplicate=True)
@@ -163,7 +164,7 @@ def _prepare_settings(
     the stored ones (absent is not the same as empty)."""
     raw = account.account_settings
     if raw is None:
-        with engine.begin() as conn:
+        with read_only(engine) as conn:
             raw = stored_account_settings(conn, account.account_id)
     return options.effective(account.account_id, raw)
 

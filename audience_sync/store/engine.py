@@ -4,10 +4,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from audience_sync.store.checkpoint import SAFETY_AUTOCHECKPOINT_PAGES
+
+
+def _json_dumps(value: object) -> str:
+    return orjson.dumps(value).decode()
+
+
+# JSON columns are encoded and decoded with orjson: read on every snapshot, written on every
+# record (the stdlib's json was a tenth of the sender's CPU).
+JSON_OPTIONS = {"json_serializer": _json_dumps, "json_deserializer": orjson.loads}
 
 READ_ONLY = "read_only"
 """Execution option: this connection only reads (SQLite then takes no write lock)."""
@@ -35,7 +45,10 @@ def create_engine(
         if database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
         engine = sa.create_engine(
-            url, connect_args={"timeout": 30, "check_same_thread": False}, pool_size=pool_size
+            url,
+            connect_args={"timeout": 30, "check_same_thread": False},
+            pool_size=pool_size,
+            **JSON_OPTIONS,
         )
         sync = sqlite_synchronous.upper()
         autocheckpoint = SAFETY_AUTOCHECKPOINT_PAGES
@@ -68,7 +81,7 @@ def create_engine(
         return engine
     if parsed.get_backend_name() == "postgresql":
         return sa.create_engine(
-            url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
+            url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, **JSON_OPTIONS
         )
     raise ValueError(f"unsupported database URL scheme: {parsed.get_backend_name()}")
 

@@ -14,6 +14,8 @@ import sqlalchemy as sa
 
 from audience_sync.core.state import Claim, Failure
 from audience_sync.core.states import OutboxState, WorkspaceState
+from audience_sync.store import bulk
+from audience_sync.store.bulk import json_text
 from audience_sync.store.schema import outbox, workspaces
 from audience_sync.store.statements import chunks, executemany, insert
 
@@ -111,80 +113,25 @@ def claim(
     # workspace's primary-key index: with a million dirty users, most of a sender's time.
     claims: list[Claim] = []
     for ws, external_ids in by_workspace.items():
-        rows = conn.execute(
-            _CLAIM_BY_KEY,
-            {"b_ws": ws, "b_ids": external_ids, "b_worker": worker_id, "b_until": now + lease_s},
+        leased = bulk.of(conn).lease(
+            conn,
+            workspace_id=ws,
+            worker_id=worker_id,
+            until=now + lease_s,
+            external_ids=external_ids,
         )
         claims.extend(
             Claim(
-                workspace_id=row.workspace_id,
-                external_id=row.external_id,
-                generation=row.generation,
-                attempts=row.attempts,
-                first_failure_at=row.first_failure_at,
-                in_flight=row.in_flight,
+                workspace_id=ws,
+                external_id=external_id,
+                generation=generation,
+                attempts=attempts,
+                first_failure_at=first_failure_at,
+                in_flight=in_flight,
             )
-            for row in rows
+            for external_id, generation, attempts, first_failure_at, in_flight in leased
         )
     return claims
-
-
-_CLAIM_BY_KEY = (
-    outbox.update()
-    .where(
-        outbox.c.workspace_id == sa.bindparam("b_ws"),
-        outbox.c.external_id.in_(sa.bindparam("b_ids", expanding=True)),
-    )
-    .values(
-        claimed_by=sa.bindparam("b_worker"),
-        claimed_until=sa.bindparam("b_until"),
-        claimed_generation=outbox.c.generation,
-    )
-    .returning(
-        outbox.c.workspace_id,
-        outbox.c.external_id,
-        outbox.c.generation,
-        outbox.c.attempts,
-        outbox.c.first_failure_at,
-        outbox.c.in_flight,
-    )
-)
-
-
-def _mine(worker_id: str, workspace_id: int, external_ids: Sequence[str]) -> sa.ColumnElement[bool]:
-    return sa.and_(
-        outbox.c.workspace_id == workspace_id,
-        outbox.c.external_id.in_(external_ids),
-        outbox.c.claimed_by == worker_id,
-    )
-
-
-# finish() runs once per request: its statements are built once, with an expanding IN, so
-# neither building nor compiling them costs anything per call.
-_MINE_BOUND = sa.and_(
-    outbox.c.workspace_id == sa.bindparam("b_workspace_id"),
-    outbox.c.external_id.in_(sa.bindparam("b_external_ids", expanding=True)),
-    outbox.c.claimed_by == sa.bindparam("b_worker_id"),
-)
-_FINISH_DELETE = (
-    outbox.delete()
-    .where(_MINE_BOUND, outbox.c.generation == outbox.c.claimed_generation)
-    .returning(outbox.c.external_id)
-)
-_FINISH_RELEASE = (
-    outbox.update()
-    .where(_MINE_BOUND)
-    .values(
-        claimed_by=None,
-        claimed_until=None,
-        due_at=sa.bindparam("b_next_due_at"),
-        attempts=0,
-        first_failure_at=None,
-        last_reason=None,
-        in_flight=None,  # Braze confirmed the write: nothing is uncertain any more
-    )
-    .returning(outbox.c.external_id)
-)
 
 
 def finish(
@@ -204,17 +151,13 @@ def finish(
     The DELETE goes first: a change committed between the two statements then finds its row
     still leased by us, and the release below hands it back, instead of matching neither.
     """
-    owned: set[str] = set()
-    for chunk in chunks(external_ids):
-        mine = {
-            "b_workspace_id": workspace_id,
-            "b_external_ids": list(chunk),
-            "b_worker_id": worker_id,
-        }
-        owned.update(conn.execute(_FINISH_DELETE, mine).scalars())
-        released = conn.execute(_FINISH_RELEASE, mine | {"b_next_due_at": next_due_at})
-        owned.update(released.scalars())
-    return owned
+    return bulk.of(conn).finish(
+        conn,
+        workspace_id=workspace_id,
+        worker_id=worker_id,
+        external_ids=external_ids,
+        next_due_at=next_due_at,
+    )
 
 
 def renew(
@@ -234,24 +177,18 @@ def renew(
     """
     if not in_flight:
         return set()
-    result = conn.execute(
-        outbox.update()
-        .where(
-            outbox.c.workspace_id == workspace_id,
-            outbox.c.external_id == sa.bindparam("b_external_id"),
-            outbox.c.claimed_by == worker_id,
-        )
-        .values(claimed_until=until, in_flight=sa.bindparam("b_in_flight")),
-        [{"b_external_id": e, "b_in_flight": f} for e, f in in_flight.items()],
+    rows = [(e, json_text(f)) for e, f in in_flight.items()]
+    return bulk.of(conn).renew(
+        conn, workspace_id=workspace_id, worker_id=worker_id, until=until, rows=rows
     )
-    if result.rowcount == len(in_flight):
-        return set(in_flight)
-    held = conn.execute(
-        sa.select(outbox.c.external_id).where(
-            _mine(worker_id, workspace_id, list(in_flight)), outbox.c.claimed_until == until
-        )
+
+
+def _mine(worker_id: str, workspace_id: int, external_ids: Sequence[str]) -> sa.ColumnElement[bool]:
+    return sa.and_(
+        outbox.c.workspace_id == workspace_id,
+        outbox.c.external_id.in_(external_ids),
+        outbox.c.claimed_by == worker_id,
     )
-    return set(held.scalars())
 
 
 def held(
@@ -281,28 +218,33 @@ def release(
     """
     if not due_at:
         return
-    values: dict[str, t.Any] = {
-        "claimed_by": None,
-        "claimed_until": None,
-        "due_at": sa.bindparam("b_due_at"),
-        "last_reason": sa.func.coalesce(sa.literal(reason), outbox.c.last_reason),
-    }
-    if in_flight is not None:
-        values["in_flight"] = sa.bindparam("b_in_flight")
-    conn.execute(
-        outbox.update()
-        .where(
-            outbox.c.workspace_id == workspace_id,
-            outbox.c.external_id == sa.bindparam("b_external_id"),
-            outbox.c.claimed_by == worker_id,
-        )
-        .values(**values),
-        [
-            {"b_external_id": e, "b_due_at": d}
-            | ({"b_in_flight": in_flight.get(e)} if in_flight is not None else {})
-            for e, d in due_at.items()
-        ],
+    if in_flight is None:
+        rows = [(e, d, None) for e, d in due_at.items()]
+    else:
+        rows = [(e, d, json_text(in_flight.get(e))) for e, d in due_at.items()]
+    bulk.of(conn).release(
+        conn,
+        workspace_id=workspace_id,
+        worker_id=worker_id,
+        reason=reason,
+        rows=rows,
+        set_in_flight=in_flight is not None,
     )
+
+
+def _current_in_flight(
+    conn: sa.Connection, workspace_id: int, external_ids: Sequence[str]
+) -> dict[str, str | None]:
+    """The stored write-ahead records (as JSON text) of ``external_ids``."""
+    found: dict[str, str | None] = {}
+    for chunk in chunks(external_ids):
+        rows = conn.execute(
+            sa.select(outbox.c.external_id, outbox.c.in_flight).where(
+                outbox.c.workspace_id == workspace_id, outbox.c.external_id.in_(chunk)
+            )
+        )
+        found.update((e, json_text(f)) for e, f in rows)
+    return found
 
 
 def record_failures(
@@ -320,41 +262,29 @@ def record_failures(
     """
     if not failures:
         return
-    conn.execute(
-        outbox.update()
-        .where(
-            outbox.c.workspace_id == workspace_id,
-            outbox.c.external_id == sa.bindparam("b_external_id"),
-            outbox.c.claimed_by == worker_id,
+    rows = [
+        (
+            f.external_id,
+            f.attempts,
+            f.first_failure_at,
+            f.retry_at if f.retry_at is not None else f.first_failure_at,
+            (OutboxState.PENDING if f.retry_at is not None else OutboxState.DEAD).value,
+            f.reason,
+            json_text(f.in_flight),
         )
-        .values(
-            claimed_by=None,
-            claimed_until=None,
-            attempts=sa.bindparam("b_attempts"),
-            first_failure_at=sa.bindparam("b_first"),
-            due_at=sa.bindparam("b_due"),
-            # A change that arrived while the user was in flight is new work: not buried.
-            state=sa.case(
-                (outbox.c.generation != outbox.c.claimed_generation, OutboxState.PENDING.value),
-                else_=sa.bindparam("b_state"),
-            ),
-            last_reason=sa.bindparam("b_reason"),
-            in_flight=outbox.c.in_flight if keep_in_flight else sa.bindparam("b_in_flight"),
-        ),
-        [
-            {
-                "b_external_id": f.external_id,
-                "b_attempts": f.attempts,
-                "b_first": f.first_failure_at,
-                "b_due": f.retry_at if f.retry_at is not None else f.first_failure_at,
-                "b_state": (
-                    OutboxState.PENDING if f.retry_at is not None else OutboxState.DEAD
-                ).value,
-                "b_reason": f.reason,
-            }
-            | ({} if keep_in_flight else {"b_in_flight": f.in_flight})
-            for f in failures
-        ],
+        for f in failures
+    ]
+    if keep_in_flight:
+        # Rare (an unexpected error): keep each write-ahead record by writing back what the
+        # row holds now, so the one bulk statement serves both cases.
+        current = _current_in_flight(conn, workspace_id, [f.external_id for f in failures])
+        rows = [(*r[:6], current.get(r[0])) for r in rows]
+    bulk.of(conn).record_failures(
+        conn,
+        workspace_id=workspace_id,
+        worker_id=worker_id,
+        pending=OutboxState.PENDING.value,
+        rows=rows,
     )
 
 

@@ -2,7 +2,8 @@
 
 :func:`load_snapshot` gathers, for users of one workspace, every connection's desired state
 (memberships, audience names, email, push tokens) and the acknowledged attributes, in a fixed
-number of queries whatever the batch size. It decides nothing (the core does).
+number of queries whatever the batch size: hand-written per dialect (:mod:`audience_sync.store.
+bulk`), their rows plain tuples. It decides nothing (the core does).
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ import sqlalchemy as sa
 
 from audience_sync.core.state import Acknowledged, ConnectionRow, Desired, Snapshot
 from audience_sync.core.states import AudienceState, ConnectionState
+from audience_sync.store import bulk
 from audience_sync.store.field_flags import load_field_flags
-from audience_sync.store.schema import audiences, braze_users, connections, memberships, users
+from audience_sync.store.schema import audiences, connections
 
 
 def load_connections(conn: sa.Connection, workspace_id: int) -> tuple[ConnectionRow, ...]:
@@ -41,22 +43,6 @@ def load_connections(conn: sa.Connection, workspace_id: int) -> tuple[Connection
 
 
 _ACCOUNTS = sa.bindparam("b_accounts", expanding=True)
-_IDS = sa.bindparam("b_ids", expanding=True)
-# Built once with expanding IN parameters: a batch's hundreds of ids are then neither coerced
-# into the statement nor part of its cache key.
-_SELECT_USERS = sa.select(
-    users.c.account_id,
-    users.c.external_id,
-    users.c.email,
-    users.c.push_tokens,
-    users.c.updated_at,
-).where(users.c.account_id.in_(_ACCOUNTS), users.c.external_id.in_(_IDS))
-_SELECT_MEMBERSHIPS = sa.select(
-    memberships.c.account_id,
-    memberships.c.external_id,
-    memberships.c.audience_id,
-    memberships.c.is_member,
-).where(memberships.c.account_id.in_(_ACCOUNTS), memberships.c.external_id.in_(_IDS))
 _SELECT_AUDIENCES = sa.select(
     audiences.c.account_id,
     audiences.c.audience_id,
@@ -66,15 +52,6 @@ _SELECT_AUDIENCES = sa.select(
 ).where(
     audiences.c.account_id.in_(_ACCOUNTS),
     audiences.c.audience_id.in_(sa.bindparam("b_audience_ids", expanding=True)),
-)
-_SELECT_ACKNOWLEDGED = sa.select(
-    braze_users.c.external_id,
-    braze_users.c.attributes,
-    braze_users.c.flags,
-    braze_users.c.last_write_at,
-).where(
-    braze_users.c.workspace_id == sa.bindparam("b_workspace_id"),
-    braze_users.c.external_id.in_(_IDS),
 )
 
 
@@ -99,16 +76,16 @@ def load_snapshot(
     user_rows: dict[tuple[int, str], tuple[t.Any, t.Any, t.Any]] = {}
     member_rows: dict[tuple[int, str], list[tuple[int, bool]]] = {}
     names: dict[tuple[int, int], tuple[str, bool]] = {}
+    user_list, member_list, acknowledged_list = (
+        bulk.of(conn).snapshot_rows(conn, workspace_id=workspace_id, accounts=accounts, ids=ids)
+        if ids
+        else ([], [], [])
+    )
     if accounts and ids:
-        params = {"b_accounts": accounts, "b_ids": ids}
-        for account_id, external_id, email, push_tokens, updated_at in conn.execute(
-            _SELECT_USERS, params
-        ):
+        for account_id, external_id, email, push_tokens, updated_at in user_list:
             user_rows[(account_id, external_id)] = (email, push_tokens, updated_at)
         audience_ids: set[int] = set()
-        for account_id, external_id, audience_id, is_member in conn.execute(
-            _SELECT_MEMBERSHIPS, params
-        ):
+        for account_id, external_id, audience_id, is_member in member_list:
             key = (account_id, external_id)
             held = member_rows.get(key)
             if held is None:
@@ -155,15 +132,12 @@ def load_snapshot(
         )
 
     acknowledged: dict[str, Acknowledged] = {}
-    if ids:
-        for external_id, attributes, flags, last_write_at in conn.execute(
-            _SELECT_ACKNOWLEDGED, {"b_workspace_id": workspace_id, "b_ids": ids}
-        ):
-            acknowledged[external_id] = Acknowledged(
-                attributes=attributes or {},
-                flags=tuple(flags or ()),
-                last_write_at=last_write_at,
-            )
+    for external_id, attributes, flags, last_write_at in acknowledged_list:
+        acknowledged[external_id] = Acknowledged(
+            attributes=attributes or {},
+            flags=tuple(flags or ()),
+            last_write_at=last_write_at,
+        )
     return Snapshot(
         connections=conns,
         desired={k: tuple(v) for k, v in desired.items()},

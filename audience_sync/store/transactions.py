@@ -8,23 +8,24 @@ can succeed.
   again (``retry_conflicts``): two Firehose requests inserting the same new rows. Tried again
   at once; the last one is raised to the caller.
 
-On SQLite every writer of this process first queues on one Python lock per engine: SQLite has
-one writer at a time, and a writer waiting for its lock polls with sleeps of up to 100 ms (its
-busy handler), which under concurrent requests, not the work, made the latency. Queued on a
-Python lock, a writer wakes as soon as the one before it commits. PostgreSQL needs no such thing.
+On SQLite every writer first passes one writer gate per database (:mod:`audience_sync.store.
+writer_gate`): SQLite has one writer at a time, and its busy handler polls with sleeps of up to
+100 ms and is not fair, which under concurrent writers, not the work, made the latency. At the
+gate a waiting ``priority`` writer (a Firehose request, which mParticle wants answered within
+100 ms) goes before every waiting sender, in this process and, through a lock file, in the
+others. PostgreSQL needs no such thing.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import threading
 import time
 import typing as t
-import weakref
 from collections.abc import Callable
 
 import sqlalchemy as sa
+
+from audience_sync.store.writer_gate import writer_gate
 
 logger = logging.getLogger(__name__)
 
@@ -38,11 +39,6 @@ BACKOFF_S = 0.02
 MAX_CONFLICT_ATTEMPTS = 3
 """Tries of a work whose unique-key race is resolved by running it again."""
 
-_SQLITE_WRITE_LOCKS: weakref.WeakKeyDictionary[sa.Engine, threading.Lock] = (
-    weakref.WeakKeyDictionary()
-)
-_SQLITE_WRITE_LOCKS_GUARD = threading.Lock()
-
 
 def is_transient(exc: sa.exc.OperationalError) -> bool:
     """Whether a fresh try of the same transaction can succeed."""
@@ -51,29 +47,22 @@ def is_transient(exc: sa.exc.OperationalError) -> bool:
     return "database is locked" in str(exc.orig)
 
 
-def write_lock(engine: sa.Engine) -> t.ContextManager[object]:
-    """The process-wide writer queue of a SQLite engine (a no-op on PostgreSQL)."""
-    if engine.dialect.name != "sqlite":
-        return contextlib.nullcontext()
-    with _SQLITE_WRITE_LOCKS_GUARD:
-        lock = _SQLITE_WRITE_LOCKS.get(engine)
-        if lock is None:
-            lock = _SQLITE_WRITE_LOCKS[engine] = threading.Lock()
-    return lock
-
-
 def in_transaction(
     engine: sa.Engine,
     work: Callable[[sa.Connection], T],
     *,
     action: str = "transaction",
     retry_conflicts: bool = False,
+    priority: bool = False,
 ) -> T:
-    """Run ``work(conn)`` in one write transaction, up to :data:`MAX_ATTEMPTS` times."""
+    """Run ``work(conn)`` in one write transaction, up to :data:`MAX_ATTEMPTS` times;
+    ``priority`` writers (the intake) pass the SQLite writer gate before waiting senders.
+
+    Build every parameter before calling: ``work`` runs while the writer gate is held."""
     conflicts = 0
     for attempt in range(1, MAX_ATTEMPTS + 1):
         try:
-            with write_lock(engine), engine.begin() as conn:
+            with writer_gate(engine, priority=priority), engine.begin() as conn:
                 return work(conn)
         except sa.exc.IntegrityError:
             conflicts += 1

@@ -91,6 +91,10 @@ def test_run_serves_until_sigterm_and_refuses_an_unmigrated_database(tmp_path):
             timeout=10,
         )
         assert answer.json()["type"] == "module_registration_response"
+        # The senders start in run's child process, shortly after the server.
+        while '"action": "senders_started"' not in log_path.read_text():
+            assert time.monotonic() < deadline, "senders did not start\n" + log_path.read_text()
+            time.sleep(0.1)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)

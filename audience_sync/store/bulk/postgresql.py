@@ -1,0 +1,239 @@
+"""The set-based outbox statements on PostgreSQL: the rows travel as one JSON array, unpacked
+by ``jsonb_to_recordset``. See :mod:`audience_sync.store.bulk`."""
+
+from __future__ import annotations
+
+import typing as t
+from collections.abc import Sequence
+
+import orjson
+import sqlalchemy as sa
+
+
+def _records(names: Sequence[str], rows: Sequence[tuple[t.Any, ...]]) -> str:
+    # JSON values arrive encoded as text (or None): embed them as JSON, not as strings.
+    return orjson.dumps(
+        [
+            {
+                name: (orjson.Fragment(value) if name == "in_flight" and value else value)
+                for name, value in zip(names, row, strict=True)
+            }
+            for row in rows
+        ]
+    ).decode()
+
+
+def renew(
+    conn: sa.Connection,
+    *,
+    workspace_id: int,
+    worker_id: str,
+    until: float,
+    rows: Sequence[tuple[str, str | None]],
+) -> set[str]:
+    """See :func:`audience_sync.store.bulk.sqlite.renew`."""
+    if not rows:
+        return set()
+    result = conn.exec_driver_sql(
+        "UPDATE outbox AS o SET claimed_until = %(until)s, in_flight = v.in_flight "
+        "FROM jsonb_to_recordset(%(rows)s::jsonb) AS v(external_id text, in_flight jsonb) "
+        "WHERE o.workspace_id = %(ws)s AND o.external_id = v.external_id "
+        "AND o.claimed_by = %(worker)s RETURNING o.external_id",
+        {
+            "until": until,
+            "rows": _records(("external_id", "in_flight"), rows),
+            "ws": workspace_id,
+            "worker": worker_id,
+        },
+    )
+    return {r[0] for r in result}
+
+
+def release(
+    conn: sa.Connection,
+    *,
+    workspace_id: int,
+    worker_id: str,
+    reason: str | None,
+    rows: Sequence[tuple[str, float, str | None]],
+    set_in_flight: bool,
+) -> None:
+    """See :func:`audience_sync.store.bulk.sqlite.release`."""
+    if not rows:
+        return
+    in_flight = ", in_flight = v.in_flight" if set_in_flight else ""
+    conn.exec_driver_sql(
+        "UPDATE outbox AS o SET claimed_by = NULL, claimed_until = NULL, due_at = v.due_at, "
+        f"last_reason = coalesce(%(reason)s, o.last_reason){in_flight} "
+        "FROM jsonb_to_recordset(%(rows)s::jsonb) "
+        "AS v(external_id text, due_at double precision, in_flight jsonb) "
+        "WHERE o.workspace_id = %(ws)s AND o.external_id = v.external_id "
+        "AND o.claimed_by = %(worker)s",
+        {
+            "reason": reason,
+            "rows": _records(("external_id", "due_at", "in_flight"), rows),
+            "ws": workspace_id,
+            "worker": worker_id,
+        },
+    )
+
+
+def record_failures(
+    conn: sa.Connection,
+    *,
+    workspace_id: int,
+    worker_id: str,
+    pending: str,
+    rows: Sequence[tuple[str, int, float | None, float | None, str, str, str | None]],
+) -> None:
+    """See :func:`audience_sync.store.bulk.sqlite.record_failures`."""
+    if not rows:
+        return
+    names = (
+        "external_id",
+        "attempts",
+        "first_failure_at",
+        "due_at",
+        "state",
+        "reason",
+        "in_flight",
+    )
+    conn.exec_driver_sql(
+        "UPDATE outbox AS o SET claimed_by = NULL, claimed_until = NULL, attempts = v.attempts, "
+        "first_failure_at = v.first_failure_at, due_at = v.due_at, "
+        "state = CASE WHEN o.generation != o.claimed_generation THEN %(pending)s "
+        "ELSE v.state END, last_reason = v.reason, in_flight = v.in_flight "
+        "FROM jsonb_to_recordset(%(rows)s::jsonb) AS v(external_id text, attempts integer, "
+        "first_failure_at double precision, due_at double precision, state text, reason text, "
+        "in_flight jsonb) "
+        "WHERE o.workspace_id = %(ws)s AND o.external_id = v.external_id "
+        "AND o.claimed_by = %(worker)s",
+        {
+            "pending": pending,
+            "rows": _records(names, rows),
+            "ws": workspace_id,
+            "worker": worker_id,
+        },
+    )
+
+
+def save_acknowledged(
+    conn: sa.Connection,
+    *,
+    workspace_id: int,
+    now: float,
+    rows: Sequence[tuple[str, str, str, float | None, str]],
+) -> None:
+    """See :func:`audience_sync.store.bulk.sqlite.save_acknowledged`."""
+    if not rows:
+        return
+    records = orjson.dumps(
+        [
+            {
+                "external_id": external_id,
+                "attributes": orjson.Fragment(attributes),
+                "flags": orjson.Fragment(flags),
+                "last_write_at": last_write_at,
+                "outcome": outcome,
+            }
+            for external_id, attributes, flags, last_write_at, outcome in rows
+        ]
+    ).decode()
+    conn.exec_driver_sql(
+        "INSERT INTO braze_users AS b (workspace_id, external_id, attributes, flags, "
+        "last_write_at, last_outcome, last_outcome_at, updated_at) "
+        "SELECT %(ws)s, v.external_id, v.attributes, v.flags, v.last_write_at, v.outcome, "
+        "%(now)s, %(now)s FROM jsonb_to_recordset(%(rows)s::jsonb) AS v(external_id text, "
+        "attributes jsonb, flags jsonb, last_write_at double precision, outcome text) "
+        "ON CONFLICT (workspace_id, external_id) DO UPDATE SET attributes = excluded.attributes, "
+        "flags = excluded.flags, last_write_at = coalesce(excluded.last_write_at, "
+        "b.last_write_at), last_outcome = excluded.last_outcome, "
+        "last_outcome_at = excluded.last_outcome_at, updated_at = excluded.updated_at",
+        {"ws": workspace_id, "now": now, "rows": records},
+    )
+
+
+def finish(
+    conn: sa.Connection,
+    *,
+    workspace_id: int,
+    worker_id: str,
+    external_ids: Sequence[str],
+    next_due_at: float,
+) -> set[str]:
+    """See :func:`audience_sync.store.bulk.sqlite.finish` (the ids go as one array)."""
+    if not external_ids:
+        return set()
+    mine = "workspace_id = %(ws)s AND claimed_by = %(worker)s AND external_id = ANY(%(ids)s)"
+    params = {"ws": workspace_id, "worker": worker_id, "ids": list(external_ids)}
+    deleted = conn.exec_driver_sql(
+        f"DELETE FROM outbox WHERE {mine} AND generation = claimed_generation "
+        "RETURNING external_id",
+        params,
+    )
+    owned = {r[0] for r in deleted}
+    released = conn.exec_driver_sql(
+        "UPDATE outbox SET claimed_by = NULL, claimed_until = NULL, due_at = %(due)s, "
+        "attempts = 0, first_failure_at = NULL, last_reason = NULL, in_flight = NULL "
+        f"WHERE {mine} RETURNING external_id",
+        params | {"due": next_due_at},
+    )
+    owned.update(r[0] for r in released)
+    return owned
+
+
+def snapshot_rows(
+    conn: sa.Connection, *, workspace_id: int, accounts: Sequence[int], ids: Sequence[str]
+) -> tuple[list[tuple[t.Any, ...]], list[tuple[t.Any, ...]], list[tuple[t.Any, ...]]]:
+    """See :func:`audience_sync.store.bulk.sqlite.snapshot_rows` (JSONB arrives decoded)."""
+    params = {"accounts": list(accounts), "ids": list(ids), "ws": workspace_id}
+    users: list[tuple[t.Any, ...]] = []
+    members: list[tuple[t.Any, ...]] = []
+    if accounts and ids:
+        where = "account_id = ANY(%(accounts)s) AND external_id = ANY(%(ids)s)"
+        users = [
+            tuple(r)
+            for r in conn.exec_driver_sql(
+                "SELECT account_id, external_id, email, push_tokens, updated_at FROM users "
+                f"WHERE {where}",
+                params,
+            )
+        ]
+        members = [
+            tuple(r)
+            for r in conn.exec_driver_sql(
+                "SELECT account_id, external_id, audience_id, is_member FROM memberships "
+                f"WHERE {where}",
+                params,
+            )
+        ]
+    acknowledged = [
+        tuple(r)
+        for r in conn.exec_driver_sql(
+            "SELECT external_id, attributes, flags, last_write_at FROM braze_users "
+            "WHERE workspace_id = %(ws)s AND external_id = ANY(%(ids)s)",
+            params,
+        )
+    ]
+    return users, members, acknowledged
+
+
+def lease(
+    conn: sa.Connection,
+    *,
+    workspace_id: int,
+    worker_id: str,
+    until: float,
+    external_ids: Sequence[str],
+) -> list[tuple[t.Any, ...]]:
+    """See :func:`audience_sync.store.bulk.sqlite.lease`."""
+    return [
+        tuple(r)
+        for r in conn.exec_driver_sql(
+            "UPDATE outbox SET claimed_by = %(worker)s, claimed_until = %(until)s, "
+            "claimed_generation = generation "
+            "WHERE workspace_id = %(ws)s AND external_id = ANY(%(ids)s) "
+            "RETURNING external_id, generation, attempts, first_failure_at, in_flight",
+            {"worker": worker_id, "until": until, "ws": workspace_id, "ids": list(external_ids)},
+        )
+    ]

@@ -1,0 +1,242 @@
+"""The set-based outbox statements on SQLite (3.35+: ``UPDATE ... FROM`` and ``RETURNING``).
+See :mod:`audience_sync.store.bulk`."""
+
+from __future__ import annotations
+
+import itertools
+import typing as t
+from collections.abc import Sequence
+
+import orjson
+import sqlalchemy as sa
+
+ROWS_PER_STATEMENT = 500
+"""Rows per statement: well under SQLite's 32,766 bound parameters."""
+
+
+def _values(rows: Sequence[tuple[t.Any, ...]], names: Sequence[str]) -> str:
+    group = "(" + ", ".join("?" * len(names)) + ")"
+    columns = ", ".join(f"column{i + 1} AS {name}" for i, name in enumerate(names))
+    return f"(SELECT {columns} FROM (VALUES {', '.join([group] * len(rows))}))"
+
+
+def _chunks(rows: Sequence[tuple[t.Any, ...]]) -> t.Iterator[Sequence[tuple[t.Any, ...]]]:
+    for start in range(0, len(rows), ROWS_PER_STATEMENT):
+        yield rows[start : start + ROWS_PER_STATEMENT]
+
+
+def renew(
+    conn: sa.Connection,
+    *,
+    workspace_id: int,
+    worker_id: str,
+    until: float,
+    rows: Sequence[tuple[str, str | None]],
+) -> set[str]:
+    """Extend the lease and set ``in_flight`` of ``(external_id, in_flight)`` rows this worker
+    holds; returns the external ids updated."""
+    held: set[str] = set()
+    for chunk in _chunks(rows):
+        sql = (
+            "UPDATE outbox SET claimed_until = ?, in_flight = v.in_flight "
+            f"FROM {_values(chunk, ('external_id', 'in_flight'))} AS v "
+            "WHERE outbox.workspace_id = ? AND outbox.external_id = v.external_id "
+            "AND outbox.claimed_by = ? RETURNING outbox.external_id"
+        )
+        params = (until, *itertools.chain.from_iterable(chunk), workspace_id, worker_id)
+        held.update(r[0] for r in conn.exec_driver_sql(sql, params))
+    return held
+
+
+def release(
+    conn: sa.Connection,
+    *,
+    workspace_id: int,
+    worker_id: str,
+    reason: str | None,
+    rows: Sequence[tuple[str, float, str | None]],
+    set_in_flight: bool,
+) -> None:
+    """Hand back ``(external_id, due_at, in_flight)`` rows without an attempt; ``in_flight`` is
+    written only with ``set_in_flight``."""
+    in_flight = ", in_flight = v.in_flight" if set_in_flight else ""
+    for chunk in _chunks(rows):
+        sql = (
+            "UPDATE outbox SET claimed_by = NULL, claimed_until = NULL, due_at = v.due_at, "
+            f"last_reason = coalesce(?, outbox.last_reason){in_flight} "
+            f"FROM {_values(chunk, ('external_id', 'due_at', 'in_flight'))} AS v "
+            "WHERE outbox.workspace_id = ? AND outbox.external_id = v.external_id "
+            "AND outbox.claimed_by = ?"
+        )
+        params = (reason, *itertools.chain.from_iterable(chunk), workspace_id, worker_id)
+        conn.exec_driver_sql(sql, params)
+
+
+def record_failures(
+    conn: sa.Connection,
+    *,
+    workspace_id: int,
+    worker_id: str,
+    pending: str,
+    rows: Sequence[tuple[str, int, float | None, float | None, str, str, str | None]],
+) -> None:
+    """Record ``(external_id, attempts, first_failure_at, due_at, state, reason, in_flight)``
+    of failed rows; a row whose generation moved on while in flight stays ``pending``."""
+    names = (
+        "external_id",
+        "attempts",
+        "first_failure_at",
+        "due_at",
+        "state",
+        "reason",
+        "in_flight",
+    )
+    for chunk in _chunks(rows):
+        sql = (
+            "UPDATE outbox SET claimed_by = NULL, claimed_until = NULL, attempts = v.attempts, "
+            "first_failure_at = v.first_failure_at, due_at = v.due_at, "
+            "state = CASE WHEN outbox.generation != outbox.claimed_generation THEN ? "
+            "ELSE v.state END, last_reason = v.reason, in_flight = v.in_flight "
+            f"FROM {_values(chunk, names)} AS v "
+            "WHERE outbox.workspace_id = ? AND outbox.external_id = v.external_id "
+            "AND outbox.claimed_by = ?"
+        )
+        params = (pending, *itertools.chain.from_iterable(chunk), workspace_id, worker_id)
+        conn.exec_driver_sql(sql, params)
+
+
+_UPSERT_ACKNOWLEDGED_TAIL = (
+    " ON CONFLICT (workspace_id, external_id) DO UPDATE SET attributes = excluded.attributes, "
+    "flags = excluded.flags, last_write_at = coalesce(excluded.last_write_at, "
+    "braze_users.last_write_at), last_outcome = excluded.last_outcome, "
+    "last_outcome_at = excluded.last_outcome_at, updated_at = excluded.updated_at"
+)
+
+
+def save_acknowledged(
+    conn: sa.Connection,
+    *,
+    workspace_id: int,
+    now: float,
+    rows: Sequence[tuple[str, str, str, float | None, str]],
+) -> None:
+    """Upsert ``(external_id, attributes, flags, last_write_at, outcome)`` rows of acknowledged
+    state (JSON as text); a row without ``last_write_at`` keeps the stored one."""
+    for chunk in _chunks(rows):
+        group = "(?, ?, ?, ?, ?, ?, ?, ?)"
+        sql = (
+            "INSERT INTO braze_users (workspace_id, external_id, attributes, flags, "
+            "last_write_at, last_outcome, last_outcome_at, updated_at) VALUES "
+            + ", ".join([group] * len(chunk))
+            + _UPSERT_ACKNOWLEDGED_TAIL
+        )
+        params: list[t.Any] = []
+        for external_id, attributes, flags, last_write_at, outcome in chunk:
+            params += [
+                workspace_id,
+                external_id,
+                attributes,
+                flags,
+                last_write_at,
+                outcome,
+                now,
+                now,
+            ]
+        conn.exec_driver_sql(sql, tuple(params))
+
+
+def finish(
+    conn: sa.Connection,
+    *,
+    workspace_id: int,
+    worker_id: str,
+    external_ids: Sequence[str],
+    next_due_at: float,
+) -> set[str]:
+    """Drop the rows this worker holds whose generation did not move; release the others due at
+    ``next_due_at`` with a clean failure record. Returns the external ids it held."""
+    owned: set[str] = set()
+    for start in range(0, len(external_ids), ROWS_PER_STATEMENT):
+        chunk = list(external_ids[start : start + ROWS_PER_STATEMENT])
+        marks = ", ".join("?" * len(chunk))
+        mine = f"workspace_id = ? AND claimed_by = ? AND external_id IN ({marks})"
+        params = (workspace_id, worker_id, *chunk)
+        deleted = conn.exec_driver_sql(
+            f"DELETE FROM outbox WHERE {mine} AND generation = claimed_generation "
+            "RETURNING external_id",
+            params,
+        )
+        owned.update(r[0] for r in deleted)
+        released = conn.exec_driver_sql(
+            "UPDATE outbox SET claimed_by = NULL, claimed_until = NULL, due_at = ?, "
+            "attempts = 0, first_failure_at = NULL, last_reason = NULL, in_flight = NULL "
+            f"WHERE {mine} RETURNING external_id",
+            (next_due_at, *params),
+        )
+        owned.update(r[0] for r in released)
+    return owned
+
+
+def _json(value: str | None) -> t.Any:
+    return None if value is None else orjson.loads(value)
+
+
+def snapshot_rows(
+    conn: sa.Connection, *, workspace_id: int, accounts: Sequence[int], ids: Sequence[str]
+) -> tuple[list[tuple[t.Any, ...]], list[tuple[t.Any, ...]], list[tuple[t.Any, ...]]]:
+    """The desired and acknowledged rows of a batch of users, as plain tuples (JSON decoded):
+    ``(account_id, external_id, email, push_tokens, updated_at)`` users,
+    ``(account_id, external_id, audience_id, is_member)`` memberships and
+    ``(external_id, attributes, flags, last_write_at)`` acknowledged rows."""
+    users: list[tuple[t.Any, ...]] = []
+    members: list[tuple[t.Any, ...]] = []
+    acknowledged: list[tuple[t.Any, ...]] = []
+    in_accounts = ", ".join("?" * len(accounts))
+    for start in range(0, len(ids), ROWS_PER_STATEMENT):
+        chunk = tuple(ids[start : start + ROWS_PER_STATEMENT])
+        in_ids = ", ".join("?" * len(chunk))
+        if accounts:
+            where = f"account_id IN ({in_accounts}) AND external_id IN ({in_ids})"
+            for a, e, email, tokens, updated in conn.exec_driver_sql(
+                "SELECT account_id, external_id, email, push_tokens, updated_at FROM users "
+                f"WHERE {where}",
+                (*accounts, *chunk),
+            ):
+                users.append((a, e, email, _json(tokens), updated))
+            members.extend(
+                conn.exec_driver_sql(
+                    "SELECT account_id, external_id, audience_id, is_member FROM memberships "
+                    f"WHERE {where}",
+                    (*accounts, *chunk),
+                ).fetchall()
+            )
+        for e, attributes, flags, last_write_at in conn.exec_driver_sql(
+            "SELECT external_id, attributes, flags, last_write_at FROM braze_users "
+            f"WHERE workspace_id = ? AND external_id IN ({in_ids})",
+            (workspace_id, *chunk),
+        ):
+            acknowledged.append((e, _json(attributes), _json(flags), last_write_at))
+    return users, members, acknowledged
+
+
+def lease(
+    conn: sa.Connection,
+    *,
+    workspace_id: int,
+    worker_id: str,
+    until: float,
+    external_ids: Sequence[str],
+) -> list[tuple[t.Any, ...]]:
+    """Lease claimed candidates by primary key: ``(external_id, generation, attempts,
+    first_failure_at, in_flight)`` of each (``in_flight`` decoded)."""
+    leased: list[tuple[t.Any, ...]] = []
+    for start in range(0, len(external_ids), ROWS_PER_STATEMENT):
+        chunk = tuple(external_ids[start : start + ROWS_PER_STATEMENT])
+        for e, generation, attempts, first, in_flight in conn.exec_driver_sql(
+            "UPDATE outbox SET claimed_by = ?, claimed_until = ?, claimed_generation = generation "
+            f"WHERE workspace_id = ? AND external_id IN ({', '.join('?' * len(chunk))}) "
+            "RETURNING external_id, generation, attempts, first_failure_at, in_flight",
+            (worker_id, until, workspace_id, *chunk),
+        ):
+            leased.append((e, generation, attempts, first, _json(in_flight)))
+    return leased

@@ -1,0 +1,303 @@
+"""The hand-written set-based outbox statements (store/bulk), run on SQLite and PostgreSQL:
+each touches only the rows this worker holds, and writes each row's own values."""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+
+from audience_sync.core.states import OutboxState, WorkspaceState
+from audience_sync.store import bulk, outbox
+from audience_sync.store.schema import outbox as outbox_table
+from audience_sync.store.schema import workspaces
+
+
+@pytest.fixture
+def claimed(engine):
+    """A workspace with u0..u5 claimed by worker "a" (u5 taken over by "b") and u6 not claimed."""
+    with engine.begin() as conn:
+        ws = conn.execute(
+            workspaces.insert()
+            .values(
+                endpoint="http://x", key_fingerprint="f", state=WorkspaceState.ACTIVE, created_at=0
+            )
+            .returning(workspaces.c.id)
+        ).scalar_one()
+        outbox.enqueue(conn, ws, [f"u{i}" for i in range(6)], now=0)
+        outbox.claim(conn, worker_id="a", now=0, lease_s=10, limit=10)
+        conn.execute(
+            outbox_table.update().where(outbox_table.c.external_id == "u5").values(claimed_by="b")
+        )
+        outbox.enqueue(conn, ws, ["u6"], now=0)
+    return ws
+
+
+def _rows(engine):
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(outbox_table).order_by(outbox_table.c.external_id))
+        return {r.external_id: r for r in rows}
+
+
+def test_renew_writes_each_rows_in_flight_and_returns_the_held(engine, claimed):
+    with engine.begin() as conn:
+        held = bulk.of(conn).renew(
+            conn,
+            workspace_id=claimed,
+            worker_id="a",
+            until=50.0,
+            rows=[
+                ("u0", bulk.json_text({"keys": ["x"], "values": []})),
+                ("u1", None),
+                ("u5", bulk.json_text({"keys": ["y"]})),
+                ("u6", bulk.json_text({"keys": ["z"]})),
+                ("nobody", None),
+            ],
+        )
+    assert held == {"u0", "u1"}
+    rows = _rows(engine)
+    assert rows["u0"].in_flight == {"keys": ["x"], "values": []}
+    assert rows["u0"].claimed_until == 50.0
+    assert rows["u1"].in_flight is None
+    assert rows["u5"].in_flight is None and rows["u5"].claimed_until == 10.0
+    assert rows["u6"].in_flight is None and rows["u6"].claimed_by is None
+
+
+@pytest.mark.parametrize(
+    "set_in_flight", [True, False], ids=["restore_in_flight", "keep_in_flight"]
+)
+def test_release_hands_back_with_each_rows_due_time(engine, claimed, set_in_flight):
+    with engine.begin() as conn:
+        bulk.of(conn).renew(
+            conn,
+            workspace_id=claimed,
+            worker_id="a",
+            until=50.0,
+            rows=[("u0", bulk.json_text({"keys": ["during"]})), ("u1", None)],
+        )
+        bulk.of(conn).release(
+            conn,
+            workspace_id=claimed,
+            worker_id="a",
+            reason="rate_limited",
+            rows=[
+                ("u0", 7.0, bulk.json_text({"keys": ["before"]})),
+                ("u1", 8.0, None),
+                ("u5", 9.0, None),
+            ],
+            set_in_flight=set_in_flight,
+        )
+    rows = _rows(engine)
+    assert (rows["u0"].claimed_by, rows["u0"].due_at, rows["u0"].last_reason) == (
+        None,
+        7.0,
+        "rate_limited",
+    )
+    assert rows["u1"].due_at == 8.0
+    assert rows["u0"].in_flight == ({"keys": ["before"]} if set_in_flight else {"keys": ["during"]})
+    assert rows["u5"].claimed_by == "b" and rows["u5"].due_at == 0.0
+
+
+def test_release_without_reason_keeps_the_last_one(engine, claimed):
+    with engine.begin() as conn:
+        conn.execute(outbox_table.update().values(last_reason="earlier"))
+        bulk.of(conn).release(
+            conn,
+            workspace_id=claimed,
+            worker_id="a",
+            reason=None,
+            rows=[("u2", 3.0, None)],
+            set_in_flight=False,
+        )
+    assert _rows(engine)["u2"].last_reason == "earlier"
+
+
+def test_record_failures_writes_retry_or_dead_and_keeps_new_changes_pending(engine, claimed):
+    with engine.begin() as conn:
+        outbox.enqueue(conn, claimed, ["u3"], now=1)  # a change while u3 is in flight
+        bulk.of(conn).record_failures(
+            conn,
+            workspace_id=claimed,
+            worker_id="a",
+            pending=OutboxState.PENDING.value,
+            rows=[
+                (
+                    "u2",
+                    2,
+                    1.0,
+                    30.0,
+                    OutboxState.PENDING.value,
+                    "server_error",
+                    bulk.json_text({"keys": ["k"]}),
+                ),
+                ("u3", 5, 1.0, 1.0, OutboxState.DEAD.value, "bad_request", None),
+                ("u4", 5, 1.0, 1.0, OutboxState.DEAD.value, "bad_request", None),
+                ("u5", 1, 1.0, 1.0, OutboxState.DEAD.value, "bad_request", None),
+            ],
+        )
+    rows = _rows(engine)
+    u2 = rows["u2"]
+    assert (u2.state, u2.attempts, u2.first_failure_at, u2.due_at, u2.last_reason) == (
+        "pending",
+        2,
+        1.0,
+        30.0,
+        "server_error",
+    )
+    assert u2.in_flight == {"keys": ["k"]} and u2.claimed_by is None
+    assert rows["u3"].state == "pending"
+    assert rows["u4"].state == "dead"
+    assert rows["u5"].state == "pending" and rows["u5"].claimed_by == "b"
+
+
+def test_many_rows_span_several_statements(engine, claimed):
+    with engine.begin() as conn:
+        ids = [f"m{i:04d}" for i in range(1200)]
+        outbox.enqueue(conn, claimed, ids, now=0)
+        outbox.claim(conn, worker_id="m", now=0, lease_s=10, limit=2000)
+        held = bulk.of(conn).renew(
+            conn, workspace_id=claimed, worker_id="m", until=99.0, rows=[(i, None) for i in ids]
+        )
+    assert held == set(ids)
+
+
+def test_save_acknowledged_inserts_then_updates_keeping_the_last_write_time(engine, claimed):
+    from audience_sync.store.schema import braze_users
+
+    def save(rows, now):
+        with engine.begin() as conn:
+            bulk.of(conn).save_acknowledged(conn, workspace_id=claimed, now=now, rows=rows)
+
+    save(
+        [
+            ("a", bulk.json_text({"In X": True, "arr": ["1", "2"]}), "[]", 5.0, "accepted"),
+            ("b", "{}", bulk.json_text(["string_too_long"]), None, "unchanged"),
+        ],
+        now=5.0,
+    )
+    save([("a", bulk.json_text({"In X": False}), "[]", None, "unchanged")], now=9.0)
+    with engine.connect() as conn:
+        rows = {r.external_id: r for r in conn.execute(sa.select(braze_users))}
+    a, b = rows["a"], rows["b"]
+    assert (a.attributes, a.flags, a.last_write_at, a.last_outcome) == (
+        {"In X": False},
+        [],
+        5.0,
+        "unchanged",
+    )
+    assert (a.last_outcome_at, a.updated_at) == (9.0, 9.0)
+    assert (b.attributes, b.flags, b.last_write_at) == ({}, ["string_too_long"], None)
+
+
+def test_finish_drops_the_unchanged_and_releases_the_changed_it_holds(engine, claimed):
+    with engine.begin() as conn:
+        outbox.enqueue(conn, claimed, ["u1"], now=3)  # changed while in flight
+        owned = bulk.of(conn).finish(
+            conn,
+            workspace_id=claimed,
+            worker_id="a",
+            external_ids=["u0", "u1", "u5", "u6"],
+            next_due_at=42.0,
+        )
+    assert owned == {"u0", "u1"}
+    rows = _rows(engine)
+    assert "u0" not in rows
+    assert (rows["u1"].claimed_by, rows["u1"].due_at, rows["u1"].attempts) == (None, 42.0, 0)
+    assert rows["u5"].claimed_by == "b" and "u6" in rows
+
+
+def test_snapshot_rows_read_desired_and_acknowledged_rows_with_json_decoded(engine, claimed):
+    from audience_sync.store.schema import braze_users, memberships, users
+
+    with engine.begin() as conn:
+        conn.execute(
+            users.insert(),
+            [
+                {
+                    "account_id": 1,
+                    "external_id": "u0",
+                    "email": "a@x",
+                    "push_tokens": ["t1"],
+                    "updated_at": 2.0,
+                },
+                {
+                    "account_id": 2,
+                    "external_id": "u0",
+                    "email": None,
+                    "push_tokens": None,
+                    "updated_at": 3.0,
+                },
+                {
+                    "account_id": 1,
+                    "external_id": "other",
+                    "email": None,
+                    "push_tokens": None,
+                    "updated_at": 3.0,
+                },
+            ],
+        )
+        conn.execute(
+            memberships.insert(),
+            [
+                {
+                    "account_id": 1,
+                    "external_id": "u0",
+                    "audience_id": 7,
+                    "is_member": True,
+                    "changed_at": 1.0,
+                },
+                {
+                    "account_id": 1,
+                    "external_id": "u1",
+                    "audience_id": 7,
+                    "is_member": False,
+                    "changed_at": 1.0,
+                },
+            ],
+        )
+        conn.execute(
+            braze_users.insert().values(
+                workspace_id=claimed,
+                external_id="u1",
+                attributes={"k": [1]},
+                flags=["f"],
+                updated_at=1.0,
+            )
+        )
+        users_rows, member_rows, acked = bulk.of(conn).snapshot_rows(
+            conn, workspace_id=claimed, accounts=[1], ids=["u0", "u1"]
+        )
+    assert users_rows == [(1, "u0", "a@x", ["t1"], 2.0)]
+    assert sorted((a, e, au, bool(m)) for a, e, au, m in member_rows) == [
+        (1, "u0", 7, True),
+        (1, "u1", 7, False),
+    ]
+    assert acked == [("u1", {"k": [1]}, ["f"], None)]
+
+
+def test_lease_takes_the_rows_and_returns_their_state(engine, claimed):
+    with engine.begin() as conn:
+        bulk.of(conn).renew(
+            conn,
+            workspace_id=claimed,
+            worker_id="a",
+            until=5.0,
+            rows=[("u0", bulk.json_text({"keys": ["k"]}))],
+        )
+        leased = bulk.of(conn).lease(
+            conn, workspace_id=claimed, worker_id="z", until=77.0, external_ids=["u0", "u6", "none"]
+        )
+    assert sorted(leased) == [("u0", 1, 0, None, {"keys": ["k"]}), ("u6", 1, 0, None, None)]
+    rows = _rows(engine)
+    assert (rows["u6"].claimed_by, rows["u6"].claimed_until) == ("z", 77.0)
+
+
+def test_analyze_runs_on_postgresql_only(engine):
+    from audience_sync.store.statistics import analyze
+
+    assert analyze(engine) is (engine.dialect.name == "postgresql")
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as conn:
+            analyzed = conn.exec_driver_sql(
+                "SELECT last_analyze IS NOT NULL FROM pg_stat_user_tables WHERE relname = 'outbox'"
+            ).scalar_one()
+        assert analyzed

@@ -1,0 +1,123 @@
+"""`audience-sync run` sends from a child process (SPEC §1, §9): one command and one log, a
+killed sender process is restarted, SIGTERM stops both, and a killed `run` takes its sender
+process with it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import requests
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="uses /proc and POSIX signals")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _actions(log_path):
+    lines = []
+    for line in log_path.read_text().splitlines():
+        try:
+            lines.append(json.loads(line))
+        except ValueError:
+            continue
+    return lines
+
+
+def _wait_for(predicate, log_path, timeout=90):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = predicate()
+        if found:
+            return found
+        time.sleep(0.1)
+    raise AssertionError("timed out\n" + log_path.read_text())
+
+
+def _sender_pids(log_path):
+    return [
+        line["pid"] for line in _actions(log_path) if line.get("action") == "sender_process_started"
+    ]
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as fh:  # a zombie is not alive
+        return fh.read().split(") ")[1][0] != "Z"
+
+
+@pytest.fixture
+def run_env(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AUDIENCE_SYNC_")}
+    env |= {
+        "AUDIENCE_SYNC_DATABASE__URL": f"sqlite:///{tmp_path}/run.db",
+        "AUDIENCE_SYNC_SERVER__PORT": str(_free_port()),
+        "AUDIENCE_SYNC_FIREHOSE__TOKENS": "t",
+    }
+    cmd = [sys.executable, "-m", "audience_sync"]
+    subprocess.run([*cmd, "db", "upgrade"], env=env, check=True, capture_output=True, timeout=60)
+    return env, cmd
+
+
+def _start(run_env, log_path):
+    env, cmd = run_env
+    with log_path.open("w") as log:
+        proc = subprocess.Popen([*cmd, "run"], env=env, stderr=log)
+    port = env["AUDIENCE_SYNC_SERVER__PORT"]
+
+    def ready():
+        assert proc.poll() is None, log_path.read_text()
+        try:
+            return requests.get(f"http://127.0.0.1:{port}/readyz", timeout=2).ok
+        except requests.ConnectionError:
+            return False
+
+    _wait_for(ready, log_path)
+    _wait_for(lambda: _sender_pids(log_path), log_path)
+    return proc
+
+
+def test_a_killed_sender_process_is_restarted_and_sigterm_stops_both(run_env, tmp_path):
+    log_path = tmp_path / "run.log"
+    proc = _start(run_env, log_path)
+    try:
+        (first,) = _sender_pids(log_path)
+        assert first != proc.pid
+        _wait_for(
+            lambda: any(a.get("action") == "senders_started" for a in _actions(log_path)),
+            log_path,
+        )
+        os.kill(first, signal.SIGKILL)
+        second = _wait_for(lambda: _sender_pids(log_path)[1:], log_path)[0]
+        assert second != first and _alive(second)
+        assert any(a.get("action") == "sender_process_died" for a in _actions(log_path))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    assert proc.returncode == 0, log_path.read_text()
+    assert not _alive(second)
+    actions = [a.get("action") for a in _actions(log_path)]
+    assert "process_stopped" in actions
+
+
+def test_a_killed_run_takes_its_sender_process_with_it(run_env, tmp_path):
+    log_path = tmp_path / "run.log"
+    proc = _start(run_env, log_path)
+    (child,) = _sender_pids(log_path)
+    proc.kill()
+    proc.wait(timeout=10)
+    _wait_for(lambda: not _alive(child), log_path, timeout=60)
+    assert any(a.get("action") == "sender_process_orphaned" for a in _actions(log_path))
