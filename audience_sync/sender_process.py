@@ -120,7 +120,8 @@ class SenderProcess:
 
 
 def child_main(settings: Settings, parent_pid: int) -> None:
-    """The child: run this settings' senders (Braze and Currents) until SIGTERM or until the parent is gone."""
+    """The child: run this settings' senders (Braze and Currents) until SIGTERM or until
+    the parent is gone."""
     from audience_sync.delivery.currents_pool import start_currents_senders
     from audience_sync.delivery.service import start_senders
     from audience_sync.logs import configure_logging
