@@ -10,6 +10,9 @@
    points for the accepted, a durable retry time (or the dead-letter store) for the failed, and
    a new due time without an attempt for the rate-limited and the suspended.
 
+Why one module past ~400 lines: refused-field resends, error isolation and splitting share the
+request state here; the answer handling is the next piece to move to braze_answers.py.
+
 Resending after a crash resends the same difference, which sets the same values (idempotent).
 """
 

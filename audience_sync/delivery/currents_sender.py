@@ -10,6 +10,9 @@
    the feed key for Retry-After (no attempt); 5xx, timeouts and drops retry with the shared
    backoff policy until both the retention and the attempt budget are spent.
 
+Why one module past ~400 lines: the four steps share the feed lease and pause/probe state;
+moving the pure batch planning into core/currents is the next split.
+
 A paused feed is probed with its oldest pending batch every ``currents.probe_interval_s``, and at
 once when its settings change; the first success resumes it. A SIGKILL anywhere loses nothing:
 until step 4 commits a batch is only leased, and a resend carries the same ``source_request_id``.

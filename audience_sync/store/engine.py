@@ -12,7 +12,8 @@ from audience_sync.store.checkpoint import SAFETY_AUTOCHECKPOINT_PAGES
 
 
 def _json_dumps(value: object) -> str:
-    return orjson.dumps(value).decode()
+    # Keys may be StrEnums (counts by reason), as the stdlib's json accepted.
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
 # JSON columns are encoded and decoded with orjson: read on every snapshot, written on every
