@@ -40,13 +40,12 @@ from audience_sync.core.delivery_plan import (
     fail_all,
     plan_batch,
 )
-from audience_sync.core.retry import RetryPolicy
 from audience_sync.core.state import Claim
 from audience_sync.core.states import DeliveryCounter, DeliveryReason
 from audience_sync.delivery import braze_record as record
 from audience_sync.delivery.braze_answers import plan_partial
 from audience_sync.delivery.braze_target import ActiveConnections, Target, target_of
-from audience_sync.delivery.loop import SenderLoop
+from audience_sync.delivery.loop import SenderLoop, retry_policy
 from audience_sync.settings import Settings
 from audience_sync.store import connections, outbox
 from audience_sync.store.engine import read_only
@@ -80,12 +79,7 @@ class BrazeSender(SenderLoop[Claim]):
         super().__init__(
             engine=engine,
             worker_id=worker_id,
-            policy=RetryPolicy(
-                base_s=settings.get("delivery.backoff_base_s"),
-                cap_s=settings.get("delivery.backoff_cap_s"),
-                retry_window_s=settings.get("delivery.retry_window_s"),
-                max_attempts=settings.get("delivery.max_attempts"),
-            ),
+            policy=retry_policy(settings, retry_window_s=settings.get("delivery.retry_window_s")),
             poll_interval_s=settings.get("delivery.poll_interval_s"),
             clock=clock,
             jitter=jitter,

@@ -30,9 +30,9 @@ from collections.abc import Callable, Sequence
 import sqlalchemy as sa
 
 from audience_sync.core.currents.batching import BatchPlan, PlannedBatch, plan_batches
-from audience_sync.core.retry import RetryPolicy, decide_retry
+from audience_sync.core.retry import decide_retry
 from audience_sync.currents.service import CurrentsConfig
-from audience_sync.delivery.loop import SenderLoop
+from audience_sync.delivery.loop import SenderLoop, retry_policy
 from audience_sync.mparticle.client import FeedCredentials, MParticleClient
 from audience_sync.mparticle.outcomes import Kind, Outcome
 from audience_sync.mparticle.ratelimit import BatchBudget
@@ -103,13 +103,8 @@ class CurrentsSender(SenderLoop[queue.ClaimedBatch]):
         super().__init__(
             engine=engine,
             worker_id=worker_id,
-            policy=RetryPolicy(
-                base_s=settings.get("delivery.backoff_base_s"),
-                cap_s=settings.get("delivery.backoff_cap_s"),
-                # Currents keep retrying for their retention (SPEC §6.5), not the Braze window.
-                retry_window_s=settings.get("currents.retention_s"),
-                max_attempts=settings.get("delivery.max_attempts"),
-            ),
+            # Currents keep retrying for their retention (SPEC §6.5), not the Braze window.
+            policy=retry_policy(settings, retry_window_s=settings.get("currents.retention_s")),
             poll_interval_s=settings.get("delivery.poll_interval_s"),
             clock=clock,
             jitter=jitter,

@@ -37,6 +37,17 @@ from audience_sync.store.transactions import in_transaction
 
 logger = logging.getLogger(__name__)
 
+
+def retry_policy(settings: t.Any, *, retry_window_s: float) -> RetryPolicy:
+    """The one retry policy of every sender, from ``delivery.*``; only the give-up window
+    differs by vendor (Braze: ``delivery.retry_window_s``; Currents: ``currents.retention_s``)."""
+    return RetryPolicy(
+        base_s=settings.get("delivery.backoff_base_s"),
+        cap_s=settings.get("delivery.backoff_cap_s"),
+        retry_window_s=retry_window_s,
+        max_attempts=settings.get("delivery.max_attempts"),
+    )
+
 ANALYZE_INTERVAL_S = 300.0
 """While a sender keeps finding work, it refreshes PostgreSQL's planner statistics this often (a
 bulk load's rows are then planned for within minutes, whatever autovacuum does)."""
