@@ -44,6 +44,7 @@ FIELDS: dict[str, tuple[str, object]] = {
     "firehose.tokens": ("secret_list", []),
     "firehose.max_body_bytes": ("int", 10485760),
     "firehose.suspend_on_auth_failure": ("bool", False),
+    "firehose.apply_in_request": ("bool", False),
     "admin.token": ("secret", ""),
     "admin.session_max_age_s": ("float", 43200.0),
     "braze.dry_run": ("bool", False),

@@ -50,6 +50,7 @@ class Action(StrEnum):
     HTTP_BODY_TOO_LARGE = "http_body_too_large"
     # Firehose intake
     FIREHOSE_ACCEPTED = "firehose_accepted"
+    FIREHOSE_APPLY_FAILED = "firehose_apply_failed"
     FIREHOSE_DUPLICATE = "firehose_duplicate"
     FIREHOSE_REJECTED = "firehose_rejected"
     FIREHOSE_RETRY = "firehose_retry"

@@ -43,7 +43,14 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _serve(database_url: str, port: int, threads: int, log_level: str, gc_threshold: int) -> None:
+def _serve(
+    database_url: str,
+    port: int,
+    threads: int,
+    log_level: str,
+    gc_threshold: int,
+    apply_in_request: bool = False,
+) -> None:
     """Child process: migrate, then serve the app under waitress until killed."""
     import gc
 
@@ -62,6 +69,7 @@ def _serve(database_url: str, port: int, threads: int, log_level: str, gc_thresh
             "database.url": database_url,
             "firehose.tokens": [TOKEN],
             "server.threads": threads,
+            "firehose.apply_in_request": apply_in_request,
         },
     )
     sqlite = database_url.startswith("sqlite")
@@ -135,6 +143,7 @@ def run(
     database_url: str | None,
     log_level: str = "WARNING",
     gc_threshold: int = 0,
+    apply_in_request: bool = False,
 ) -> dict[str, t.Any]:
     """Run the load and return the measurements."""
     count = max(1, round(rate * duration_s / profiles))
@@ -145,7 +154,9 @@ def run(
         port = _free_port()
         context = multiprocessing.get_context("spawn")
         server = context.Process(
-            target=_serve, args=(url_db, port, server_threads, log_level, gc_threshold), daemon=True
+            target=_serve,
+            args=(url_db, port, server_threads, log_level, gc_threshold, apply_in_request),
+            daemon=True,
         )
         server.start()
         try:
@@ -255,6 +266,13 @@ def main(argv: Sequence[str]) -> int:
         help="server: gc.freeze() and gc.set_threshold(N, 20, 20) as `audience-sync run` does "
         "(default %(default)s); 0 keeps CPython's defaults",
     )
+    parser.add_argument(
+        "--apply-in-request",
+        action="store_true",
+        help="the request also applies its message to the membership state before answering "
+        "(firehose.apply_in_request); by default it only commits it to the journal, which "
+        "`run`'s sending process or a `worker` applies (none runs in this bench)",
+    )
     args = parser.parse_args(list(argv))
     result = run(
         rate=args.rate,
@@ -265,6 +283,7 @@ def main(argv: Sequence[str]) -> int:
         database_url=args.database_url,
         log_level=args.log_level,
         gc_threshold=args.gc_threshold,
+        apply_in_request=args.apply_in_request,
     )
     latency = result["latency_ms"]
     sys.stdout.write(

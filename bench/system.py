@@ -39,7 +39,7 @@ from audience_sync.core.connection import parse_send_segments_as
 from audience_sync.firehose import testing as ft
 from audience_sync.store.engine import create_engine
 from audience_sync.store.migrate import upgrade
-from audience_sync.store.schema import outbox
+from audience_sync.store.schema import firehose_journal, outbox
 from bench import firehose
 from bench.capacity import client_cpu, loopback_capacity
 from bench.delivery import AUDIENCES, ROOT, _free_port, fake_state, seed, start_fake_braze
@@ -208,6 +208,21 @@ def _pending(engine: sa.Engine, workspace_id: int) -> int:
         ).scalar_one()
 
 
+def _journal_waiting(engine: sa.Engine) -> int:
+    with engine.connect() as conn:
+        return conn.execute(sa.select(sa.func.count()).select_from(firehose_journal)).scalar_one()
+
+
+def _wait_applied(engine: sa.Engine, started: float, timeout_s: float) -> float | None:
+    """Seconds from ``started`` until every accepted Firehose message was applied."""
+    deadline = time.perf_counter() + timeout_s
+    while _journal_waiting(engine):
+        if time.perf_counter() > deadline:
+            return None
+        time.sleep(0.05)
+    return time.perf_counter() - started
+
+
 def run_one(args: argparse.Namespace, database: str, workers: int) -> dict[str, t.Any]:
     """One configuration: seed, start the engine, load it, measure."""
     tmp = Path(tempfile.mkdtemp(prefix="audience-sync-bench-"))
@@ -282,6 +297,7 @@ def run_one(args: argparse.Namespace, database: str, workers: int) -> dict[str, 
         watcher = threading.Thread(target=watch)
         watcher.start()
         headers = {"Authorization": f"Token {firehose.TOKEN}", "Content-Type": "application/json"}
+        load_started = time.perf_counter()
         ack = firehose._load(
             f"http://127.0.0.1:{port}",
             headers,
@@ -291,6 +307,7 @@ def run_one(args: argparse.Namespace, database: str, workers: int) -> dict[str, 
             args.profiles,
             args.threads,
         )
+        applied_s = _wait_applied(engine, load_started, args.timeout)
         watcher.join()
         if args.faults:  # and the intake's users are delivered too, before comparing
             deadline = time.perf_counter() + args.timeout
@@ -325,6 +342,8 @@ def run_one(args: argparse.Namespace, database: str, workers: int) -> dict[str, 
             "ack_errors": ack["errors"],
             "offered_profiles_per_s": args.rate,
             "membership_changes_per_s": ack["membership_changes_per_s"],
+            # Acknowledged changes are durable (the journal); applied = in the membership tables.
+            "membership_changes_applied_per_s": round(changes / applied_s) if applied_s else None,
             "users_per_s": round(users_per_s),
             "loopback_capacity_users_per_s": capacity["users_per_s"],
             "ratio_to_capacity": round(users_per_s / max(1, capacity["users_per_s"]), 3),
@@ -354,7 +373,8 @@ def run_one(args: argparse.Namespace, database: str, workers: int) -> dict[str, 
 
 def _table(results: Sequence[dict[str, t.Any]]) -> str:
     head = (
-        f"{'db':<10} {'wk':>2} {'ack p50':>7} {'p95':>6} {'p99':>6} {'chg/s':>7} {'users/s':>8} "
+        f"{'db':<10} {'wk':>2} {'ack p50':>7} {'p95':>6} {'p99':>6} {'chg/s':>7} {'applied':>7} "
+        f"{'users/s':>8} "
         f"{'cap/s':>8} {'ratio':>5} {'µs/user':>7} {'fill':>5} {'dp/min':>7} {'diff':>4} "
         f"{'RSS MB':>6}"
     )
@@ -364,7 +384,8 @@ def _table(results: Sequence[dict[str, t.Any]]) -> str:
         lines.append(
             f"{r['database']:<10} {r['workers']:>2} {ack.get('p50', '-'):>7} "
             f"{ack.get('p95', '-'):>6} {ack.get('p99', '-'):>6} "
-            f"{r['membership_changes_per_s']:>7} {r['users_per_s']:>8} "
+            f"{r['membership_changes_per_s']:>7} "
+            f"{r['membership_changes_applied_per_s'] or '-':>7} {r['users_per_s']:>8} "
             f"{r['loopback_capacity_users_per_s']:>8} {r['ratio_to_capacity']:>5} "
             f"{r['engine_cpu_us_per_delivered_user'] or '-':>7} {r['full_request_ratio']:>5} "
             f"{r['seeded_datapoints'] / max(1, r['seeded_datapoints_minimum']):>7.3f} "

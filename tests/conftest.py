@@ -103,6 +103,9 @@ def make_settings(database_url: str, tmp_path: Path):
         values = {
             "database.url": database_url,
             "firehose.tokens": [FIREHOSE_TOKEN],
+            # Tests of the views see the state applied when the reply comes; the journal's own
+            # tests (and every test running `run` or `worker`) use the deferred default.
+            "firehose.apply_in_request": True,
             "braze.allowed_custom_endpoints": ["http://127.0.0.1:"],
             "braze.dry_run_path": str(tmp_path / "braze-requests.jsonl"),
         }

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Mapping
 import sqlalchemy as sa
 
 from audience_sync.core.states import OutboxState
-from audience_sync.store.schema import outbox
+from audience_sync.store.schema import firehose_journal, outbox
 
 
 def account(account_id: int, **settings: str) -> dict:
@@ -89,6 +89,12 @@ def pending_count(engine: sa.Engine) -> int:
             .select_from(outbox)
             .where(outbox.c.state == OutboxState.PENDING)
         ).scalar_one()
+
+
+def journal_count(engine: sa.Engine) -> int:
+    """Firehose messages accepted and not yet applied (the journal)."""
+    with engine.connect() as conn:
+        return conn.execute(sa.select(sa.func.count()).select_from(firehose_journal)).scalar_one()
 
 
 def dead_count(engine: sa.Engine) -> int:

@@ -87,6 +87,11 @@ class DatabaseCollector(Collector):
         yield GaugeMetricFamily(
             "audience_sync_dead_letters", "Braze users given up on.", value=backlog.dead
         )
+        yield GaugeMetricFamily(
+            "audience_sync_firehose_waiting_messages",
+            "Firehose messages accepted and not yet applied to the membership state.",
+            value=backlog.firehose_waiting,
+        )
         age = now - backlog.oldest_pending_at if backlog.oldest_pending_at is not None else 0.0
         yield GaugeMetricFamily(
             "audience_sync_backlog_oldest_age_seconds",

@@ -60,6 +60,12 @@ def status(runtime: Runtime, *, now: float) -> dict[str, t.Any]:
     backlog = summary.backlog
     age = now - backlog.oldest_pending_at if backlog.oldest_pending_at is not None else None
     body["backlog"]["oldest_pending_age_s"] = round(age, 1) if age is not None else None
+    waiting_age = (
+        now - backlog.firehose_oldest_at if backlog.firehose_oldest_at is not None else None
+    )
+    body["backlog"]["firehose_oldest_age_s"] = (
+        round(waiting_age, 1) if waiting_age is not None else None
+    )
     if not schema_current:
         problems.append("database schema not current: run `audience-sync db upgrade`")
     if summary.workspaces_suspended:
@@ -70,6 +76,11 @@ def status(runtime: Runtime, *, now: float) -> dict[str, t.Any]:
         problems.append(f"{backlog.dead} user(s) dead-lettered (replay them)")
     if age is not None and age > OLD_BACKLOG_S:
         problems.append(f"oldest pending user waiting {int(age)} s")
+    if waiting_age is not None and waiting_age > OLD_BACKLOG_S:
+        problems.append(
+            f"{backlog.firehose_waiting} Firehose message(s) not applied for {int(waiting_age)} s"
+            " (is a `run` or `worker` process up?)"
+        )
     paused = [f.name for f in feeds if f.state not in ("active", "ok")]
     if paused:
         problems.append(f"Currents feed(s) not active: {', '.join(paused)}")

@@ -36,6 +36,11 @@ class BacklogSchema(ma.Schema):
     in_flight = fields.Integer(metadata={"description": "Pending users leased by a sender now."})
     oldest_pending_at = Epoch(allow_none=True)
     oldest_pending_age_s = fields.Float(allow_none=True)
+    firehose_waiting = fields.Integer(
+        metadata={"description": "Firehose messages accepted, not yet applied to the state."}
+    )
+    firehose_oldest_at = Epoch(allow_none=True)
+    firehose_oldest_age_s = fields.Float(allow_none=True)
 
 
 class StatusSchema(ma.Schema):

@@ -73,6 +73,12 @@ def render(summary: t.Mapping[str, t.Any]) -> None:
         "backlog pending", f"{backlog['pending']:,}" + (f" (oldest {age:.0f} s)" if age else "")
     )
     facts.add_row("dead letters", f"{backlog['dead']:,}")
+    waiting_age = backlog.get("firehose_oldest_age_s")
+    facts.add_row(
+        "firehose messages to apply",
+        f"{backlog.get('firehose_waiting', 0):,}"
+        + (f" (oldest {waiting_age:.0f} s)" if waiting_age else ""),
+    )
     facts.add_row("workspaces suspended", str(state["workspaces_suspended"]))
     facts.add_row(
         "data points today",

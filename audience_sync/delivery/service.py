@@ -1,4 +1,5 @@
-"""Start and stop the senders of one process (``delivery.workers`` threads)."""
+"""Start and stop the senders of one process (``delivery.workers`` threads), and the thread
+that applies the Firehose journal to the membership state they deliver."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from audience_sync.braze.client import BrazeClient
 from audience_sync.braze.ratelimit import RateBudget
 from audience_sync.delivery.braze_sender import BrazeSender
 from audience_sync.delivery.heartbeat import Heartbeat, new_worker_id
+from audience_sync.firehose.applier import JournalApplier
 from audience_sync.runtime import Runtime
 
 logger = logging.getLogger(__name__)
@@ -47,6 +49,9 @@ class SenderPool:
             )
             for sender_id in self.heartbeat.sender_ids
         ]
+        self.applier = JournalApplier(
+            runtime.engine, coalesce_s=settings.get("delivery.coalesce_s"), stop=stop
+        )
         self.threads = [
             threading.Thread(target=self._run, args=(s,), name=f"sender-{n}", daemon=True)
             for n, s in enumerate(self.senders)
@@ -55,6 +60,7 @@ class SenderPool:
     def start(self) -> SenderPool:
         """Join the worker registry, then start every sender thread."""
         self.heartbeat.start()
+        self.applier.start()
         for thread in self.threads:
             thread.start()
         logger.info(
@@ -71,6 +77,7 @@ class SenderPool:
         """Wait for the senders to finish their current batch after ``stop`` is set."""
         for thread in self.threads:
             thread.join(timeout)
+        self.applier.join(timeout)
         self.heartbeat.join(timeout)
         self.client.close()
 

@@ -1,11 +1,16 @@
-"""The Firehose intake service: applies one validated message in one transaction, together
-with its message id (idempotency, SPEC §3.1) and the outbox marks of the users it touched
-(SPEC §4.1). The view calls :func:`receive_subscription` and :func:`receive_membership_change`;
-the tables are written by the store's repositories, the decisions come from the core; nothing
-here talks to Braze.
+"""The Firehose intake service: commits one validated message in one transaction, together
+with its message id (idempotency, SPEC §3.1). The view calls :func:`receive_subscription` and
+:func:`receive_membership_change`; the tables are written by the store's repositories, the
+decisions come from the core; nothing here talks to Braze.
 
-Everything pure (merging and parsing the settings, resolving profiles) runs before the write
-transaction, so SQLite's write lock is held only for the statements.
+A subscription is applied at once. A membership change is resolved into its plan (pure) and the
+plan is committed to the journal (:mod:`audience_sync.store.journal`); a worker's
+:class:`audience_sync.firehose.applier.JournalApplier` applies it to users, memberships and the
+outbox (SPEC §4.1) moments later, so the answer costs a fraction of the work. With
+``firehose.apply_in_request`` the request applies the journal itself before answering.
+
+Everything pure (merging and parsing the settings, resolving profiles, encoding the plan) runs
+before the write transaction, so SQLite's write lock is held only for the statements.
 """
 
 from __future__ import annotations
@@ -19,9 +24,10 @@ import sqlalchemy as sa
 from audience_sync.core.connection import EffectiveSettings, effective_settings
 from audience_sync.core.membership import plan_membership_changes
 from audience_sync.core.states import IntakeCounter, WorkspaceState
+from audience_sync.firehose.applier import drain_journal
 from audience_sync.firehose.messages import Account, MembershipChangeRequest, SubscriptionRequest
 from audience_sync.settings import Settings
-from audience_sync.store import counters
+from audience_sync.store import counters, journal
 from audience_sync.store.audiences import apply_subscription
 from audience_sync.store.connections import (
     Connection,
@@ -30,7 +36,6 @@ from audience_sync.store.connections import (
     workspace_state_of_account,
 )
 from audience_sync.store.engine import read_only
-from audience_sync.store.memberships import apply_membership_plan
 from audience_sync.store.messages import is_recorded, record_message
 from audience_sync.store.transactions import in_transaction
 
@@ -43,6 +48,7 @@ class IntakeOptions:
     allowed_custom_endpoints: tuple[str, ...] = ()
     coalesce_s: float = 0.0
     suspend_on_auth_failure: bool = False
+    apply_in_request: bool = False
 
     @classmethod
     def from_settings(cls, settings: Settings) -> IntakeOptions:
@@ -52,6 +58,7 @@ class IntakeOptions:
             allowed_custom_endpoints=tuple(settings.get("braze.allowed_custom_endpoints")),
             coalesce_s=settings.get("delivery.coalesce_s"),
             suspend_on_auth_failure=settings.get("firehose.suspend_on_auth_failure"),
+            apply_in_request=settings.get("firehose.apply_in_request"),
         )
 
     def effective(
@@ -111,37 +118,40 @@ def receive_subscription(
 def receive_membership_change(
     engine: sa.Engine, message: MembershipChangeRequest, options: IntakeOptions, *, now: float
 ) -> IntakeResult:
-    """Apply an ``audience_membership_change_request`` (SPEC §3.2, §4.1, §4.2)."""
+    """Accept an ``audience_membership_change_request`` (SPEC §3.2, §4.1, §4.2) into the
+    journal; applied to the membership state by the journal applier."""
     account_id = message.account.account_id
     prepared = _prepare_settings(engine, message.account, options)
     # Resolving profiles is pure: do it before taking SQLite's write lock.
     plan = plan_membership_changes(prepared.settings, message.user_profiles)
+    encoded = journal.encode_plan(plan)
     changed_at = message.timestamp_ms / 1000 if message.timestamp_ms is not None else now
 
     def work(conn: sa.Connection) -> IntakeResult:
         if not record_message(conn, message.id, message.type, account_id, now):
             return _duplicate(conn, account_id, options, now)
         connection = _sync(conn, account_id, prepared, options, now)
-        counts, applied = apply_membership_plan(
+        journal.append(
             conn,
             account_id=account_id,
-            plan=plan,
-            workspace_id=connection.delivery_workspace,
+            message_id=message.id,
             changed_at=changed_at,
-            coalesce_s=options.coalesce_s,
+            profiles=len(message.user_profiles),
+            plan=encoded,
             now=now,
         )
-        scope = _scope(account_id)
-        counters.increment(conn, {(scope, r): n for r, n in counts.items()}, now=now)
         return IntakeResult(
             suspend_subscription=_should_suspend(connection.workspace_state, options),
             users=len(plan.users),
-            memberships=applied,
+            memberships=len(plan.memberships),
             enqueued=len(plan.users) if connection.delivery_workspace is not None else 0,
             connection_state=connection.state,
         )
 
-    return _run(engine, message.id, work)
+    result = _run(engine, message.id, work)
+    if options.apply_in_request and not result.duplicate:
+        drain_journal(engine, coalesce_s=options.coalesce_s)
+    return result
 
 
 def _run(

@@ -22,6 +22,7 @@ from audience_sync.core.states import (
     OutboxState,
     WorkspaceState,
 )
+from audience_sync.store import journal
 from audience_sync.store.schema import (
     audiences,
     braze_users,
@@ -66,12 +67,15 @@ writes (the whole attribute object of every user written or found unchanged)."""
 
 @dataclass(frozen=True, kw_only=True)
 class Backlog:
-    """The outbox now: users waiting for Braze, and those given up on."""
+    """The outbox now: users waiting for Braze, and those given up on; and the Firehose
+    messages accepted but not yet applied to the membership state (the journal)."""
 
     pending: int
     dead: int
     in_flight: int
     oldest_pending_at: float | None
+    firehose_waiting: int = 0
+    firehose_oldest_at: float | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -102,7 +106,10 @@ def backlog(conn: sa.Connection, *, now: float) -> Backlog:
     by_state = {r[0]: r for r in rows}
     pending = by_state.get(OutboxState.PENDING)
     dead = by_state.get(OutboxState.DEAD)
+    waiting = journal.backlog(conn)
     return Backlog(
+        firehose_waiting=waiting.entries,
+        firehose_oldest_at=waiting.oldest_received_at,
         pending=int(pending[1]) if pending else 0,
         dead=int(dead[1]) if dead else 0,
         in_flight=int(pending[3] or 0) if pending else 0,

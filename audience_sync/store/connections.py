@@ -57,6 +57,19 @@ def workspace_state_of_account(conn: sa.Connection, account_id: int) -> str | No
     return conn.execute(query).scalar()
 
 
+def delivery_workspace_of_account(conn: sa.Connection, account_id: int) -> int | None:
+    """The workspace to mark the connection's users dirty in, None while deliveries wait
+    (no workspace, or the connection not active): :attr:`Connection.delivery_workspace`."""
+    row = conn.execute(
+        sa.select(connections.c.state, connections.c.workspace_id).where(
+            connections.c.account_id == account_id
+        )
+    ).first()
+    if row is None or row.state != ConnectionState.ACTIVE:
+        return None
+    return t.cast(int | None, row.workspace_id)
+
+
 def workspace_ids_of_account(conn: sa.Connection, account_id: int) -> list[int]:
     """The workspace the connection writes to, as a list (empty without one)."""
     query = sa.select(connections.c.workspace_id).where(

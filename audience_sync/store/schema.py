@@ -28,6 +28,10 @@ metadata = sa.MetaData(
 # JSON on PostgreSQL is stored as JSONB; SQLite stores text.
 JSONType = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
 
+# Arrival order is ``seq``; SQLite only auto-increments an INTEGER primary key (and only
+# AUTOINCREMENT keeps it from reusing the numbers of deleted rows).
+SeqType = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
 workspaces = sa.Table(
     "workspaces",
     metadata,
@@ -159,6 +163,24 @@ firehose_messages = sa.Table(
     sa.Index("ix_firehose_messages_received", "received_at"),
 )
 
+# Accepted membership changes waiting to be applied (SPEC §3.1, §9): the intake commits the
+# message's plan here with its id and answers; a worker applies it to users, memberships and the
+# outbox, and deletes the row in the same transaction. Applied in seq (arrival) order.
+firehose_journal = sa.Table(
+    "firehose_journal",
+    metadata,
+    sa.Column("seq", SeqType, primary_key=True, autoincrement=True),
+    sa.Column("account_id", sa.BigInteger, nullable=False),
+    sa.Column("message_id", sa.String(64), nullable=False),
+    # The message's timestamp: memberships are ordered by it (order independence).
+    sa.Column("changed_at", sa.Float, nullable=False),
+    sa.Column("received_at", sa.Float, nullable=False),
+    sa.Column("profiles", sa.Integer, nullable=False),
+    # The resolved plan (core.membership.MembershipPlan), encoded by store.journal.
+    sa.Column("plan", sa.LargeBinary, nullable=False),
+    sqlite_autoincrement=True,
+)
+
 # Per-reason counters (SPEC §5.3 "every outcome is counted by reason").
 counters = sa.Table(
     "counters",
@@ -263,10 +285,6 @@ sa.Index(
 # ---------------------------------------------------------------------------------------------
 # Currents round trip (SPEC §6): Braze events queued for mParticle feeds. Migration 0003.
 # ---------------------------------------------------------------------------------------------
-
-# Arrival order is ``seq``; SQLite only auto-increments an INTEGER primary key (and only
-# AUTOINCREMENT keeps it from reusing the numbers of deleted rows).
-SeqType = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 # The intake queue: one row per accepted, forwardable event until it is cut into a batch (the
 # row then moves into the batch). state: queued | held (no feed takes it) | dead (with reason).

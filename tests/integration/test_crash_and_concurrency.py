@@ -21,7 +21,7 @@ from tests.integration.test_delivery import (
     assert_braze_matches,
     run_rounds,
 )
-from tests.support import dead_count, pending_count
+from tests.support import dead_count, journal_count, pending_count
 
 pytestmark = pytest.mark.slow
 
@@ -64,16 +64,22 @@ def start_worker(config: Path, tmp_path: Path, n: int) -> subprocess.Popen:
 
 
 def wait_drained(engine, procs, timeout_s=90.0):
+    """Until every accepted Firehose message is applied (by the workers) and delivered."""
     deadline = time.monotonic() + timeout_s
-    while pending_count(engine):
-        assert time.monotonic() < deadline, f"{pending_count(engine)} users still pending"
+    while journal_count(engine) or pending_count(engine):
+        assert time.monotonic() < deadline, (
+            f"{journal_count(engine)} messages to apply, {pending_count(engine)} users pending"
+        )
         for p in procs:
             assert p.poll() is None, f"worker exited with {p.returncode}"
         time.sleep(0.1)
 
 
 def test_sigkill_mid_run_loses_nothing_and_converges(make_settings, tmp_path, auth_headers):
-    runtime = Runtime.from_settings(make_settings(**{"delivery.coalesce_s": 0}))
+    # The workers apply the journal too: a kill may land mid-apply as well as mid-send.
+    runtime = Runtime.from_settings(
+        make_settings(**{"delivery.coalesce_s": 0, "firehose.apply_in_request": False})
+    )
     client = create_app(runtime=runtime).test_client()
     config = worker_config(tmp_path, runtime.settings.get("database.url"))
     mode = "array+string+per_segment"

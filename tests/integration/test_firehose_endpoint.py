@@ -373,3 +373,24 @@ def test_mutated_messages_never_yield_5xx(client, engine, auth_headers, body):
 @given(data=st.binary(max_size=200))
 def test_random_bytes_never_yield_5xx(client, engine, auth_headers, data):
     _check_no_5xx(client, engine, auth_headers, data)
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-16", "utf-32"])
+def test_an_integer_mpid_beyond_64_bits_is_kept_exactly_in_any_utf(
+    client, engine, auth_headers, encoding
+):
+    """The fast JSON parser turns such integers into floats; the body is then judged exactly."""
+    mpid = 123456789012345678901234567890
+    message = ft.membership_request(
+        4545, [{**ft.profile("big-mpid", [ft.audience_change(1)]), "mpid": mpid}]
+    )
+    body = json.dumps(message).encode(encoding)
+    response = client.post(
+        "/firehose", data=body, headers={**auth_headers, "Content-Type": "application/json"}
+    )
+    assert response.status_code == 200, response.get_data(as_text=True)
+    with engine.connect() as conn:
+        stored = conn.execute(
+            sa.text("SELECT mpid FROM users WHERE external_id = 'big-mpid'")
+        ).scalar_one()
+    assert stored == str(mpid)

@@ -1,0 +1,155 @@
+"""Apply the Firehose journal to the membership state (SPEC §4.1): users, memberships, newly
+seen audiences and the outbox marks of the users a message touched.
+
+The intake commits each accepted membership change to the journal and answers
+(:mod:`audience_sync.firehose.intake`); :class:`JournalApplier`, a thread beside the senders of
+``run``'s sending process or of a ``worker``, applies it in arrival order. Each transaction takes
+the oldest entries up to :data:`APPLY_PROFILES` profiles, applies them and deletes them, so a
+crash leaves either an entry or its effects. Transactions stay short because a waiting intake
+request goes first at SQLite's writer gate but cannot interrupt a running transaction.
+
+The connection's delivery workspace is read when the entry is applied: a connection moved or
+paused meanwhile marks its users where it now delivers, as a later message would.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+
+import sqlalchemy as sa
+
+from audience_sync.store import counters, journal
+from audience_sync.store.connections import delivery_workspace_of_account
+from audience_sync.store.engine import read_only
+from audience_sync.store.memberships import apply_membership_plan
+from audience_sync.store.transactions import in_transaction
+
+logger = logging.getLogger(__name__)
+
+APPLY_PROFILES = 1000
+"""Profiles applied per transaction: about two 500-profile messages."""
+IDLE_POLL_S = 0.05
+"""Pause of an applier that found the journal empty."""
+FAILED_RETRY_S = 30.0
+"""Pause before an entry that failed alone is tried again."""
+
+
+def apply_journal(
+    engine: sa.Engine,
+    *,
+    coalesce_s: float,
+    max_profiles: int = APPLY_PROFILES,
+    exclude: frozenset[int] = frozenset(),
+) -> int:
+    """Apply the oldest journal entries (not in ``exclude``) in one transaction; returns how
+    many were applied, 0 when none waits."""
+    with read_only(engine) as conn:
+        entries = journal.oldest(conn, max_profiles=max_profiles, exclude=exclude)
+    if not entries:
+        return 0
+    plans = {entry.seq: journal.decode_plan(entry.plan) for entry in entries}
+    now = time.time()
+
+    def work(conn: sa.Connection) -> int:
+        taken = journal.take(conn, [entry.seq for entry in entries])
+        workspaces: dict[int, int | None] = {}
+        counts: Counter[tuple[str, str]] = Counter()
+        for entry in entries:
+            if entry.seq not in taken:
+                continue  # applied by another worker (PostgreSQL)
+            account_id = entry.account_id
+            if account_id not in workspaces:
+                workspaces[account_id] = delivery_workspace_of_account(conn, account_id)
+            by_reason, _ = apply_membership_plan(
+                conn,
+                account_id=account_id,
+                plan=plans[entry.seq],
+                workspace_id=workspaces[account_id],
+                changed_at=entry.changed_at,
+                coalesce_s=coalesce_s,
+                now=now,
+            )
+            scope = f"account:{account_id}"
+            counts.update({(scope, reason): n for reason, n in by_reason.items()})
+        counters.increment(conn, dict(counts), now=now)
+        return len(taken)
+
+    # A unique-key race on a new user's push tokens (store.memberships) is resolved by a rerun.
+    return in_transaction(engine, work, action="firehose_apply", retry_conflicts=True)
+
+
+def drain_journal(engine: sa.Engine, *, coalesce_s: float) -> int:
+    """Apply every waiting entry (``firehose.apply_in_request``, tests, ``status``-free set-ups);
+    returns how many were applied."""
+    applied = 0
+    while n := apply_journal(engine, coalesce_s=coalesce_s):
+        applied += n
+    return applied
+
+
+class JournalApplier:
+    """One thread applying the journal until ``stop`` is set. An entry that fails is tried
+    alone; if it fails alone it is left in the journal (counted in ``status`` as waiting, logged
+    with its error) and tried again every :data:`FAILED_RETRY_S`, and the others go on."""
+
+    def __init__(self, engine: sa.Engine, *, coalesce_s: float, stop: threading.Event) -> None:
+        self.engine = engine
+        self.coalesce_s = coalesce_s
+        self.stop = stop
+        self.failed: dict[int, float] = {}  # seq -> when it may be tried again
+        self.thread = threading.Thread(target=self.run, name="firehose-applier", daemon=True)
+
+    def start(self) -> JournalApplier:
+        """Start the thread."""
+        self.thread.start()
+        return self
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait for the thread to end (after ``stop``)."""
+        self.thread.join(timeout)
+
+    def run(self) -> None:
+        """Apply until stopped; idle pauses are short, so an entry waits at most
+        :data:`IDLE_POLL_S` plus the work before it."""
+        while not self.stop.is_set():
+            if self.run_once() == 0:
+                self.stop.wait(IDLE_POLL_S)
+
+    def run_once(self) -> int:
+        """One transaction's worth of entries; errors are logged, never raised."""
+        now = time.time()
+        exclude = frozenset(seq for seq, retry_at in self.failed.items() if retry_at > now)
+        try:
+            return apply_journal(self.engine, coalesce_s=self.coalesce_s, exclude=exclude)
+        except Exception:
+            logger.exception("applying the Firehose journal failed; trying entries alone")
+        return self._apply_alone(exclude)
+
+    def _apply_alone(self, exclude: frozenset[int]) -> int:
+        try:
+            with read_only(self.engine) as conn:
+                entries = journal.oldest(conn, max_profiles=1, exclude=exclude)
+        except Exception:
+            logger.exception("reading the Firehose journal failed")
+            return 0
+        if not entries:
+            return 0
+        seq = entries[0].seq
+        try:
+            applied = apply_journal(
+                self.engine, coalesce_s=self.coalesce_s, max_profiles=1, exclude=exclude
+            )
+        except Exception as exc:
+            self.failed[seq] = time.time() + FAILED_RETRY_S
+            logger.error(
+                "Firehose journal entry %d could not be applied (%s); the others go on",
+                seq,
+                type(exc).__name__,
+                extra={"action": "firehose_apply_failed", "seq": seq, "error": str(exc)[:500]},
+            )
+            return 0
+        self.failed.pop(seq, None)
+        return applied

@@ -1,0 +1,186 @@
+"""The Firehose journal (SPEC §3.1, §4.1, §9): a membership change is durable and answered once
+it is in the journal; a worker's applier turns it into users, memberships and outbox marks, in
+arrival order, exactly once, and one entry that cannot be applied never stops the others."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import pytest
+import sqlalchemy as sa
+
+from audience_sync import create_app
+from audience_sync.core.states import IntakeCounter
+from audience_sync.firehose.applier import JournalApplier, apply_journal, drain_journal
+from audience_sync.store import journal
+from audience_sync.store.activity import backlog
+from audience_sync.store.schema import firehose_journal
+from tests.support import membership, post, profile
+
+ACCOUNT = 5151
+SETTINGS = {
+    "apiKey": "app",
+    "restApiKey": "rest-key",
+    "brazeInstance": "US-03",
+    "sendSegmentsAs": "string",
+    "externalIdentityType": "customer",
+}
+
+
+@pytest.fixture
+def deferred(make_runtime):
+    """A runtime whose intake only journals, and a test client on it."""
+    runtime = make_runtime(firehose__apply_in_request=False)
+    return runtime, create_app(runtime=runtime).test_client()
+
+
+def _rows(engine: sa.Engine, sql: str) -> list[tuple]:
+    with engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(sa.text(sql))]
+
+
+def _memberships(engine: sa.Engine) -> dict[tuple[str, int], bool]:
+    return {
+        (e, a): bool(m)
+        for e, a, m in _rows(engine, "SELECT external_id, audience_id, is_member FROM memberships")
+    }
+
+
+def _journal_size(engine: sa.Engine) -> int:
+    return _rows(engine, "SELECT COUNT(*) FROM firehose_journal")[0][0]
+
+
+def _enter(user: str, audience: int = 1, **kwargs) -> dict:
+    return membership(ACCOUNT, [profile(user, [(audience, "VIPs", "add")])], **SETTINGS, **kwargs)
+
+
+def test_the_answer_comes_from_the_journal_and_the_applier_makes_the_state(deferred, auth_headers):
+    runtime, client = deferred
+    engine = runtime.engine
+    post(client, _enter("u1"), auth_headers)
+    post(client, _enter("u2"), auth_headers)
+
+    assert _journal_size(engine) == 2
+    assert _memberships(engine) == {}
+    assert _rows(engine, "SELECT COUNT(*) FROM outbox")[0][0] == 0
+    with engine.connect() as conn:
+        waiting = backlog(conn, now=time.time())
+    assert waiting.firehose_waiting == 2 and waiting.firehose_oldest_at is not None
+
+    assert drain_journal(engine, coalesce_s=0.0) == 2
+
+    assert _memberships(engine) == {("u1", 1): True, ("u2", 1): True}
+    assert sorted(e for (e,) in _rows(engine, "SELECT external_id FROM outbox")) == ["u1", "u2"]
+    assert _journal_size(engine) == 0
+    applied = _rows(
+        engine,
+        f"SELECT SUM(count) FROM counters WHERE reason = '{IntakeCounter.MEMBERSHIPS_APPLIED}'",
+    )
+    assert applied[0][0] == 2
+
+
+def test_a_retried_message_waiting_in_the_journal_is_a_duplicate(deferred, auth_headers):
+    runtime, client = deferred
+    message = _enter("u1")
+    post(client, message, auth_headers)
+    post(client, message, auth_headers)
+    assert _journal_size(runtime.engine) == 1
+
+
+def test_entries_apply_in_arrival_order_and_a_late_older_message_does_not_win(
+    deferred, auth_headers
+):
+    runtime, client = deferred
+    now_ms = int(time.time() * 1000)
+    exit_u1 = membership(ACCOUNT, [profile("u1", [(1, "VIPs", "delete")])], **SETTINGS)
+    post(client, _enter("u1", timestamp_ms=now_ms), auth_headers)
+    post(client, {**exit_u1, "timestamp_ms": now_ms}, auth_headers)  # same time: arrival wins
+    post(client, _enter("u2", timestamp_ms=now_ms), auth_headers)
+    # mParticle retries an older message for u2 late: the newer state stays.
+    late = membership(ACCOUNT, [profile("u2", [(1, "VIPs", "delete")])], **SETTINGS)
+    post(client, {**late, "timestamp_ms": now_ms - 60_000}, auth_headers)
+
+    while apply_journal(runtime.engine, coalesce_s=0.0, max_profiles=1):
+        pass
+
+    assert _memberships(runtime.engine) == {("u1", 1): False, ("u2", 1): True}
+
+
+def test_an_entry_left_by_a_killed_process_is_applied_by_the_next_one(
+    deferred, make_runtime, auth_headers
+):
+    runtime, client = deferred
+    post(client, _enter("u1"), auth_headers)
+    runtime.engine.dispose()  # the accepting process is gone; its entry is durable
+
+    successor = make_runtime(firehose__apply_in_request=False)
+    assert drain_journal(successor.engine, coalesce_s=0.0) == 1
+    assert _memberships(successor.engine) == {("u1", 1): True}
+
+
+def test_the_applier_thread_applies_within_moments(deferred, auth_headers):
+    runtime, client = deferred
+    stop = threading.Event()
+    applier = JournalApplier(runtime.engine, coalesce_s=0.0, stop=stop).start()
+    try:
+        post(client, _enter("u1"), auth_headers)
+        deadline = time.monotonic() + 10
+        while _memberships(runtime.engine) != {("u1", 1): True}:
+            assert time.monotonic() < deadline, "the applier did not apply the entry"
+            time.sleep(0.02)
+    finally:
+        stop.set()
+        applier.join(5)
+    assert _journal_size(runtime.engine) == 0
+
+
+def test_one_entry_that_cannot_be_applied_does_not_stop_the_others(deferred, auth_headers, caplog):
+    runtime, client = deferred
+    engine = runtime.engine
+    post(client, _enter("u1"), auth_headers)
+    post(client, _enter("u2"), auth_headers)
+    post(client, _enter("u3"), auth_headers)
+    with engine.begin() as conn:
+        second = sorted(conn.execute(sa.select(firehose_journal.c.seq)).scalars())[1]
+        conn.execute(
+            firehose_journal.update()
+            .where(firehose_journal.c.seq == second)
+            .values(plan=b"not a plan")
+        )
+
+    applier = JournalApplier(engine, coalesce_s=0.0, stop=threading.Event())
+    with caplog.at_level(logging.ERROR, logger="audience_sync.firehose.applier"):
+        for _ in range(6):
+            applier.run_once()
+
+    assert _memberships(engine) == {("u1", 1): True, ("u3", 1): True}
+    # Kept, not dropped: it stays in the journal (status shows it waiting) and is logged.
+    assert _rows(engine, "SELECT seq FROM firehose_journal") == [(second,)]
+    assert any(getattr(r, "action", None) == "firehose_apply_failed" for r in caplog.records)
+
+
+@pytest.mark.parametrize(
+    "plan_users",
+    [
+        [],
+        [("u1", None, None, [])],
+        [("ü-ñ", "a@example.com", "-42", ["tok1", "tok2"])],
+    ],
+)
+def test_plans_come_back_from_the_journal_as_they_went_in(plan_users):
+    from collections import Counter
+
+    from audience_sync.core.membership import MembershipPlan, UserUpdate
+
+    plan = MembershipPlan(
+        users={
+            e: UserUpdate(external_id=e, email=m, mpid=p, push_tokens=list(t))
+            for e, m, p, t in plan_users
+        },
+        memberships={(e, 7): i % 2 == 0 for i, (e, *_rest) in enumerate(plan_users)},
+        audience_names={7: "Seven", 2**40: "Big"},
+        unresolved=Counter({"no_external_id": 3}),
+    )
+    assert journal.decode_plan(journal.encode_plan(plan)) == plan
