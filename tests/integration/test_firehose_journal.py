@@ -184,3 +184,27 @@ def test_plans_come_back_from_the_journal_as_they_went_in(plan_users):
         unresolved=Counter({"no_external_id": 3}),
     )
     assert journal.decode_plan(journal.encode_plan(plan)) == plan
+
+
+def test_what_waits_in_the_journal_is_shown_by_status_the_dashboard_and_metrics(
+    make_runtime, auth_headers
+):
+    from tests.integration.admin_helpers import ADMIN_SETTINGS, BEARER
+
+    runtime = make_runtime(firehose__apply_in_request=False, **ADMIN_SETTINGS)
+    client = create_app(runtime=runtime).test_client()
+    post(client, _enter("u1"), auth_headers)
+    post(client, _enter("u2"), auth_headers)
+
+    status = client.get("/api/v1/status", headers=BEARER).get_json()
+    assert status["backlog"]["firehose_waiting"] == 2
+    assert status["backlog"]["firehose_oldest_age_s"] >= 0
+    html = client.get("/", headers=BEARER).get_data(as_text=True)
+    assert 'id="kpi-firehose-waiting">2<' in html
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert "audience_sync_firehose_waiting_messages 2.0" in metrics
+
+    drain_journal(runtime.engine, coalesce_s=0.0)
+    status = client.get("/api/v1/status", headers=BEARER).get_json()
+    assert status["backlog"]["firehose_waiting"] == 0
+    assert status["backlog"]["firehose_oldest_age_s"] is None
