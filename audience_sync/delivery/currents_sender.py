@@ -31,13 +31,13 @@ import sqlalchemy as sa
 
 from audience_sync.core.currents.batching import BatchPlan, PlannedBatch, plan_batches
 from audience_sync.core.retry import decide_retry
+from audience_sync.core.urls import UnsafeUrlError, guard_mparticle_url
 from audience_sync.currents.service import CurrentsConfig
 from audience_sync.delivery.loop import SenderLoop, retry_policy
 from audience_sync.mparticle.client import FeedCredentials, MParticleClient
 from audience_sync.mparticle.outcomes import Kind, Outcome
 from audience_sync.mparticle.ratelimit import BatchBudget
 from audience_sync.mparticle.requests import pack
-from audience_sync.mparticle.urls import url_problem
 from audience_sync.settings import Settings
 from audience_sync.store import currents as queue
 from audience_sync.store.engine import is_postgresql, read_only
@@ -128,7 +128,13 @@ class CurrentsSender(SenderLoop[queue.ClaimedBatch]):
         self.coalesce_s: float = settings.get("delivery.coalesce_s")
         self.probe_interval_s: float = settings.get("currents.probe_interval_s")
         base_url = settings.get("currents.mparticle_url")
-        self.url_problem = url_problem(base_url, settings.get("currents.allowed_mparticle_urls"))
+        allowed = settings.get("currents.allowed_mparticle_urls")
+        self.url_problem: str | None = None
+        try:
+            # The canonical form is what is sent to: what was checked is what is called.
+            base_url = guard_mparticle_url(base_url, allowed)
+        except UnsafeUrlError as exc:
+            self.url_problem = str(exc)
         self.credentials = {
             f.name: FeedCredentials(base_url=base_url, key=f.key.reveal(), secret=f.secret.reveal())
             for f in settings.feeds
