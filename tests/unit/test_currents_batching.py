@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from audience_sync.core.currents.batching import QueuedEvent, plan_batches, source_request_id
-from audience_sync.core.currents.routing import Feed, route
+from audience_sync.core.currents.routing import Feed, credential_problem, route
 
 FEEDS = (
     Feed(name="android", platform="android"),
@@ -73,6 +73,52 @@ def queued(seq, user="u", feed="f", envelope=None, size=10):
         envelope_json=json.dumps(env),
         event_json=json.dumps(event),
     )
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "problem"),
+    [
+        ("key", "us1-0123456789abcdef", None),
+        ("secret", "Ab3_-.~!@#$%^&*()+=[]{}|;'<>,?/ `\"", None),
+        ("secret", "pass:word", None),
+        ("key", "", "required"),
+        ("secret", "", "required"),
+        ("key", "us1-abc:def", "':'"),
+        ("key", "us1-abc\n", "control character or newline"),
+        ("secret", "s3cr3t\n", "control character or newline"),
+        ("secret", "s3\r\nX-Injected: 1", "control character or newline"),
+        ("secret", "tab\tinside", "control character or newline"),
+        ("key", "nul\x00", "control character or newline"),
+        ("secret", "del\x7f", "control character or newline"),
+        ("secret", "c1\x85", "printable ASCII"),
+        ("secret", "caf\u00e9", "printable ASCII"),
+        ("key", "\u2028key", "printable ASCII"),
+    ],
+    ids=[
+        "key",
+        "secret-punctuation",
+        "colon-in-secret",
+        "empty-key",
+        "empty-secret",
+        "colon-in-key",
+        "newline-key",
+        "newline-secret",
+        "header-injection",
+        "tab",
+        "nul",
+        "del",
+        "c1-control",
+        "latin-1",
+        "line-separator",
+    ],
+)
+def test_feed_credentials_must_fit_a_basic_auth_header(field, value, problem):
+    found = credential_problem(field, value)
+    if problem is None:
+        assert found is None
+    else:
+        assert found is not None and problem in found
+        assert not value or value not in found
 
 
 def test_one_batch_per_user_and_feed_in_arrival_order():
