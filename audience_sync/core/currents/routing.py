@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from audience_sync.core.connection import is_header_safe
+
 ROUTED_PLATFORMS = frozenset({"ios", "android", "web"})
 UNBOUND = "unbound"
 
@@ -46,16 +48,15 @@ CREDENTIAL_FIELDS = ("key", "secret")
 def credential_problem(field: str, value: str) -> str | None:
     """Why a feed's ``key`` or ``secret`` cannot go into an HTTP Basic auth header, else None.
 
-    The answer never contains the value. Refused: an empty value; anything but printable ASCII
-    (a newline or control character would split or corrupt the header, and the HTTP client
-    encodes Basic credentials as Latin-1, so other characters either fail at send time or reach
-    mParticle as different bytes); a ':' in the key, which Basic auth reads as the end of the
-    user id.
+    The answer never contains the value. Refused: an empty value; what the HTTP client cannot
+    encode or a header should never carry (the rule of every header the engine sends,
+    :func:`~audience_sync.core.connection.is_header_safe`: a newline from a secrets file, a
+    control character); a ':' in the key, which Basic auth reads as the end of the user id.
     """
     if not value:
         return "required (empty)"
-    if any(not (" " <= c <= "~") for c in value):
-        return "contains characters other than printable ASCII (a control character or newline?)"
+    if not is_header_safe(value):
+        return "must be Latin-1 text without control characters (a newline?)"
     if field == "key" and ":" in value:
         return "must not contain ':' (Basic auth would read the rest as the secret)"
     return None
