@@ -107,3 +107,34 @@ def test_a_feed_whose_planning_raises_stays_queued_and_others_arrive(make_client
     monkeypatch.setattr(currents_formation, "plan_batches", real_plan)
     drain(sender, runtime.engine)
     assert sorted(mp.message_ids()) == sorted(e["id"] for e in bad + good)
+
+
+def test_a_probe_that_raises_is_one_attempt_and_others_arrive(make_client, mp, monkeypatch):
+    client = make_client(**currents_settings(mp.url, currents__probe_interval_s=0.1))
+    runtime = client.application.extensions["audience_sync"]
+    mp.configure(unauthorized={f"{BAD}-key"})
+    post(client, events_of(BAD, range(1)))
+    sender = make_sender(runtime)
+    deadline = time.monotonic() + 10
+    while sender.states.get(BAD) != "paused":
+        assert time.monotonic() < deadline
+        sender.run_once()
+    real_send = sender.client.send
+
+    def send(credentials, body, *, now):
+        if credentials.key == f"{BAD}-key":
+            raise RuntimeError("a bug that only this feed's probe meets")
+        return real_send(credentials, body, now=now)
+
+    monkeypatch.setattr(sender.client, "send", send)
+    good = events_of("ios", range(3))
+    post(client, good)
+    while batches_of(runtime.engine, BAD) != [("pending", 1, "internal_error")]:
+        assert time.monotonic() < deadline, batches_of(runtime.engine, BAD)
+        sender.run_once()
+        time.sleep(0.02)
+    drain_until = time.monotonic() + 10
+    while sorted(mp.message_ids()) != sorted(e["id"] for e in good):
+        assert time.monotonic() < drain_until
+        sender.run_once()
+    assert sender.states[BAD] == "paused"
