@@ -259,11 +259,7 @@ def _check_outbound_urls(values: t.Mapping[str, t.Any], errors: list[str]) -> No
     mp_url = values.get("currents.mparticle_url")
     if mp_url is not None:
         try:
-            urls.guard_url(
-                mp_url,
-                values.get("currents.allowed_mparticle_urls") or (),
-                official_domains=urls.MPARTICLE_DOMAINS,
-            )
+            urls.guard_mparticle_url(mp_url, values.get("currents.allowed_mparticle_urls") or ())
         except urls.UnsafeUrlError as exc:
             errors.append(
                 "currents.mparticle_url: must be an https URL under mparticle.com or allowed "

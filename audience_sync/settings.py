@@ -26,6 +26,7 @@ from audience_sync.config_keys import (
     check_ranges,
     coerce,
 )
+from audience_sync.core.currents.routing import CREDENTIAL_FIELDS, credential_problem
 from audience_sync.errors import ConfigValidationError
 
 ENV_PREFIX = "AUDIENCE_SYNC_"
@@ -157,13 +158,21 @@ def _parse_feeds(raw: object, errors: list[str]) -> tuple[FeedSettings, ...]:
         missing = [k for k in ("key", "secret", "platform") if not spec.get(k)]
         for k in missing:
             errors.append(f"{where}.{k}: required")
+        # Named by feed and field only: the value is a secret.
+        bad = [
+            (k, problem)
+            for k in CREDENTIAL_FIELDS
+            if k not in missing and (problem := credential_problem(k, str(spec[k])))
+        ]
+        for k, problem in bad:
+            errors.append(f"{where}.{k}: {problem}")
         platform = str(spec.get("platform", "")).lower()
         if platform and platform not in FEED_PLATFORMS:
             errors.append(f"{where}.platform: must be one of {', '.join(FEED_PLATFORMS)}")
         app_ids = spec.get("app_ids", ())
         if isinstance(app_ids, str):
             app_ids = [a.strip() for a in app_ids.split(",") if a.strip()]
-        if missing or (platform and platform not in FEED_PLATFORMS):
+        if missing or bad or (platform and platform not in FEED_PLATFORMS):
             continue
         feeds.append(
             FeedSettings(

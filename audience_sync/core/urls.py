@@ -115,6 +115,14 @@ def guard_url(
     raise UnsafeUrlError("not an official host and not in the allow-list")
 
 
+def guard_mparticle_url(text: str, allowed: Iterable[str]) -> str:
+    """The canonical form of ``currents.mparticle_url`` if Currents may be sent there (https on
+    port 443 of a subdomain of :data:`MPARTICLE_DOMAINS`, or an entry of
+    ``currents.allowed_mparticle_urls``); else :class:`UnsafeUrlError`. Settings validation and
+    the sender ask this one rule."""
+    return guard_url(text, allowed, official_domains=MPARTICLE_DOMAINS)
+
+
 def _parse(text: str, *, entry: bool) -> Url:
     if not isinstance(text, str) or not text:
         raise UnsafeUrlError("empty")

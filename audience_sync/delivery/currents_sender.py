@@ -10,8 +10,12 @@
    the feed key for Retry-After (no attempt); 5xx, timeouts and drops retry with the shared
    backoff policy until both the retention and the attempt budget are spent.
 
-Why one module past ~400 lines: the four steps share the feed lease and pause/probe state;
-moving the pure batch planning into core/currents is the next split.
+One bad feed never stalls the others: an unexpected error while a feed's batches are delivered
+(a bug, a store error of that feed) is one failed attempt for them, like a 5xx
+(:meth:`SenderLoop.deliver_isolated` → :meth:`CurrentsSender.record_error`), and a feed whose
+planning fails stays queued; the other feeds go on in the same run. Formation is
+:mod:`~audience_sync.delivery.currents_formation`, the store work of an outcome
+:mod:`~audience_sync.delivery.currents_record`.
 
 A paused feed is probed with its oldest pending batch every ``currents.probe_interval_s``, and at
 once when its settings change; the first success resumes it. A SIGKILL anywhere loses nothing:
@@ -29,31 +33,23 @@ from collections.abc import Callable, Sequence
 
 import sqlalchemy as sa
 
-from audience_sync.core.currents.batching import BatchPlan, PlannedBatch, plan_batches
-from audience_sync.core.retry import decide_retry
+from audience_sync.core.currents.failures import plan_batch_failures
+from audience_sync.core.urls import UnsafeUrlError, guard_mparticle_url
 from audience_sync.currents.service import CurrentsConfig
+from audience_sync.delivery import currents_formation as formation
+from audience_sync.delivery import currents_record as record
 from audience_sync.delivery.loop import SenderLoop, retry_policy
 from audience_sync.mparticle.client import FeedCredentials, MParticleClient
 from audience_sync.mparticle.outcomes import Kind, Outcome
 from audience_sync.mparticle.ratelimit import BatchBudget
 from audience_sync.mparticle.requests import pack
-from audience_sync.mparticle.urls import url_problem
 from audience_sync.settings import Settings
 from audience_sync.store import currents as queue
-from audience_sync.store.engine import is_postgresql, read_only
 
 logger = logging.getLogger(__name__)
 
-PLAN_EVENTS = 20_000
-"""Queued events cut into batches per feed and transaction. A feed is planned once its oldest
-queued event has waited ``delivery.coalesce_s`` or this many are queued, so that a user's events
-arriving close together share a batch (fewer batches against the 270 batches/s budget)."""
 CLAIM_BATCHES = 1000
 """Batches leased at a time (ten full requests)."""
-FORMATION_SEND_S = 5.0
-"""Batches are leased as they are formed (no separate claim, which cost more than the rest of
-a batch's bookkeeping) up to what the feed's budget sends in this many seconds, well within the
-lease, and at least :data:`CLAIM_BATCHES`; the others are claimed later, oldest first."""
 HOUSEKEEPING_INTERVAL_S = 1.0
 """How often feed rows, held events and probes are looked at."""
 
@@ -61,20 +57,6 @@ HOUSEKEEPING_INTERVAL_S = 1.0
 def feed_fingerprint(base_url: str, key: str, secret: str) -> str:
     """Identifies a feed's settings without storing them (a change triggers a probe)."""
     return hashlib.sha256("\x00".join([base_url, key, secret]).encode("utf-8")).hexdigest()
-
-
-def _fresh_claim(batch: PlannedBatch) -> queue.ClaimedBatch:
-    """A batch leased at its formation, as the send path sees claims."""
-    return queue.ClaimedBatch(
-        id=batch.batch_id,
-        feed=batch.feed,
-        external_user_id=batch.external_user_id,
-        first_seq=batch.first_seq,
-        events=len(batch.seqs),
-        body=batch.body,
-        attempts=0,
-        first_failure_at=None,
-    )
 
 
 class CurrentsSender(SenderLoop[queue.ClaimedBatch]):
@@ -119,16 +101,19 @@ class CurrentsSender(SenderLoop[queue.ClaimedBatch]):
         # A request must be able to end before the lease of its batches does (see deliver).
         self.request_timeout_s: float = min(settings.get("currents.timeout_s"), 0.8 * self.lease_s)
         self._lease_until = 0.0
-        self.formation_claims = int(
-            min(
-                PLAN_EVENTS,
-                max(CLAIM_BATCHES, budget.rate * min(FORMATION_SEND_S, self.lease_s / 2)),
-            )
+        self.formation_claims = formation.formation_claims(
+            batches_per_second=budget.rate, lease_s=self.lease_s, claim_batches=CLAIM_BATCHES
         )
         self.coalesce_s: float = settings.get("delivery.coalesce_s")
         self.probe_interval_s: float = settings.get("currents.probe_interval_s")
         base_url = settings.get("currents.mparticle_url")
-        self.url_problem = url_problem(base_url, settings.get("currents.allowed_mparticle_urls"))
+        allowed = settings.get("currents.allowed_mparticle_urls")
+        self.url_problem: str | None = None
+        try:
+            # The canonical form is what is sent to: what was checked is what is called.
+            base_url = guard_mparticle_url(base_url, allowed)
+        except UnsafeUrlError as exc:
+            self.url_problem = str(exc)
         self.credentials = {
             f.name: FeedCredentials(base_url=base_url, key=f.key.reveal(), secret=f.secret.reveal())
             for f in settings.feeds
@@ -205,57 +190,41 @@ class CurrentsSender(SenderLoop[queue.ClaimedBatch]):
 
     def form_batches(self, now: float) -> int:
         """Cut queued events into batches, per feed, and send the ones leased at formation;
-        returns the number of batches formed."""
-        with read_only(self.engine) as conn:
-            # Events of a feed no longer configured stay queued (shown by status) until it is.
-            feeds = [
-                feed
-                for feed in queue.feeds_with_queued(conn)
-                if feed in self.credentials
-                and queue.is_planning_due(
-                    conn, feed, older_than=now - self.coalesce_s, enough=PLAN_EVENTS
-                )
-            ]
+        returns the number of batches formed. A feed whose planning fails is left queued and
+        logged; the others are still formed and sent."""
+        due = formation.due_feeds(
+            self.engine, self.credentials, now=now, coalesce_s=self.coalesce_s
+        )
         formed = 0
-        for feed in feeds:
+        for feed in due:
             paused = self.states.get(feed) == queue.FeedState.PAUSED
-            claim = None if paused else (self.worker_id, now + self.lease_s)
             try:
-                plan, claimed = self._plan(feed, now, claim)
+                plan, claimed = formation.form_feed(
+                    self.engine,
+                    self.transaction,
+                    feed,
+                    environment=self.environment,
+                    now=now,
+                    claim=None if paused else (self.worker_id, now + self.lease_s),
+                    claim_limit=self.formation_claims,
+                )
             except queue.PlanConflictError:
                 continue  # the events changed under the plan: planned again next round
+            except sa.exc.OperationalError:
+                raise  # the database, not this feed: the loop waits (leases protect the work)
+            except Exception as exc:  # nothing was leased: the events stay queued
+                logger.error(
+                    "planning failed for feed %s; the other feeds go on",
+                    feed,
+                    exc_info=exc,
+                    extra={"action": "delivery_error", "feed": feed, "error": type(exc).__name__},
+                )
+                continue
             formed += len(plan.batches)
             if claimed:
                 self._lease_until = now + self.lease_s
-                self.deliver(feed, [_fresh_claim(b) for b in claimed])
+                self.deliver_isolated(feed, claimed)
         return formed
-
-    def _plan(
-        self, feed: str, now: float, claim: tuple[str, float] | None
-    ) -> tuple[BatchPlan, list[PlannedBatch]]:
-        if is_postgresql(self.engine):
-            # Planners of a feed take turns (advisory lock): read and plan inside the write.
-            def locked(conn: sa.Connection) -> tuple[BatchPlan, list[PlannedBatch]]:
-                queue.lock_feed_for_planning(conn, feed)
-                events = queue.queued_events(conn, feed, limit=PLAN_EVENTS)
-                plan = plan_batches(events, environment=self.environment)
-                return plan, queue.save_plan(
-                    conn, plan, now=now, claim=claim, claim_limit=self.formation_claims
-                )
-
-            return self.transaction(locked, action="currents_plan")
-        # SQLite: read and plan without the writer lock (the importer keeps writing meanwhile);
-        # the write then checks that every planned event is still queued.
-        with read_only(self.engine) as conn:
-            events = queue.queued_events(conn, feed, limit=PLAN_EVENTS)
-        plan = plan_batches(events, environment=self.environment)
-        claimed = self.transaction(
-            lambda conn: queue.save_plan(
-                conn, plan, now=now, claim=claim, claim_limit=self.formation_claims
-            ),
-            action="currents_plan",
-        )
-        return plan, claimed
 
     # -- probes --------------------------------------------------------------------------------
 
@@ -283,7 +252,7 @@ class CurrentsSender(SenderLoop[queue.ClaimedBatch]):
             )
             probed += 1
             self._lease_until = now + self.lease_s
-            self.deliver(feed, [claim], probe=True)
+            self.deliver_isolated(feed, [claim], probe=True)
         return probed
 
     # -- one feed ------------------------------------------------------------------------------
@@ -342,12 +311,12 @@ class CurrentsSender(SenderLoop[queue.ClaimedBatch]):
     def _accepted(self, feed: str, ids: Sequence[str], *, now: float, probe: bool) -> None:
         resume = probe or self.states.get(feed) == queue.FeedState.PAUSED
 
-        def work(conn: sa.Connection) -> None:
-            queue.finish(conn, ids, worker_id=self.worker_id, now=now)
-            if resume:
-                queue.resume_feed(conn, feed, now=now)
-
-        self.transaction(work, action="currents_finish")
+        self.transaction(
+            lambda conn: record.record_accepted(
+                conn, feed, ids, worker_id=self.worker_id, now=now, resume=resume
+            ),
+            action="currents_finish",
+        )
         if resume:
             self.states[feed] = queue.FeedState.ACTIVE
             logger.info(
@@ -403,21 +372,18 @@ class CurrentsSender(SenderLoop[queue.ClaimedBatch]):
             )
             return True
         if kind in (Kind.AUTH, Kind.NOT_FOUND):
-
-            def pause(conn: sa.Connection) -> None:
-                queue.pause_feed(
+            self.transaction(
+                lambda conn: record.record_paused(
                     conn,
                     feed,
+                    ids,
                     reason=outcome.reason,
+                    worker_id=self.worker_id,
                     now=now,
                     probe_interval_s=self.probe_interval_s,
-                )
-                queue.release(
-                    conn, ids, worker_id=self.worker_id, due_at=now, reason=outcome.reason
-                )
-                queue.count(conn, {f"feed_paused_{outcome.reason}": 1}, now=now)
-
-            self.transaction(pause, action="currents_pause")
+                ),
+                action="currents_pause",
+            )
             if self.states.get(feed) != queue.FeedState.PAUSED:
                 logger.warning(
                     "feed %s paused: mParticle refused its credentials (%s)",
@@ -437,25 +403,38 @@ class CurrentsSender(SenderLoop[queue.ClaimedBatch]):
             self._release(ids, due_at=until, reason=outcome.reason)
             return False
         # Transient: back off per batch with the shared policy; give up only past both budgets.
-        retries: dict[str, tuple[float, str]] = {}
-        dead: dict[str, str] = {}
-        for batch in batches:
-            decision = decide_retry(
-                self.policy,
-                attempts=batch.attempts + 1,
-                first_failure_at=batch.first_failure_at or now,
-                now=now,
-                jitter=self.jitter(),
-            )
-            if decision.retry_at is None:
-                dead[batch.id] = f"gave_up: {outcome.reason}"
-            else:
-                retries[batch.id] = (decision.retry_at, outcome.reason)
-
-        def transient(conn: sa.Connection) -> None:
-            queue.reschedule(conn, retries, worker_id=self.worker_id, now=now)
-            queue.dead_letter(conn, dead, worker_id=self.worker_id, now=now)
-            queue.count(conn, {f"retry_{outcome.reason}": len(retries)}, now=now)
-
-        self.transaction(transient, action="currents_retry")
+        self._fail(feed, batches, reason=outcome.reason, now=now)
         return probe is False
+
+    def record_error(self, group: str, items: Sequence[queue.ClaimedBatch], *, reason: str) -> None:
+        """After an unexpected error delivering a feed's batches (a bug, a store error of that
+        feed): one failed attempt for those still leased here, as for a 5xx, so they are
+        retried and dead-lettered with the reason once both budgets are spent. Whether a request
+        went out is unknown; a resend carries the same ``source_request_id``."""
+        self._fail(group, items, reason=reason, now=self.clock())
+
+    def _fail(
+        self, feed: str, batches: Sequence[queue.ClaimedBatch], *, reason: str, now: float
+    ) -> None:
+        failures = plan_batch_failures(
+            batches, self.policy, reason=reason, now=now, jitters=[self.jitter() for _ in batches]
+        )
+        self.transaction(
+            lambda conn: record.record_failures(
+                conn, failures, reason=reason, worker_id=self.worker_id, now=now
+            ),
+            action="currents_retry",
+        )
+        if failures.dead:
+            logger.warning(
+                "gave up on %d batch(es) of feed %s",
+                len(failures.dead),
+                feed,
+                extra={
+                    "action": "delivery_gave_up",
+                    "vendor": self.vendor,
+                    "feed": feed,
+                    "reason": f"gave_up: {reason}",
+                    "batches": len(failures.dead),
+                },
+            )

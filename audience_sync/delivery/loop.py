@@ -156,6 +156,7 @@ class SenderLoop(abc.ABC, t.Generic[Item]):
                 extra={
                     "action": "delivery_error",
                     "vendor": self.vendor,
+                    "destination": str(group),
                     "items": len(items),
                     "error": type(exc).__name__,
                 },

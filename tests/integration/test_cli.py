@@ -40,6 +40,20 @@ def test_config_check_masks_secrets(tmp_path):
     assert "rk-123" not in result.output
 
 
+def test_config_check_names_a_feed_whose_secret_cannot_be_sent_without_showing_it(tmp_path):
+    path = tmp_path / "feeds.toml"
+    path.write_text(
+        '[currents.feeds.ios]\nkey = "us1-k"\nsecret = "hidden-value\\n"\nplatform = "ios"\n'
+        '[currents.feeds.web]\nkey = "us1-k:x"\nsecret = "ok"\nplatform = "web"\n'
+    )
+    result = CliRunner().invoke(main, ["--config", str(path), "config", "check"])
+    assert result.exit_code == 2
+    assert "currents.feeds.ios.secret" in result.output
+    assert "currents.feeds.web.key" in result.output
+    assert "hidden-value" not in result.output
+    assert "us1-k:x" not in result.output
+
+
 def test_db_upgrade_creates_the_schema_and_is_repeatable(tmp_path):
     env = {"AUDIENCE_SYNC_DATABASE__URL": f"sqlite:///{tmp_path}/cli.db"}
     runner = CliRunner()

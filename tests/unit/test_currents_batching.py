@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from audience_sync.core.currents.batching import QueuedEvent, plan_batches, source_request_id
-from audience_sync.core.currents.routing import Feed, route
+from audience_sync.core.currents.routing import Feed, credential_problem, route
 
 FEEDS = (
     Feed(name="android", platform="android"),
@@ -73,6 +73,54 @@ def queued(seq, user="u", feed="f", envelope=None, size=10):
         envelope_json=json.dumps(env),
         event_json=json.dumps(event),
     )
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "problem"),
+    [
+        ("key", "us1-0123456789abcdef", None),
+        ("secret", "Ab3_-.~!@#$%^&*()+=[]{}|;'<>,?/ `\"", None),
+        ("secret", "pass:word", None),
+        ("key", "", "required"),
+        ("secret", "", "required"),
+        ("key", "us1-abc:def", "':'"),
+        ("key", "us1-abc\n", "control characters"),
+        ("secret", "s3cr3t\n", "control characters"),
+        ("secret", "s3\r\nX-Injected: 1", "control characters"),
+        ("secret", "tab\tinside", "control characters"),
+        ("key", "nul\x00", "control characters"),
+        ("secret", "del\x7f", "control characters"),
+        ("secret", "c1\x85", "control characters"),
+        ("secret", "caf\u00e9", None),
+        ("key", "\u2028key", "Latin-1"),
+        ("secret", "\u20ac", "Latin-1"),
+    ],
+    ids=[
+        "key",
+        "secret-punctuation",
+        "colon-in-secret",
+        "empty-key",
+        "empty-secret",
+        "colon-in-key",
+        "newline-key",
+        "newline-secret",
+        "header-injection",
+        "tab",
+        "nul",
+        "del",
+        "c1-control",
+        "latin-1",
+        "line-separator",
+        "euro-sign",
+    ],
+)
+def test_feed_credentials_must_fit_a_basic_auth_header(field, value, problem):
+    found = credential_problem(field, value)
+    if problem is None:
+        assert found is None
+    else:
+        assert found is not None and problem in found
+        assert not value or value not in found
 
 
 def test_one_batch_per_user_and_feed_in_arrival_order():

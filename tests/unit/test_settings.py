@@ -162,3 +162,27 @@ def test_mparticle_url_is_checked_as_a_parsed_url_at_start_up(url, allowed, ok):
     else:
         with pytest.raises(ConfigValidationError, match=r"currents\.mparticle_url"):
             load_settings(environ={}, overrides=overrides)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "why"),
+    [
+        ("key", "", "required"),
+        ("secret", "", "required"),
+        ("key", "us1-leaked:part", "':'"),
+        ("secret", "leaked-secret\n", "newline"),
+        ("secret", "leaked\r\nX-Evil: 1", "newline"),
+    ],
+    ids=["empty-key", "empty-secret", "colon-in-key", "newline", "header-injection"],
+)
+def test_feed_credentials_unfit_for_basic_auth_are_refused_by_name(field, value, why):
+    feed = {"key": "us1-good", "secret": "good", "platform": "ios", field: value}
+    overrides = {f"currents.feeds.ios.{k}": v for k, v in feed.items()}
+    with pytest.raises(ConfigValidationError) as info:
+        load_settings(environ={}, overrides=overrides)
+    (error,) = info.value.errors
+    assert error.startswith(f"currents.feeds.ios.{field}: ")
+    assert why in error
+    if value:
+        assert value not in str(info.value)
+        assert "leaked" not in str(info.value)

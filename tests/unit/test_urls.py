@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from audience_sync.core.urls import UnsafeUrlError, guard_url, parse_allowed, parse_url
+from audience_sync.core.urls import (
+    UnsafeUrlError,
+    guard_mparticle_url,
+    guard_url,
+    parse_allowed,
+    parse_url,
+)
 
 LOCAL = ("http://127.0.0.1:",)
 BRAZE = frozenset({"rest.iad-01.braze.com", "rest.fra-01.braze.eu"})
@@ -141,25 +147,51 @@ def test_guard_compares_parsed_urls(url, allowed, verdict):
 
 
 @pytest.mark.parametrize(
-    ("url", "verdict"),
+    ("url", "allowed", "verdict"),
     [
-        ("https://s2s.mparticle.com", True),
-        ("https://s2s.us2.mparticle.com", True),
-        ("https://mparticle.com", False),
-        ("http://s2s.mparticle.com", False),
-        ("https://s2s.mparticle.com:8443", False),
-        ("https://s2s.mparticle.com.evil.example", False),
-        ("https://evilmparticle.com", False),
-        ("https://x@s2s.mparticle.com", False),
+        ("https://s2s.mparticle.com", (), True),
+        ("https://s2s.us2.mparticle.com", (), True),
+        ("https://s2s.eu1.mparticle.com/", (), True),
+        ("https://inbound.mparticle.com/s2s", (), True),
+        ("https://S2S.MParticle.com:443", (), True),
+        ("https://s2s.xn--bcher-kva.mparticle.com", (), True),
+        ("https://mparticle.com", (), False),
+        ("http://s2s.mparticle.com", (), False),
+        ("http://s2s.mparticle.com:443", (), False),
+        ("https://s2s.mparticle.com:8443", (), False),
+        ("ftp://s2s.mparticle.com", (), False),
+        ("https://x@s2s.mparticle.com", (), False),
+        ("https://user:pw@s2s.mparticle.com", (), False),
+        ("https://s2s.mparticle.com@evil.io", (), False),
+        ("https://s2s.mparticle.com.evil.example", (), False),
+        ("https://mparticle.com.evil.io", (), False),
+        ("https://s2s.mparticle.com.", (), False),
+        ("https://evilmparticle.com", (), False),
+        ("https://evil-mparticle.com", (), False),
+        ("https://s2s.evil-mparticle.com", (), False),
+        ("https://xn--mpartcle-xhh.com", (), False),
+        ("https://s2s.mpart\u0456cle.com", (), False),
+        ("https://s2s.xn--zz.mparticle.com", (), False),
+        ("https://evil.io/s2s.mparticle.com", (), False),
+        ("http://127.0.0.1:8099", LOCAL, True),
+        ("http://127.0.0.1:8099", ("http://127.0.0.1:8099",), True),
+        ("http://127.0.0.1:8099", ("http://127.0.0.1:9000",), False),
+        ("http://127.0.0.1:8099", (), False),
+        ("https://127.0.0.1:8099", LOCAL, False),
+        ("http://127.0.0.1.evil:80", LOCAL, False),
+        ("http://x@127.0.0.1:80", LOCAL, False),
+        ("http://127.0.0.1:99999", LOCAL, False),
+        ("http://127.0.0.1:8099", ("http://user@127.0.0.1:",), False),
     ],
     ids=lambda v: v if isinstance(v, str) else None,
 )
-def test_official_domains_allow_their_subdomains_over_https(url, verdict):
+def test_mparticle_url_official_domain_or_allow_list(url, allowed, verdict):
+    """``currents.mparticle_url`` (SPEC §2): https *.mparticle.com on 443, or an allowed URL."""
     if verdict:
-        assert guard_url(url, (), official_domains=("mparticle.com",)) == url
+        assert guard_mparticle_url(url, allowed) == str(parse_url(url))
     else:
         with pytest.raises(UnsafeUrlError):
-            guard_url(url, (), official_domains=("mparticle.com",))
+            guard_mparticle_url(url, allowed)
 
 
 @pytest.mark.parametrize(

@@ -169,11 +169,13 @@ def reschedule(
     *,
     worker_id: str,
     now: float,
-) -> None:
-    """A failed attempt: due again at the given time, with the reason; one attempt spent."""
+) -> int:
+    """A failed attempt: due again at the given time, with the reason; one attempt spent.
+    Returns the number of batches rescheduled (those still leased by ``worker_id``)."""
     b = currents_batches.c
+    rescheduled = 0
     for batch_id, (due_at, reason) in retries.items():
-        conn.execute(
+        rescheduled += conn.execute(
             sa.update(currents_batches)
             .where(_owned([batch_id], worker_id))
             .values(
@@ -184,7 +186,8 @@ def reschedule(
                 attempts=b.attempts + 1,
                 first_failure_at=sa.func.coalesce(b.first_failure_at, now),
             )
-        )
+        ).rowcount
+    return rescheduled
 
 
 def dead_letter(
