@@ -73,6 +73,7 @@ def run_all(
         from audience_sync.sender_process import SenderProcess
 
         background.append(SenderProcess(settings, stop).start())
+        background.append(SenderProcess(settings, stop, role="applier").start())
     elif senders:
         from audience_sync.delivery.service import start_senders
 

@@ -1,9 +1,13 @@
-"""``audience-sync run``'s senders in a child process, restarted when it dies.
+"""``audience-sync run``'s senders, and its Firehose journal applier, in child processes,
+each restarted when it dies.
 
 One Python process is one core at most (the GIL): with the HTTP server and the senders in one
 process, delivery and acknowledgements competed for it. ``run`` therefore starts its senders in
 a child (``multiprocessing`` spawn, so the child starts clean of the parent's threads and
-sockets) and keeps one command, one log (the child writes to the same stderr) and one SIGTERM:
+sockets), and the journal applier in another: sharing the senders' GIL, each of its
+statements waited behind four busy threads while holding SQLite's one write lock, which the
+next acknowledgement waits for. ``run`` keeps one command, one log (the children write to the
+same stderr) and one SIGTERM:
 
 - SIGTERM/SIGINT to the parent: it stops the child with SIGTERM (the child finishes its current
   batch) and waits for it (:data:`STOP_TIMEOUT_S`, then SIGKILL).
@@ -29,6 +33,7 @@ from multiprocessing.reduction import ForkingPickler
 from types import MappingProxyType
 
 from audience_sync.settings import Settings
+from audience_sync.telemetry import Action
 
 logger = logging.getLogger(__name__)
 
@@ -52,15 +57,35 @@ def _reduce_mapping_proxy(proxy: MappingProxyType[t.Any, t.Any]) -> tuple[t.Any,
 ForkingPickler.register(MappingProxyType, _reduce_mapping_proxy)
 
 
-class SenderProcess:
-    """Supervises the sender child of ``run``: start, restart when it dies, stop."""
+_ACTIONS = {
+    "senders": (
+        Action.SENDER_PROCESS_STARTED,
+        Action.SENDER_PROCESS_DIED,
+        Action.SENDER_PROCESS_KILLED,
+        Action.SENDER_PROCESS_ORPHANED,
+    ),
+    "applier": (
+        Action.APPLIER_PROCESS_STARTED,
+        Action.APPLIER_PROCESS_DIED,
+        Action.APPLIER_PROCESS_KILLED,
+        Action.APPLIER_PROCESS_ORPHANED,
+    ),
+}
+"""What each role's child logs: started, died, killed, orphaned."""
 
-    def __init__(self, settings: Settings, stop: threading.Event) -> None:
+
+class SenderProcess:
+    """Supervises one child of ``run`` (``role``: the ``senders``, or the journal
+    ``applier``): start, restart when it dies, stop."""
+
+    def __init__(self, settings: Settings, stop: threading.Event, *, role: str = "senders") -> None:
         self.settings = settings
         self.stop = stop
+        self.role = role
+        self._started, self._died, self._killed, _ = _ACTIONS[role]
         self._context = multiprocessing.get_context("spawn")
         self._child: t.Any = None
-        self._thread = threading.Thread(target=self._supervise, name="sender-process", daemon=True)
+        self._thread = threading.Thread(target=self._supervise, name=f"{role}-process", daemon=True)
         self.restarts = 0
 
     def start(self) -> SenderProcess:
@@ -71,12 +96,15 @@ class SenderProcess:
 
     def _spawn(self) -> None:
         self._child = self._context.Process(
-            target=child_main, args=(self.settings, os.getpid()), name="audience-sync-senders"
+            target=child_main,
+            args=(self.settings, os.getpid(), self.role),
+            name=f"audience-sync-{self.role}",
         )
         self._child.start()
         logger.info(
-            "sender process started",
-            extra={"action": "sender_process_started", "pid": self._child.pid},
+            "%s process started",
+            self.role,
+            extra={"action": self._started, "pid": self._child.pid},
         )
 
     def _supervise(self) -> None:
@@ -85,9 +113,10 @@ class SenderProcess:
             if self._child.is_alive() or self.stop.is_set():
                 continue
             logger.warning(
-                "sender process exited; starting a new one",
+                "%s process exited; starting a new one",
+                self.role,
                 extra={
-                    "action": "sender_process_died",
+                    "action": self._died,
                     "pid": self._child.pid,
                     "exit_code": self._child.exitcode,
                 },
@@ -107,8 +136,9 @@ class SenderProcess:
         child.join(STOP_TIMEOUT_S if timeout is None else timeout)
         if child.is_alive():
             logger.warning(
-                "sender process did not stop in time; killing it",
-                extra={"action": "sender_process_killed", "pid": child.pid},
+                "%s process did not stop in time; killing it",
+                self.role,
+                extra={"action": self._killed, "pid": child.pid},
             )
             child.kill()
             child.join(5)
@@ -119,11 +149,12 @@ class SenderProcess:
         return None if self._child is None else self._child.pid
 
 
-def child_main(settings: Settings, parent_pid: int) -> None:
-    """The child: run this settings' senders (Braze and Currents) until SIGTERM or until
-    the parent is gone."""
+def child_main(settings: Settings, parent_pid: int, role: str = "senders") -> None:
+    """The child: run this settings' senders (Braze and Currents), or the journal applier,
+    until SIGTERM or until the parent is gone."""
     from audience_sync.delivery.currents_pool import start_currents_senders
     from audience_sync.delivery.service import start_senders
+    from audience_sync.firehose.applier import JournalApplier
     from audience_sync.logs import configure_logging
     from audience_sync.process import tune_gc
     from audience_sync.runtime import Runtime
@@ -138,17 +169,23 @@ def child_main(settings: Settings, parent_pid: int) -> None:
     signal.signal(signal.SIGINT, _stop)  # Ctrl-C reaches the whole group: stop like the parent
     # The parent runs the WAL checkpointer: commits here need not checkpoint either.
     runtime = Runtime.from_settings(settings, background_checkpoint=True)
-    pool = start_senders(runtime, stop)
-    currents_pool = start_currents_senders(runtime, stop)
+    background: list[t.Any] = []
+    if role == "applier":
+        coalesce_s = settings.get("delivery.coalesce_s")
+        background.append(JournalApplier(runtime.engine, coalesce_s=coalesce_s, stop=stop).start())
+    else:
+        background.append(start_senders(runtime, stop, apply_journal=False))
+        background.append(start_currents_senders(runtime, stop))
     tune_gc()
     while not stop.wait(ORPHAN_CHECK_S):
         if os.getppid() != parent_pid:
             logger.warning(
-                "the run process is gone; stopping its senders",
-                extra={"action": "sender_process_orphaned"},
+                "the run process is gone; stopping its %s",
+                role,
+                extra={"action": _ACTIONS[role][3]},
             )
             stop.set()
-    pool.join(STOP_TIMEOUT_S)
-    if currents_pool is not None:
-        currents_pool.join(STOP_TIMEOUT_S)
+    for part in background:
+        if part is not None:
+            part.join(STOP_TIMEOUT_S)
     runtime.engine.dispose()

@@ -35,6 +35,10 @@ class Action(StrEnum):
     SENDER_PROCESS_DIED = "sender_process_died"
     SENDER_PROCESS_KILLED = "sender_process_killed"
     SENDER_PROCESS_ORPHANED = "sender_process_orphaned"
+    APPLIER_PROCESS_STARTED = "applier_process_started"
+    APPLIER_PROCESS_DIED = "applier_process_died"
+    APPLIER_PROCESS_KILLED = "applier_process_killed"
+    APPLIER_PROCESS_ORPHANED = "applier_process_orphaned"
     SQLITE_SINGLE_SENDER = "sqlite_single_sender"
     # worker registry (delivery/heartbeat.py)
     WORKER_REGISTERED = "worker_registered"

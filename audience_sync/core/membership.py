@@ -119,3 +119,40 @@ def plan_membership_changes(
         audience_names=audience_names,
         unresolved=unresolved,
     )
+
+
+def split_plan(plan: MembershipPlan, users_per_part: int) -> list[MembershipPlan]:
+    """The plan in parts of at most ``users_per_part`` users, each with those users'
+    memberships and every audience name; the unresolved counts go with the last part. Applied
+    in order, the parts have the plan's effect (upserts of disjoint users), in shorter
+    transactions. Always at least one part."""
+    external_ids = list(plan.users)
+    if len(external_ids) <= users_per_part:
+        return [plan]
+    by_user: dict[str, dict[tuple[str, int], bool]] = {}
+    for key, is_member in plan.memberships.items():
+        by_user.setdefault(key[0], {})[key] = is_member
+    parts = []
+    for start in range(0, len(external_ids), users_per_part):
+        chunk = external_ids[start : start + users_per_part]
+        memberships: dict[tuple[str, int], bool] = {}
+        for external_id in chunk:
+            memberships.update(by_user.pop(external_id, {}))
+        parts.append(
+            MembershipPlan(
+                users={e: plan.users[e] for e in chunk},
+                memberships=memberships,
+                audience_names=plan.audience_names,
+                unresolved=Counter(),
+            )
+        )
+    last = parts[-1]
+    for rest in by_user.values():  # memberships of no listed user: kept, never dropped
+        last.memberships.update(rest)
+    parts[-1] = MembershipPlan(
+        users=last.users,
+        memberships=last.memberships,
+        audience_names=last.audience_names,
+        unresolved=Counter(plan.unresolved),
+    )
+    return parts

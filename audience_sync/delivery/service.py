@@ -19,7 +19,9 @@ logger = logging.getLogger(__name__)
 class SenderPool:
     """``delivery.workers`` sender threads sharing one HTTP client and one rate budget."""
 
-    def __init__(self, runtime: Runtime, stop: threading.Event) -> None:
+    def __init__(
+        self, runtime: Runtime, stop: threading.Event, *, apply_journal: bool = True
+    ) -> None:
         settings = runtime.settings
         self.stop = stop
         workers = settings.get("delivery.workers")
@@ -49,8 +51,13 @@ class SenderPool:
             )
             for sender_id in self.heartbeat.sender_ids
         ]
-        self.applier = JournalApplier(
-            runtime.engine, coalesce_s=settings.get("delivery.coalesce_s"), stop=stop
+        # `run` applies the journal in a process of its own (audience_sync.sender_process).
+        self.applier = (
+            JournalApplier(
+                runtime.engine, coalesce_s=settings.get("delivery.coalesce_s"), stop=stop
+            )
+            if apply_journal
+            else None
         )
         self.threads = [
             threading.Thread(target=self._run, args=(s,), name=f"sender-{n}", daemon=True)
@@ -60,7 +67,8 @@ class SenderPool:
     def start(self) -> SenderPool:
         """Join the worker registry, then start every sender thread."""
         self.heartbeat.start()
-        self.applier.start()
+        if self.applier is not None:
+            self.applier.start()
         for thread in self.threads:
             thread.start()
         logger.info(
@@ -77,11 +85,15 @@ class SenderPool:
         """Wait for the senders to finish their current batch after ``stop`` is set."""
         for thread in self.threads:
             thread.join(timeout)
-        self.applier.join(timeout)
+        if self.applier is not None:
+            self.applier.join(timeout)
         self.heartbeat.join(timeout)
         self.client.close()
 
 
-def start_senders(runtime: Runtime, stop: threading.Event) -> SenderPool:
-    """Start this process's senders; they run until ``stop`` is set."""
-    return SenderPool(runtime, stop).start()
+def start_senders(
+    runtime: Runtime, stop: threading.Event, *, apply_journal: bool = True
+) -> SenderPool:
+    """Start this process's senders (and the journal applier, unless ``apply_journal`` is
+    False); they run until ``stop`` is set."""
+    return SenderPool(runtime, stop, apply_journal=apply_journal).start()

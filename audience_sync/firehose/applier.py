@@ -2,11 +2,13 @@
 seen audiences and the outbox marks of the users a message touched.
 
 The intake commits each accepted membership change to the journal and answers
-(:mod:`audience_sync.firehose.intake`); :class:`JournalApplier`, a thread beside the senders of
-``run``'s sending process or of a ``worker``, applies it in arrival order. Each transaction takes
+(:mod:`audience_sync.firehose.intake`); :class:`JournalApplier`, a thread in a process of its own
+under ``run`` (:mod:`audience_sync.sender_process`) or beside the senders of a ``worker``,
+applies it in arrival order. Each transaction takes
 the oldest entries up to :data:`APPLY_PROFILES` profiles, applies them and deletes them, so a
-crash leaves either an entry or its effects. Transactions stay short because a waiting intake
-request goes first at SQLite's writer gate but cannot interrupt a running transaction.
+crash leaves either an entry or its effects. On SQLite a waiting intake request goes first at
+the writer gate but cannot interrupt a running transaction: there the applier works in parts of
+:data:`SQLITE_USERS_PER_PART` users and commits between two parts when an intake request waits.
 
 The connection's delivery workspace is read when the entry is applied: a connection moved or
 paused meanwhile marks its users where it now delivers, as a later message would.
@@ -14,23 +16,29 @@ paused meanwhile marks its users where it now delivers, as a later message would
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
 from collections import Counter
+from dataclasses import dataclass
 
 import sqlalchemy as sa
 
+from audience_sync.core.membership import MembershipPlan, split_plan
 from audience_sync.store import counters, journal
 from audience_sync.store.connections import delivery_workspace_of_account
 from audience_sync.store.engine import read_only
 from audience_sync.store.memberships import apply_membership_plan
 from audience_sync.store.transactions import in_transaction
+from audience_sync.store.writer_gate import priority_writer_waiting
 
 logger = logging.getLogger(__name__)
 
 APPLY_PROFILES = 1000
-"""Profiles applied per transaction: about two 500-profile messages."""
+"""Profiles read per round: about two 500-profile messages (one transaction on PostgreSQL)."""
+SQLITE_USERS_PER_PART = 100
+"""Users per part on SQLite (a few ms): the longest an intake request waits for the applier."""
 IDLE_POLL_S = 0.05
 """Pause of an applier that found the journal empty."""
 FAILED_RETRY_S = 30.0
@@ -44,41 +52,135 @@ def apply_journal(
     max_profiles: int = APPLY_PROFILES,
     exclude: frozenset[int] = frozenset(),
 ) -> int:
-    """Apply the oldest journal entries (not in ``exclude``) in one transaction; returns how
-    many were applied, 0 when none waits."""
+    """Apply the oldest journal entries (not in ``exclude``); returns how many were applied,
+    0 when none waits."""
     with read_only(engine) as conn:
         entries = journal.oldest(conn, max_profiles=max_profiles, exclude=exclude)
     if not entries:
         return 0
     plans = {entry.seq: journal.decode_plan(entry.plan) for entry in entries}
+    if engine.dialect.name == "sqlite":
+        return _apply_yielding(engine, entries, plans, coalesce_s=coalesce_s)
+    return _apply_together(engine, entries, plans, coalesce_s=coalesce_s)
+
+
+def _apply_together(
+    engine: sa.Engine,
+    entries: list[journal.JournalEntry],
+    plans: dict[int, MembershipPlan],
+    *,
+    coalesce_s: float,
+) -> int:
+    """PostgreSQL: the entries in one transaction. Another worker's applier waits on the
+    entries this one deletes and then skips them."""
     now = time.time()
 
     def work(conn: sa.Connection) -> int:
         taken = journal.take(conn, [entry.seq for entry in entries])
-        workspaces: dict[int, int | None] = {}
         counts: Counter[tuple[str, str]] = Counter()
         for entry in entries:
-            if entry.seq not in taken:
-                continue  # applied by another worker (PostgreSQL)
-            account_id = entry.account_id
-            if account_id not in workspaces:
-                workspaces[account_id] = delivery_workspace_of_account(conn, account_id)
-            by_reason, _ = apply_membership_plan(
-                conn,
-                account_id=account_id,
-                plan=plans[entry.seq],
-                workspace_id=workspaces[account_id],
-                changed_at=entry.changed_at,
-                coalesce_s=coalesce_s,
-                now=now,
-            )
-            scope = f"account:{account_id}"
-            counts.update({(scope, reason): n for reason, n in by_reason.items()})
+            if entry.seq in taken:
+                by_reason = _apply_part(conn, entry, plans[entry.seq], coalesce_s, now)
+                counts.update(_scoped(entry, by_reason))
         counters.increment(conn, dict(counts), now=now)
         return len(taken)
 
     # A unique-key race on a new user's push tokens (store.memberships) is resolved by a rerun.
     return in_transaction(engine, work, action="firehose_apply", retry_conflicts=True)
+
+
+@dataclass(frozen=True)
+class _Step:
+    """One part of one entry; the last part of an entry deletes it and writes its counts."""
+
+    entry: journal.JournalEntry
+    part: MembershipPlan
+    last: bool
+
+
+def _apply_yielding(
+    engine: sa.Engine,
+    entries: list[journal.JournalEntry],
+    plans: dict[int, MembershipPlan],
+    *,
+    coalesce_s: float,
+) -> int:
+    """SQLite: the entries in parts of :data:`SQLITE_USERS_PER_PART` users, in as few
+    transactions as possible: the transaction commits between two parts whenever an intake
+    request waits for the one write lock, so that request waits for one part at most. An entry
+    is deleted, and its counters written, with its last part: after a crash between parts it is
+    applied again from the start, which sets the same values (upserts) and counts it once. One
+    process sends on SQLite, so no other applier runs meanwhile."""
+    steps = []
+    for entry in entries:
+        parts = split_plan(plans[entry.seq], SQLITE_USERS_PER_PART)
+        steps += [_Step(entry, part, n == len(parts)) for n, part in enumerate(parts, start=1)]
+    done = 0
+    counts: dict[int, Counter[str]] = {}
+    while done < len(steps):
+        work = functools.partial(
+            _apply_steps,
+            engine=engine,
+            steps=steps,
+            start=done,
+            counts=counts,
+            coalesce_s=coalesce_s,
+            now=time.time(),
+        )
+        done, counts = in_transaction(engine, work, action="firehose_apply", retry_conflicts=True)
+    return len(entries)
+
+
+def _apply_steps(
+    conn: sa.Connection,
+    *,
+    engine: sa.Engine,
+    steps: list[_Step],
+    start: int,
+    counts: dict[int, Counter[str]],
+    coalesce_s: float,
+    now: float,
+) -> tuple[int, dict[int, Counter[str]]]:
+    """Steps from ``start`` until done or an intake request waits; returns where it stopped
+    and the counts of the entries begun (new objects: a rerun starts from the caller's)."""
+    counts = {seq: Counter(c) for seq, c in counts.items()}
+    position = start
+    while position < len(steps):
+        step = steps[position]
+        seq = step.entry.seq
+        counts[seq] = counts.get(seq, Counter()) + _apply_part(
+            conn, step.entry, step.part, coalesce_s, now
+        )
+        if step.last and journal.take(conn, [seq]):
+            counters.increment(conn, _scoped(step.entry, counts.pop(seq)), now=now)
+        position += 1
+        if position < len(steps) and priority_writer_waiting(engine):
+            break
+    return position, counts
+
+
+def _apply_part(
+    conn: sa.Connection,
+    entry: journal.JournalEntry,
+    plan: MembershipPlan,
+    coalesce_s: float,
+    now: float,
+) -> Counter[str]:
+    by_reason, _ = apply_membership_plan(
+        conn,
+        account_id=entry.account_id,
+        plan=plan,
+        workspace_id=delivery_workspace_of_account(conn, entry.account_id),
+        changed_at=entry.changed_at,
+        coalesce_s=coalesce_s,
+        now=now,
+    )
+    return by_reason
+
+
+def _scoped(entry: journal.JournalEntry, by_reason: Counter[str]) -> dict[tuple[str, str], int]:
+    scope = f"account:{entry.account_id}"
+    return {(scope, reason): n for reason, n in by_reason.items()}
 
 
 def drain_journal(engine: sa.Engine, *, coalesce_s: float) -> int:

@@ -52,6 +52,11 @@ class PriorityLock:
                     self._cond.wait()
             self._held = True
 
+    @property
+    def priority_waiting(self) -> bool:
+        """Whether a priority holder waits now."""
+        return self._priority_waiting > 0
+
     def release(self) -> None:
         """Let the next holder in (a priority one first)."""
         with self._cond:
@@ -86,6 +91,15 @@ class _FileLocks:
             self._waiting -= 1
             if self._waiting == 0:
                 fcntl.flock(self.announce, fcntl.LOCK_UN)
+
+    def priority_writer_waiting(self) -> bool:
+        """Whether a priority writer of any process (this one included) waits now."""
+        try:
+            fcntl.flock(self.check, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(self.check, fcntl.LOCK_UN)
+        return False
 
     def wait_for_priority_writers(self) -> None:
         """Block while a priority writer of any process waits (before taking anything else:
@@ -150,12 +164,28 @@ def _database_file(engine: sa.Engine) -> str | None:
     return os.path.abspath(database)
 
 
-def writer_gate(engine: sa.Engine, *, priority: bool = False) -> t.ContextManager[None]:
-    """Hold the database's writer gate for one write transaction (a no-op on PostgreSQL)."""
-    if engine.dialect.name != "sqlite":
-        return contextlib.nullcontext()
+def _gate(engine: sa.Engine) -> _Gate:
     with _GATES_GUARD:
         gate = _GATES.get(engine)
         if gate is None:
             gate = _GATES[engine] = _Gate(_database_file(engine))
-    return gate.hold(priority=priority)
+    return gate
+
+
+def writer_gate(engine: sa.Engine, *, priority: bool = False) -> t.ContextManager[None]:
+    """Hold the database's writer gate for one write transaction (a no-op on PostgreSQL)."""
+    if engine.dialect.name != "sqlite":
+        return contextlib.nullcontext()
+    return _gate(engine).hold(priority=priority)
+
+
+def priority_writer_waiting(engine: sa.Engine) -> bool:
+    """Whether an intake writer waits for the gate now, in any process: a long writer holding
+    it commits what it has done and lets it in (always False on PostgreSQL)."""
+    if engine.dialect.name != "sqlite":
+        return False
+    gate = _gate(engine)
+    if gate.lock.priority_waiting:
+        return True
+    files = gate.files()
+    return files is not None and files.priority_writer_waiting()

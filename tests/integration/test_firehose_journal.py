@@ -208,3 +208,72 @@ def test_what_waits_in_the_journal_is_shown_by_status_the_dashboard_and_metrics(
     status = client.get("/api/v1/status", headers=BEARER).get_json()
     assert status["backlog"]["firehose_waiting"] == 0
     assert status["backlog"]["firehose_oldest_age_s"] is None
+
+
+def test_a_crash_inside_a_large_entry_applies_it_again_and_counts_it_once(
+    deferred, auth_headers, monkeypatch
+):
+    """On SQLite, with intake requests waiting, a large entry is applied in several
+    transactions and deleted with the last; a failure before that leaves the entry (and the
+    parts before), and applying it again gives the same state, counted once."""
+    from audience_sync.firehose import applier
+
+    monkeypatch.setattr(applier, "priority_writer_waiting", lambda engine: True)
+    runtime, client = deferred
+    engine = runtime.engine
+    users = [f"big-{n}" for n in range(250)]
+    message = membership(
+        ACCOUNT, [profile(u, [(1, "VIPs", "add"), (2, "Fans", "add")]) for u in users], **SETTINGS
+    )
+    post(client, message, auth_headers)
+
+    real_take = journal.take
+    calls = {"n": 0}
+
+    def failing_take(conn, seqs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("killed before the last part committed")
+        return real_take(conn, seqs)
+
+    monkeypatch.setattr(journal, "take", failing_take)
+    with pytest.raises(RuntimeError):
+        apply_journal(engine, coalesce_s=0.0)
+    assert _journal_size(engine) == 1  # kept
+    if engine.dialect.name == "sqlite":  # the parts before the last were committed alone
+        assert len(_memberships(engine)) == 400
+    else:  # one transaction per round on PostgreSQL
+        assert _memberships(engine) == {}
+
+    assert apply_journal(engine, coalesce_s=0.0) == 1
+    assert _journal_size(engine) == 0
+    assert _memberships(engine) == {(u, a): True for u in users for a in (1, 2)}
+    applied = _rows(
+        engine,
+        f"SELECT SUM(count) FROM counters WHERE reason = '{IntakeCounter.MEMBERSHIPS_APPLIED}'",
+    )
+    assert applied[0][0] == 500
+
+
+def test_without_a_waiting_intake_a_round_is_one_transaction(deferred, auth_headers):
+    runtime, client = deferred
+    engine = runtime.engine
+    for n in range(2):
+        users = [f"m{n}-{i}" for i in range(250)]
+        post(
+            client,
+            membership(ACCOUNT, [profile(u, [(1, "VIPs", "add")]) for u in users], **SETTINGS),
+            auth_headers,
+        )
+    commits = {"n": 0}
+
+    @sa.event.listens_for(engine, "commit")
+    def count(conn):
+        commits["n"] += 1
+
+    try:
+        assert apply_journal(engine, coalesce_s=0.0, max_profiles=500) == 2
+    finally:
+        sa.event.remove(engine, "commit", count)
+    assert commits["n"] == 1
+    assert len(_memberships(engine)) == 500

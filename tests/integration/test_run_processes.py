@@ -121,3 +121,52 @@ def test_a_killed_run_takes_its_sender_process_with_it(run_env, tmp_path):
     proc.wait(timeout=10)
     _wait_for(lambda: not _alive(child), log_path, timeout=60)
     assert any(a.get("action") == "sender_process_orphaned" for a in _actions(log_path))
+
+
+def _applier_pids(log_path):
+    return [
+        line["pid"]
+        for line in _actions(log_path)
+        if line.get("action") == "applier_process_started"
+    ]
+
+
+def _membership_count(env) -> int:
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(env["AUDIENCE_SYNC_DATABASE__URL"])
+    try:
+        with engine.connect() as conn:
+            return conn.execute(sa.text("SELECT COUNT(*) FROM memberships")).scalar_one()
+    finally:
+        engine.dispose()
+
+
+def test_the_journal_applier_has_its_own_process_and_a_killed_one_is_replaced(run_env, tmp_path):
+    """Acknowledged changes are applied by run's applier child, also after it was SIGKILLed."""
+    from audience_sync.firehose import testing as ft
+
+    env, _ = run_env
+    url = f"http://127.0.0.1:{env['AUDIENCE_SYNC_SERVER__PORT']}/firehose"
+    headers = {"Authorization": "Token t"}
+    log_path = tmp_path / "run.log"
+    proc = _start(run_env, log_path)
+    try:
+        (first,) = _wait_for(lambda: _applier_pids(log_path), log_path)
+        assert first not in (proc.pid, *_sender_pids(log_path))
+        body = ft.membership_request(9, [ft.profile("u1", [ft.audience_change(1)])])
+        assert requests.post(url, json=body, headers=headers, timeout=10).ok
+        _wait_for(lambda: _membership_count(env) == 1, log_path)
+
+        os.kill(first, signal.SIGKILL)
+        second = _wait_for(lambda: _applier_pids(log_path)[1:], log_path)[0]
+        assert _alive(second)
+        body = ft.membership_request(9, [ft.profile("u2", [ft.audience_change(1)])])
+        assert requests.post(url, json=body, headers=headers, timeout=10).ok
+        _wait_for(lambda: _membership_count(env) == 2, log_path)
+        assert any(a.get("action") == "applier_process_died" for a in _actions(log_path))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    assert proc.returncode == 0, log_path.read_text()
+    assert not _alive(second)

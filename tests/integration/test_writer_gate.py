@@ -102,3 +102,47 @@ def test_one_writer_at_a_time_across_gates(tmp_path):
     for thread in threads:
         thread.join(60)
     assert most == 1
+
+
+def test_a_long_writer_can_see_an_intake_writer_waiting_in_another_process(tmp_path):
+    """What the journal applier asks between two parts of its transaction."""
+    database = str(tmp_path / "db.sqlite")
+    intake_gate, applier_gate = _Gate(database), _Gate(database)
+    applier_files = applier_gate.files()
+    assert not applier_files.priority_writer_waiting()
+    held, release = threading.Event(), threading.Event()
+
+    def applier() -> None:
+        with applier_gate.hold(priority=False):
+            held.set()
+            release.wait(30)
+
+    def intake() -> None:
+        with intake_gate.hold(priority=True):
+            pass
+
+    writer = threading.Thread(target=applier)
+    writer.start()
+    held.wait(30)
+    assert not applier_files.priority_writer_waiting()  # nobody waits yet
+    waiting = threading.Thread(target=intake)
+    waiting.start()
+    _wait_until(applier_files.priority_writer_waiting)
+    release.set()
+    writer.join(30)
+    waiting.join(30)
+    assert not applier_files.priority_writer_waiting()  # the intake wrote and left
+
+
+def test_a_long_writer_sees_a_waiting_intake_writer_of_its_own_process(tmp_path):
+    gate = _Gate(None)  # in-memory database: the in-process lock only
+    gate.lock.acquire(priority=False)
+    assert not gate.lock.priority_waiting
+    waiting = threading.Thread(
+        target=lambda: (gate.lock.acquire(priority=True), gate.lock.release())
+    )
+    waiting.start()
+    _wait_until(lambda: gate.lock.priority_waiting)
+    gate.lock.release()
+    waiting.join(30)
+    assert not gate.lock.priority_waiting

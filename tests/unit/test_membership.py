@@ -111,3 +111,48 @@ def test_any_value_with_the_profile_shape_can_be_planned():
     plan = plan_membership_changes(settings(), [profile])
     assert plan.memberships == {("c1", 5): True, ("c1", 6): False}
     assert plan.audience_names == {5: "Five", 6: "Six"}
+
+
+def _plan_of(n_users: int, audiences_per_user: int = 2, unresolved: int = 0):
+    from collections import Counter
+
+    from audience_sync.core.membership import MembershipPlan, UserUpdate
+
+    users = {f"u{i}": UserUpdate(external_id=f"u{i}", email=f"{i}@x.io") for i in range(n_users)}
+    return MembershipPlan(
+        users=users,
+        memberships={(e, a): a % 2 == 0 for e in users for a in range(audiences_per_user)},
+        audience_names={a: f"A{a}" for a in range(audiences_per_user)},
+        unresolved=Counter({"no_external_id": unresolved} if unresolved else {}),
+    )
+
+
+@pytest.mark.parametrize(
+    ("n_users", "per_part", "sizes"),
+    [
+        (0, 100, [0]),
+        (1, 100, [1]),
+        (100, 100, [100]),
+        (101, 100, [100, 1]),
+        (250, 100, [100, 100, 50]),
+        (500, 100, [100] * 5),
+        (7, 3, [3, 3, 1]),
+    ],
+)
+def test_a_plan_splits_into_parts_that_together_are_the_plan(n_users, per_part, sizes):
+    from audience_sync.core.membership import split_plan
+
+    plan = _plan_of(n_users, unresolved=4)
+    parts = split_plan(plan, per_part)
+    assert [len(p.users) for p in parts] == sizes
+    merged_users: dict = {}
+    merged_memberships: dict = {}
+    for part in parts:
+        assert not set(part.users) & set(merged_users)  # every user in one part only
+        assert {e for e, _ in part.memberships} <= set(part.users)
+        assert part.audience_names == plan.audience_names
+        merged_users.update(part.users)
+        merged_memberships.update(part.memberships)
+    assert merged_users == plan.users
+    assert merged_memberships == plan.memberships
+    assert [sum(p.unresolved.values()) for p in parts] == [0] * (len(parts) - 1) + [4]
