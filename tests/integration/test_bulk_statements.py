@@ -301,3 +301,68 @@ def test_analyze_runs_on_postgresql_only(engine):
                 "SELECT last_analyze IS NOT NULL FROM pg_stat_user_tables WHERE relname = 'outbox'"
             ).scalar_one()
         assert analyzed
+
+
+def test_connection_audience_and_field_flag_rows_of_a_snapshot(engine, claimed):
+    from audience_sync.store.schema import audiences, connections, field_flags
+
+    with engine.begin() as conn:
+        conn.execute(
+            connections.insert(),
+            [
+                {
+                    "account_id": account,
+                    "account_settings": {"restApiKey": f"k{account}"},
+                    "settings_fingerprint": f"fp{account}",
+                    "state": "active",
+                    "settings_errors": [],
+                    "workspace_id": workspace,
+                    "created_at": 0.0,
+                    "updated_at": 0.0,
+                }
+                for account, workspace in ((1, claimed), (2, None))
+            ],
+        )
+        conn.execute(
+            audiences.insert(),
+            [
+                {
+                    "account_id": account,
+                    "audience_id": audience,
+                    "name": f"A{audience}",
+                    "state": state,
+                    "cleanup": cleanup,
+                    "created_at": 0.0,
+                    "updated_at": 0.0,
+                }
+                for account, audience, state, cleanup in (
+                    (1, 7, "active", False),
+                    (1, 8, "removed", True),
+                    (1, 9, "active", False),
+                    (2, 7, "active", False),
+                )
+            ],
+        )
+        conn.execute(
+            field_flags.insert(),
+            [
+                {
+                    "workspace_id": ws,
+                    "external_id": e,
+                    "field": "email",
+                    "fingerprint": f"d-{e}",
+                    "flag": "invalid_email",
+                    "flagged_at": 1.0,
+                }
+                for ws, e in ((claimed, "u0"), (claimed, "u2"), (claimed + 1, "u0"))
+            ],
+        )
+        statements = bulk.of(conn)
+        connection_rows = statements.connection_rows(conn, workspace_id=claimed)
+        audience_rows = statements.audience_rows(conn, accounts=[1], audience_ids=[7, 8, 10])
+        no_accounts = statements.audience_rows(conn, accounts=[], audience_ids=[7])
+        flag_rows = statements.field_flag_rows(conn, workspace_id=claimed, ids=["u0", "u1"])
+    assert connection_rows == [(1, {"restApiKey": "k1"}, "fp1", "active")]
+    assert sorted(audience_rows) == [(1, 7, "A7", "active", False), (1, 8, "A8", "removed", True)]
+    assert no_accounts == []
+    assert flag_rows == [("u0", "email", "d-u0", "invalid_email")]

@@ -237,3 +237,47 @@ def lease(
             {"worker": worker_id, "until": until, "ws": workspace_id, "ids": list(external_ids)},
         )
     ]
+
+
+def connection_rows(conn: sa.Connection, *, workspace_id: int) -> list[tuple[t.Any, ...]]:
+    """See :func:`audience_sync.store.bulk.sqlite.connection_rows`."""
+    return [
+        tuple(r)
+        for r in conn.exec_driver_sql(
+            "SELECT account_id, account_settings, settings_fingerprint, state FROM connections "
+            "WHERE workspace_id = %(ws)s",
+            {"ws": workspace_id},
+        )
+    ]
+
+
+def audience_rows(
+    conn: sa.Connection, *, accounts: Sequence[int], audience_ids: Sequence[int]
+) -> list[tuple[t.Any, ...]]:
+    """See :func:`audience_sync.store.bulk.sqlite.audience_rows`."""
+    if not accounts or not audience_ids:
+        return []
+    return [
+        tuple(r)
+        for r in conn.exec_driver_sql(
+            "SELECT account_id, audience_id, name, state, cleanup FROM audiences "
+            "WHERE account_id = ANY(%(accounts)s) AND audience_id = ANY(%(audiences)s)",
+            {"accounts": list(accounts), "audiences": list(audience_ids)},
+        )
+    ]
+
+
+def field_flag_rows(
+    conn: sa.Connection, *, workspace_id: int, ids: Sequence[str]
+) -> list[tuple[t.Any, ...]]:
+    """See :func:`audience_sync.store.bulk.sqlite.field_flag_rows`."""
+    if not ids:
+        return []
+    return [
+        tuple(r)
+        for r in conn.exec_driver_sql(
+            "SELECT external_id, field, fingerprint, flag FROM field_flags "
+            "WHERE workspace_id = %(ws)s AND external_id = ANY(%(ids)s)",
+            {"ws": workspace_id, "ids": list(ids)},
+        )
+    ]

@@ -240,3 +240,54 @@ def lease(
         ):
             leased.append((e, generation, attempts, first, _json(in_flight)))
     return leased
+
+
+def connection_rows(conn: sa.Connection, *, workspace_id: int) -> list[tuple[t.Any, ...]]:
+    """``(account_id, account_settings, settings_fingerprint, state)`` of the connections
+    writing to one workspace (settings decoded)."""
+    return [
+        (account_id, _json(settings), fingerprint, state)
+        for account_id, settings, fingerprint, state in conn.exec_driver_sql(
+            "SELECT account_id, account_settings, settings_fingerprint, state FROM connections "
+            "WHERE workspace_id = ?",
+            (workspace_id,),
+        )
+    ]
+
+
+def audience_rows(
+    conn: sa.Connection, *, accounts: Sequence[int], audience_ids: Sequence[int]
+) -> list[tuple[t.Any, ...]]:
+    """``(account_id, audience_id, name, state, cleanup)`` of ``audience_ids`` of ``accounts``
+    (``cleanup`` as a bool)."""
+    rows: list[tuple[t.Any, ...]] = []
+    if not accounts:
+        return rows
+    in_accounts = ", ".join("?" * len(accounts))
+    for start in range(0, len(audience_ids), ROWS_PER_STATEMENT):
+        chunk = tuple(audience_ids[start : start + ROWS_PER_STATEMENT])
+        for account_id, audience_id, name, state, cleanup in conn.exec_driver_sql(
+            "SELECT account_id, audience_id, name, state, cleanup FROM audiences "
+            f"WHERE account_id IN ({in_accounts}) "
+            f"AND audience_id IN ({', '.join('?' * len(chunk))})",
+            (*accounts, *chunk),
+        ):
+            rows.append((account_id, audience_id, name, state, bool(cleanup)))
+    return rows
+
+
+def field_flag_rows(
+    conn: sa.Connection, *, workspace_id: int, ids: Sequence[str]
+) -> list[tuple[t.Any, ...]]:
+    """``(external_id, field, fingerprint, flag)`` of the refused field values of ``ids``."""
+    rows: list[tuple[t.Any, ...]] = []
+    for start in range(0, len(ids), ROWS_PER_STATEMENT):
+        chunk = tuple(ids[start : start + ROWS_PER_STATEMENT])
+        rows.extend(
+            conn.exec_driver_sql(
+                "SELECT external_id, field, fingerprint, flag FROM field_flags "
+                f"WHERE workspace_id = ? AND external_id IN ({', '.join('?' * len(chunk))})",
+                (workspace_id, *chunk),
+            ).fetchall()
+        )
+    return [tuple(r) for r in rows]
