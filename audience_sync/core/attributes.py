@@ -246,7 +246,7 @@ class Uncertain:
     def from_json(cls, data: Mapping[str, Sequence[str]] | None) -> Uncertain:
         """Inverse of :meth:`to_json`."""
         if not data:
-            return cls()
+            return NOTHING_UNCERTAIN
         return cls(keys=frozenset(data.get("keys", ())), values=frozenset(data.get("values", ())))
 
 

@@ -16,6 +16,7 @@ import typing as t
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from audience_sync.core.attributes import (
     Contribution,
@@ -35,6 +36,8 @@ from audience_sync.core.states import DeliveryCounter, DeliveryOutcome
 
 WAIT_FOR_CONNECTION_S = 60.0
 """Users waiting for a connection to become valid are looked at again after this long."""
+NEVER_ACKNOWLEDGED: t.Final = Acknowledged(attributes=MappingProxyType({}))
+"""The acknowledged state of a user Braze never confirmed anything for (one shared value)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -125,7 +128,7 @@ def plan_batch(
         ):
             held_back[claim.external_id] = now + WAIT_FOR_CONNECTION_S
             continue
-        ack = snapshot.acknowledged.get(claim.external_id, Acknowledged())
+        ack = snapshot.acknowledged.get(claim.external_id, NEVER_ACKNOWLEDGED)
         if ack.last_write_at is not None and now < ack.last_write_at + min_resend_s:
             deferred[claim.external_id] = ack.last_write_at + min_resend_s
             continue

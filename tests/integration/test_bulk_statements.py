@@ -366,3 +366,19 @@ def test_connection_audience_and_field_flag_rows_of_a_snapshot(engine, claimed):
     assert sorted(audience_rows) == [(1, 7, "A7", "active", False), (1, 8, "A8", "removed", True)]
     assert no_accounts == []
     assert flag_rows == [("u0", "email", "d-u0", "invalid_email")]
+
+
+def test_driver_statements_run_in_the_connections_transaction_and_raise_sqlalchemy_errors(engine):
+    from audience_sync.store.bulk.driver import execute, fetch_all
+
+    mark = "?" if engine.dialect.name == "sqlite" else "%s"
+    with engine.connect() as conn:
+        execute(conn, "CREATE TABLE driver_probe (n INTEGER)", ())
+        # Begun as SQLAlchemy would: rolled back with the connection.
+        assert conn.in_transaction()
+        execute(conn, f"INSERT INTO driver_probe (n) VALUES ({mark})", (7,))
+        assert fetch_all(conn, "SELECT n FROM driver_probe", ()) == [(7,)]
+        with pytest.raises(sa.exc.DBAPIError):
+            fetch_all(conn, "SELECT n FROM no_such_table", ())
+    with engine.connect() as conn:
+        assert not sa.inspect(conn).has_table("driver_probe")
