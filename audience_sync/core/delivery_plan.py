@@ -339,7 +339,8 @@ def _compute_memo(
     write = Write(
         external_id=external_id,
         attributes=attributes,
-        acknowledged=dict(template.acknowledged),
+        # Shared by the users planned alike: read only, as every value of a Write.
+        acknowledged=template.acknowledged,
         datapoints=template.datapoints,
         charges=template.charges,
     )

@@ -382,3 +382,27 @@ def test_driver_statements_run_in_the_connections_transaction_and_raise_sqlalche
             fetch_all(conn, "SELECT n FROM no_such_table", ())
     with engine.connect() as conn:
         assert not sa.inspect(conn).has_table("driver_probe")
+
+
+def test_counts_and_datapoints_are_added_to_the_rows_of_their_keys(engine):
+    from audience_sync.core.states import DeliveryCounter
+    from audience_sync.store.schema import counters, datapoints
+
+    with engine.begin() as conn:
+        statements = bulk.of(conn)
+        statements.add_counts(
+            conn,
+            rows=[("2026-01-01", "workspace:1", DeliveryCounter.UNCHANGED, 2), ("d", "s", "r", 1)],
+        )
+        statements.add_counts(conn, rows=[("2026-01-01", "workspace:1", "unchanged", 5)])
+        statements.add_counts(conn, rows=[])
+        statements.add_datapoints(
+            conn, rows=[("2026-01-01", 1, 10, 7, 3), ("2026-01-01", 1, 10, 8, 1)]
+        )
+        statements.add_datapoints(conn, rows=[("2026-01-01", 1, 10, 7, 4)])
+        statements.add_datapoints(conn, rows=[])
+    with engine.connect() as conn:
+        counted = {tuple(r[:3]): r[3] for r in conn.execute(sa.select(counters))}
+        points = {tuple(r[:4]): r[4] for r in conn.execute(sa.select(datapoints))}
+    assert counted == {("2026-01-01", "workspace:1", "unchanged"): 7, ("d", "s", "r"): 1}
+    assert points == {("2026-01-01", 1, 10, 7): 7, ("2026-01-01", 1, 10, 8): 1}

@@ -296,3 +296,33 @@ def field_flag_rows(
             {"ws": workspace_id, "ids": list(ids)},
         )
     ]
+
+
+def add_counts(conn: sa.Connection, *, rows: Sequence[tuple[str, str, str, int]]) -> None:
+    """See :func:`audience_sync.store.bulk.sqlite.add_counts`."""
+    if not rows:
+        return
+    execute(
+        conn,
+        "INSERT INTO counters AS c (day, scope, reason, count) "
+        "SELECT v.day, v.scope, v.reason, v.n FROM jsonb_to_recordset(%(rows)s::jsonb) "
+        "AS v(day text, scope text, reason text, n bigint) "
+        "ON CONFLICT (day, scope, reason) DO UPDATE SET count = c.count + excluded.count",
+        {"rows": _records(("day", "scope", "reason", "n"), rows)},
+    )
+
+
+def add_datapoints(conn: sa.Connection, *, rows: Sequence[tuple[str, int, int, int, int]]) -> None:
+    """See :func:`audience_sync.store.bulk.sqlite.add_datapoints`."""
+    if not rows:
+        return
+    execute(
+        conn,
+        "INSERT INTO datapoints AS d (day, workspace_id, account_id, audience_id, points) "
+        "SELECT v.day, v.workspace_id, v.account_id, v.audience_id, v.points "
+        "FROM jsonb_to_recordset(%(rows)s::jsonb) AS v(day text, workspace_id integer, "
+        "account_id bigint, audience_id bigint, points bigint) "
+        "ON CONFLICT (day, workspace_id, account_id, audience_id) "
+        "DO UPDATE SET points = d.points + excluded.points",
+        {"rows": _records(("day", "workspace_id", "account_id", "audience_id", "points"), rows)},
+    )

@@ -302,3 +302,37 @@ def field_flag_rows(
             )
         )
     return rows
+
+
+_ADD_COUNTS_TAIL = (
+    " ON CONFLICT (day, scope, reason) DO UPDATE SET count = counters.count + excluded.count"
+)
+_ADD_DATAPOINTS_TAIL = (
+    " ON CONFLICT (day, workspace_id, account_id, audience_id) "
+    "DO UPDATE SET points = datapoints.points + excluded.points"
+)
+
+
+def add_counts(conn: sa.Connection, *, rows: Sequence[tuple[str, str, str, int]]) -> None:
+    """Add ``(day, scope, reason, n)`` rows to the counters (keys unique within ``rows``)."""
+    for chunk in _chunks(rows):
+        execute(
+            conn,
+            "INSERT INTO counters (day, scope, reason, count) VALUES "
+            + ", ".join(["(?, ?, ?, ?)"] * len(chunk))
+            + _ADD_COUNTS_TAIL,
+            tuple(itertools.chain.from_iterable(chunk)),
+        )
+
+
+def add_datapoints(conn: sa.Connection, *, rows: Sequence[tuple[str, int, int, int, int]]) -> None:
+    """Add ``(day, workspace_id, account_id, audience_id, points)`` rows to the data points
+    (keys unique within ``rows``)."""
+    for chunk in _chunks(rows):
+        execute(
+            conn,
+            "INSERT INTO datapoints (day, workspace_id, account_id, audience_id, points) VALUES "
+            + ", ".join(["(?, ?, ?, ?, ?)"] * len(chunk))
+            + _ADD_DATAPOINTS_TAIL,
+            tuple(itertools.chain.from_iterable(chunk)),
+        )
