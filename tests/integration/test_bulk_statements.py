@@ -406,3 +406,40 @@ def test_counts_and_datapoints_are_added_to_the_rows_of_their_keys(engine):
         points = {tuple(r[:4]): r[4] for r in conn.execute(sa.select(datapoints))}
     assert counted == {("2026-01-01", "workspace:1", "unchanged"): 7, ("d", "s", "r"): 1}
     assert points == {("2026-01-01", 1, 10, 7): 7, ("2026-01-01", 1, 10, 8): 1}
+
+
+def test_candidates_are_due_unleased_pending_rows_of_active_workspaces_oldest_first(engine):
+    with engine.begin() as conn:
+        active, suspended = (
+            conn.execute(
+                workspaces.insert()
+                .values(endpoint=f"http://{state}", key_fingerprint="f", state=state, created_at=0)
+                .returning(workspaces.c.id)
+            ).scalar_one()
+            for state in (WorkspaceState.ACTIVE, WorkspaceState.SUSPENDED)
+        )
+        for ws, external_id, due_at in (
+            (active, "late", 3.0),
+            (active, "early", 1.0),
+            (active, "future", 50.0),
+            (active, "leased", 1.0),
+            (suspended, "paused", 0.5),
+        ):
+            outbox.enqueue(conn, ws, [external_id], now=due_at)
+        conn.execute(
+            outbox_table.update()
+            .where(outbox_table.c.external_id == "leased")
+            .values(claimed_by="x", claimed_until=20.0)
+        )
+        statements = bulk.of(conn)
+
+        def pick(**options):
+            defaults = {"now": 10.0, "limit": 10, "pending": "pending", "workspace_id": None}
+            return statements.candidates(conn, **(defaults | options))
+
+        assert pick(active="active") == [(active, "early"), (active, "late")]
+        assert pick(active="active", limit=1) == [(active, "early")]
+        assert pick(active=None) == [(suspended, "paused"), (active, "early"), (active, "late")]
+        assert pick(active=None, workspace_id=suspended) == [(suspended, "paused")]
+        # The lease ran out: claimable again.
+        assert {e for _, e in pick(active="active", now=30.0)} == {"early", "leased", "late"}

@@ -326,3 +326,27 @@ def add_datapoints(conn: sa.Connection, *, rows: Sequence[tuple[str, int, int, i
         "DO UPDATE SET points = d.points + excluded.points",
         {"rows": _records(("day", "workspace_id", "account_id", "audience_id", "points"), rows)},
     )
+
+
+def candidates(
+    conn: sa.Connection,
+    *,
+    now: float,
+    limit: int,
+    pending: str,
+    active: str | None,
+    workspace_id: int | None,
+) -> list[tuple[t.Any, ...]]:
+    """See :func:`audience_sync.store.bulk.sqlite.candidates`; the rows are locked ``FOR UPDATE
+    SKIP LOCKED`` so concurrent senders never pick the same user."""
+    sql = (
+        "SELECT workspace_id, external_id FROM outbox WHERE state = %(pending)s "
+        "AND due_at <= %(now)s AND (claimed_until IS NULL OR claimed_until < %(now)s)"
+    )
+    if workspace_id is not None:
+        sql += " AND workspace_id = %(ws)s"
+    if active is not None:
+        sql += " AND workspace_id IN (SELECT id FROM workspaces WHERE state = %(active)s)"
+    sql += " ORDER BY due_at LIMIT %(limit)s FOR UPDATE OF outbox SKIP LOCKED"
+    params = {"pending": pending, "now": now, "ws": workspace_id, "active": active, "limit": limit}
+    return fetch_all(conn, sql, params)

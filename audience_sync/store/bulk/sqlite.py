@@ -336,3 +336,28 @@ def add_datapoints(conn: sa.Connection, *, rows: Sequence[tuple[str, int, int, i
             + _ADD_DATAPOINTS_TAIL,
             tuple(itertools.chain.from_iterable(chunk)),
         )
+
+
+def candidates(
+    conn: sa.Connection,
+    *,
+    now: float,
+    limit: int,
+    pending: str,
+    active: str | None,
+    workspace_id: int | None,
+) -> list[tuple[t.Any, ...]]:
+    """``(workspace_id, external_id)`` of up to ``limit`` due, unleased ``pending`` rows, oldest
+    due first; of workspaces in state ``active`` unless None, of one workspace if given."""
+    sql = (
+        "SELECT workspace_id, external_id FROM outbox WHERE state = ? AND due_at <= ? "
+        "AND (claimed_until IS NULL OR claimed_until < ?)"
+    )
+    params: list[t.Any] = [pending, now, now]
+    if workspace_id is not None:
+        sql += " AND workspace_id = ?"
+        params.append(workspace_id)
+    if active is not None:
+        sql += " AND workspace_id IN (SELECT id FROM workspaces WHERE state = ?)"
+        params.append(active)
+    return fetch_all(conn, sql + " ORDER BY due_at LIMIT ?", (*params, limit))
