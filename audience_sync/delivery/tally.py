@@ -15,7 +15,7 @@ from collections.abc import Mapping
 
 import sqlalchemy as sa
 
-from audience_sync.store.counters import increment, utc_day
+from audience_sync.store.counters import increment
 from audience_sync.store.datapoints import add_datapoints
 
 
@@ -25,9 +25,9 @@ class Tally:
     resend-everything output would have spent (for telemetry, after the commit)."""
 
     def __init__(self) -> None:
-        # day -> (a time of that day, counts, workspace -> charges)
+        # day number -> (a time of that day, counts, workspace -> charges)
         self._days: dict[
-            str, tuple[float, Counter[tuple[str, str]], dict[int, Counter[tuple[int, int]]]]
+            int, tuple[float, Counter[tuple[str, str]], dict[int, Counter[tuple[int, int]]]]
         ] = {}
         self.spent = 0
         self.full = 0
@@ -35,7 +35,8 @@ class Tally:
     def _day(
         self, now: float
     ) -> tuple[float, Counter[tuple[str, str]], dict[int, Counter[tuple[int, int]]]]:
-        day = utc_day(now)
+        # POSIX days are 86,400 s long: the day's number, not its formatted name, is the key.
+        day = int(now // 86_400)
         held = self._days.get(day)
         if held is None:
             held = self._days[day] = (now, Counter(), {})
