@@ -238,14 +238,11 @@ def last_audit_drift(conn: sa.Connection, account_id: int) -> dict[int, int] | N
         .order_by(job_runs_table.c.id.desc())
         .limit(1)
     ).scalar_one_or_none()
-    if (
-        details is None
-        and not conn.execute(
-            sa.select(job_runs_table.c.id)
-            .where(job_runs_table.c.job == AUDIT_JOB, job_runs_table.c.outcome == "ok")
-            .limit(1)
-        ).first()
-    ):
+    if details is None and not conn.execute(
+        sa.select(job_runs_table.c.id)
+        .where(job_runs_table.c.job == AUDIT_JOB, job_runs_table.c.outcome == "ok")
+        .limit(1)
+    ).first():
         return None
     drift: dict[int, int] = {}
     for entry in (details or {}).get("drift", []):
@@ -500,7 +497,9 @@ class JobRun:
     error: str | None = None
 
 
-def feed_states(conn: sa.Connection, platforms: Mapping[str, str] | None = None) -> list[FeedState]:
+def feed_states(
+    conn: sa.Connection, platforms: Mapping[str, str] | None = None
+) -> list[FeedState]:
     """Every Currents feed with its state and backlog, by name (configured feeds, and any feed
     that still has events). ``platforms``: the configured feeds' platforms, by name."""
     platforms = platforms or {}
