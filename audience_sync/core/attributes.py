@@ -105,7 +105,11 @@ class Write:
     @property
     def is_empty(self) -> bool:
         """Nothing to send: desired already equals acknowledged."""
-        return not any(k not in ("external_id", UPDATE_EXISTING_ONLY_KEY) for k in self.attributes)
+        attributes = self.attributes
+        # Counted, not scanned: asked of every planned user.
+        return len(attributes) == ("external_id" in attributes) + (
+            UPDATE_EXISTING_ONLY_KEY in attributes
+        )
 
 
 def per_segment_attribute(audience_name: str) -> str:
@@ -242,7 +246,7 @@ class Uncertain:
     def from_json(cls, data: Mapping[str, Sequence[str]] | None) -> Uncertain:
         """Inverse of :meth:`to_json`."""
         if not data:
-            return cls()
+            return NOTHING_UNCERTAIN
         return cls(keys=frozenset(data.get("keys", ())), values=frozenset(data.get("values", ())))
 
 

@@ -16,6 +16,7 @@ import typing as t
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from audience_sync.core.attributes import (
     Contribution,
@@ -35,6 +36,8 @@ from audience_sync.core.states import DeliveryCounter, DeliveryOutcome
 
 WAIT_FOR_CONNECTION_S = 60.0
 """Users waiting for a connection to become valid are looked at again after this long."""
+NEVER_ACKNOWLEDGED: t.Final = Acknowledged(attributes=MappingProxyType({}))
+"""The acknowledged state of a user Braze never confirmed anything for (one shared value)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -125,7 +128,7 @@ def plan_batch(
         ):
             held_back[claim.external_id] = now + WAIT_FOR_CONNECTION_S
             continue
-        ack = snapshot.acknowledged.get(claim.external_id, Acknowledged())
+        ack = snapshot.acknowledged.get(claim.external_id, NEVER_ACKNOWLEDGED)
         if ack.last_write_at is not None and now < ack.last_write_at + min_resend_s:
             deferred[claim.external_id] = ack.last_write_at + min_resend_s
             continue
@@ -261,10 +264,14 @@ def accepted_rows(
 ) -> tuple[list[AckRow], Counter[tuple[int, int]]]:
     """The acknowledged rows of writes the vendor accepted, and their data points per
     ``(account_id, audience_id)``."""
-    charges: Counter[tuple[int, int]] = Counter()
+    # Users planned alike share one charges mapping (_compute_memo): add each mapping once,
+    # times its users, rather than a Counter.update per user.
+    charge_maps: dict[int, Mapping[tuple[int, int], int]] = {}
+    users_of: Counter[int] = Counter()
     rows = []
     for p in accepted:
-        charges.update(p.write.charges)
+        charge_maps[id(p.write.charges)] = p.write.charges
+        users_of[id(p.write.charges)] += 1
         rows.append(
             AckRow(
                 external_id=p.claim.external_id,
@@ -274,6 +281,10 @@ def accepted_rows(
                 wrote=True,
             )
         )
+    charges: Counter[tuple[int, int]] = Counter()
+    for map_id, per_audience in charge_maps.items():
+        for key, points in per_audience.items():
+            charges[key] += points * users_of[map_id]
     return rows, charges
 
 
@@ -328,7 +339,8 @@ def _compute_memo(
     write = Write(
         external_id=external_id,
         attributes=attributes,
-        acknowledged=dict(template.acknowledged),
+        # Shared by the users planned alike: read only, as every value of a Write.
+        acknowledged=template.acknowledged,
         datapoints=template.datapoints,
         charges=template.charges,
     )

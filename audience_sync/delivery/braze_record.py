@@ -1,11 +1,14 @@
-"""What the Braze sender writes after each step, one function per transaction: the store work
-of a planned batch, of a request's outcome, of a hand-back, of a suspension. Each takes the
-connection of the sender's transaction (:meth:`audience_sync.delivery.loop.SenderLoop.transaction`).
+"""What the Braze sender writes after each step: the store work of a planned batch, of a
+request's outcome, of a hand-back, of a suspension. Each takes the connection of the sender's
+transaction (:meth:`audience_sync.delivery.loop.SenderLoop.transaction`). The records of a
+plan, a request's outcome and a hand-back are deferred to the sender's next transaction
+(:meth:`~audience_sync.delivery.loop.SenderLoop.defer`): their counts and data points go to
+that transaction's :class:`~audience_sync.delivery.tally.Tally`, written once at its end.
 """
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 
 import sqlalchemy as sa
@@ -22,9 +25,9 @@ from audience_sync.core.delivery_plan import (
 from audience_sync.core.retry import RetryPolicy
 from audience_sync.core.state import Claim, Failure
 from audience_sync.core.states import DeliveryCounter, DeliveryReason
+from audience_sync.delivery.tally import Tally
 from audience_sync.store import connections, outbox
 from audience_sync.store.counters import increment
-from audience_sync.store.datapoints import add_datapoints
 from audience_sync.store.field_flags import save_field_flags
 from audience_sync.store.ledger import save_acknowledged
 
@@ -34,7 +37,13 @@ def _scope(workspace_id: int) -> str:
 
 
 def record_plan(
-    conn: sa.Connection, *, worker_id: str, workspace_id: int, plan: BatchPlan, now: float
+    conn: sa.Connection,
+    tally: Tally,
+    *,
+    worker_id: str,
+    workspace_id: int,
+    plan: BatchPlan,
+    now: float,
 ) -> None:
     """Hand back the users that wait, finish those that need no write (recording their
     acknowledged state where it changed), and count new guard flags."""
@@ -55,20 +64,19 @@ def record_plan(
         now=now,
         next_due_at=now,
     )
-    scope = _scope(workspace_id)
-    counts = {(scope, flag): n for flag, n in plan.new_flags.items()}
+    counts = dict(plan.new_flags)
     if plan.unchanged:
-        counts[(scope, DeliveryCounter.UNCHANGED)] = len(plan.unchanged)
+        counts[DeliveryCounter.UNCHANGED] = len(plan.unchanged)
         # A resend-everything output would have sent these users whole.
-        counts[(scope, DeliveryCounter.DATAPOINTS_FULL)] = sum(
+        counts[DeliveryCounter.DATAPOINTS_FULL] = sum(
             datapoints_of(r.attributes) for r in plan.unchanged
         )
-    if counts:
-        increment(conn, counts, now=now)
+    tally.count(_scope(workspace_id), counts, now=now)
 
 
 def record_request(
     conn: sa.Connection,
+    tally: Tally,
     *,
     worker_id: str,
     workspace_id: int,
@@ -77,9 +85,9 @@ def record_request(
     counts: Mapping[str, int],
     now: float,
     next_due_at: float,
-) -> tuple[int, int]:
-    """Persist one request's outcome for every user in it; returns the data points spent and
-    those a resend-everything output would have spent on the same users."""
+) -> None:
+    """Persist one request's outcome for every user in it; the data points spent, and those a
+    resend-everything output would have spent on the same users, go to ``tally``."""
     owned = outbox.finish(
         conn,
         worker_id=worker_id,
@@ -92,19 +100,21 @@ def record_request(
     rows, charges = accepted_rows(p for p in accepted if p.claim.external_id in owned)
     save_acknowledged(conn, workspace_id=workspace_id, rows=rows, now=now)
     outbox.record_failures(conn, worker_id=worker_id, workspace_id=workspace_id, failures=failures)
-    add_datapoints(conn, workspace_id=workspace_id, charges=charges, now=now)
+    tally.charge(workspace_id, charges, now=now)
     spent = sum(charges.values())
     full = sum(datapoints_of(r.attributes) for r in rows)
-    totals = Counter(counts) + Counter(
-        {DeliveryCounter.DATAPOINTS: spent, DeliveryCounter.DATAPOINTS_FULL: full}
-    )
     scope = _scope(workspace_id)
-    increment(conn, {(scope, r): n for r, n in totals.items() if n}, now=now)
-    return spent, full
+    tally.count(scope, counts, now=now)
+    tally.count(
+        scope, {DeliveryCounter.DATAPOINTS: spent, DeliveryCounter.DATAPOINTS_FULL: full}, now=now
+    )
+    tally.spent += spent
+    tally.full += full
 
 
 def record_resends(
     conn: sa.Connection,
+    tally: Tally,
     *,
     worker_id: str,
     workspace_id: int,
@@ -136,8 +146,7 @@ def record_resends(
                 in_flight={p.external_id: p.in_flight_before() for p in group},
             )
     counts = {DeliveryReason.FIELD_REFUSED: len(refused), DeliveryReason.RESENT: len(resend)}
-    scope = _scope(workspace_id)
-    increment(conn, {(scope, r): n for r, n in counts.items() if n}, now=now)
+    tally.count(_scope(workspace_id), counts, now=now)
 
 
 def record_error(
@@ -178,6 +187,7 @@ def record_error(
 
 def release(
     conn: sa.Connection,
+    tally: Tally,
     *,
     worker_id: str,
     workspace_id: int,
@@ -195,7 +205,7 @@ def release(
         reason=reason,
         in_flight={p.external_id: p.in_flight_before() for p in batch},
     )
-    increment(conn, {(_scope(workspace_id), reason): len(batch)}, now=now)
+    tally.count(_scope(workspace_id), {reason: len(batch)}, now=now)
 
 
 def suspend(

@@ -6,9 +6,12 @@
 2. pack full ``/users/track`` requests (:func:`audience_sync.braze.requests.build_requests`) and
    send them within the key's rate budget, after renewing the lease and recording write-ahead
    what each request may change;
-3. record each user's outcome in one transaction per request: acknowledged state and data
-   points for the accepted, a durable retry time (or the dead-letter store) for the failed, and
-   a new due time without an attempt for the rate-limited and the suspended.
+3. record each user's outcome: acknowledged state and data points for the accepted, a durable
+   retry time (or the dead-letter store) for the failed, and a new due time without an attempt
+   for the rate-limited and the suspended. The record commits with the sender's next
+   transaction (the write-ahead of its next request, or the flush at the end of the claim or
+   before a wait for the rate budget): a claim of four requests writes in six transactions,
+   not ten, and its counts and data points are upserted once per transaction.
 
 Why one module past ~400 lines: refused-field resends, error isolation and splitting share the
 request state here; the answer handling is the next piece to move to braze_answers.py.
@@ -46,6 +49,7 @@ from audience_sync.delivery import braze_record as record
 from audience_sync.delivery.braze_answers import plan_partial
 from audience_sync.delivery.braze_target import ActiveConnections, Target, target_of
 from audience_sync.delivery.loop import SenderLoop, retry_policy
+from audience_sync.delivery.tally import Tally
 from audience_sync.settings import Settings
 from audience_sync.store import connections, outbox
 from audience_sync.store.engine import read_only
@@ -162,15 +166,15 @@ class BrazeSender(SenderLoop[Claim]):
             snapshot = load_snapshot(conn, workspace_id, ids, all_connections=True)
         active = self.active_connections.of(snapshot)
         if not active:
-            self.transaction(
-                lambda conn: outbox.release(
+            due_at = {i: now + WAIT_FOR_CONNECTION_S for i in ids}
+            self.defer(
+                lambda conn, tally: outbox.release(
                     conn,
                     worker_id=self.worker_id,
                     workspace_id=workspace_id,
-                    due_at={i: now + WAIT_FOR_CONNECTION_S for i in ids},
+                    due_at=due_at,
                     reason=DeliveryReason.NO_ACTIVE_CONNECTION,
-                ),
-                action="release",
+                )
             )
             return
         target = target_of(workspace_id, active)
@@ -184,11 +188,10 @@ class BrazeSender(SenderLoop[Claim]):
             array_write=self.array_write,
         )
 
-        self.transaction(
-            lambda conn: record.record_plan(
-                conn, worker_id=self.worker_id, workspace_id=workspace_id, plan=plan, now=now
-            ),
-            action="record_unchanged",
+        self.defer(
+            lambda conn, tally: record.record_plan(
+                conn, tally, worker_id=self.worker_id, workspace_id=workspace_id, plan=plan, now=now
+            )
         )
         if plan.pending:
             self._send_all(target, list(plan.pending), probe=probe)
@@ -263,9 +266,11 @@ class BrazeSender(SenderLoop[Claim]):
             self._send(target, [batch[i] for i in request.indices], request.body, probe=probe)
 
     def _wait_for_budget(self, target: Target) -> bool:
-        """Sleep until the key's budget allows a request; False if asked to stop meanwhile."""
+        """Sleep until the key's budget allows a request; False if asked to stop meanwhile.
+        Deferred records commit first: their users' leases would run on while it sleeps."""
         wait = self.budget.reserve(target.key_id)
         if wait > 0:
+            self.flush()
             return not self.stop.wait(wait)
         return True
 
@@ -386,18 +391,18 @@ class BrazeSender(SenderLoop[Claim]):
         self, target: Target, batch: Sequence[PendingWrite], due_at: float, *, reason: str
     ) -> None:
         """Hand users back without an attempt; Braze surely applied nothing of this write."""
-
-        self.transaction(
-            lambda conn: record.release(
+        now = self.clock()
+        self.defer(
+            lambda conn, tally: record.release(
                 conn,
+                tally,
                 worker_id=self.worker_id,
                 workspace_id=target.workspace_id,
                 batch=batch,
                 due_at=due_at,
                 reason=reason,
-                now=self.clock(),
-            ),
-            action="release",
+                now=now,
+            )
         )
 
     def _record(
@@ -409,14 +414,15 @@ class BrazeSender(SenderLoop[Claim]):
         *,
         answer: AnswerPlan | None = None,
     ) -> None:
-        """Persist one request's outcome for every user in it, in one transaction."""
+        """Persist one request's outcome for every user in it, with the next transaction."""
         now = self.clock()
         failures = self.plan_failures(failed, now=now, workspace_id=target.workspace_id)
         counts = counts + Counter(failures.counts)
 
-        def persist(conn: sa.Connection) -> tuple[int, int]:
-            spent_and_full = record.record_request(
+        def persist(conn: sa.Connection, tally: Tally) -> None:
+            record.record_request(
                 conn,
+                tally,
                 worker_id=self.worker_id,
                 workspace_id=target.workspace_id,
                 accepted=accepted,
@@ -428,12 +434,16 @@ class BrazeSender(SenderLoop[Claim]):
             if answer is not None:
                 record.record_resends(
                     conn,
+                    tally,
                     worker_id=self.worker_id,
                     workspace_id=target.workspace_id,
                     refused=answer.refused,
                     resend=answer.resend,
                     now=now,
                 )
-            return spent_and_full
 
-        telemetry.datapoints(*self.transaction(persist, action="record"))
+        self.defer(persist)
+
+    def committed(self, tally: Tally) -> None:
+        """Report the data points of the records just committed."""
+        telemetry.datapoints(tally.spent, tally.full)

@@ -32,6 +32,7 @@ import sqlalchemy as sa
 from audience_sync.core.delivery_plan import FailedWrite, FailurePlan, plan_failures
 from audience_sync.core.retry import RetryPolicy
 from audience_sync.core.states import DeliveryReason
+from audience_sync.delivery.tally import Tally
 from audience_sync.store.statistics import analyze
 from audience_sync.store.transactions import in_transaction
 
@@ -80,7 +81,7 @@ class SenderLoop(abc.ABC, t.Generic[Item]):
         self.clock = clock
         self.jitter = jitter
         self.stop = stop or threading.Event()
-        self._deferred: list[Callable[[sa.Connection], object]] = []
+        self._deferred: list[Callable[[sa.Connection, Tally], object]] = []
         self._next_analyze = 0.0
 
     # -- what a vendor supplies ----------------------------------------------------------------
@@ -177,40 +178,45 @@ class SenderLoop(abc.ABC, t.Generic[Item]):
         deferred, self._deferred = self._deferred, []
         if not deferred:
             return in_transaction(self.engine, work, action=action)
+        return self._run_deferred(deferred, work, action=action)
 
-        def all_work(conn: sa.Connection) -> T:
-            for step in deferred:
-                step(conn)
-            return work(conn)
-
-        return in_transaction(self.engine, all_work, action=action)
-
-    def defer(self, work: Callable[[sa.Connection], object]) -> None:
+    def defer(self, work: Callable[[sa.Connection, Tally], object]) -> None:
         """Commit ``work`` with the next transaction of this sender (at the latest at the end of
-        the iteration). Its parameters must be built already."""
+        the iteration, :meth:`flush`). Its parameters must be built already; its counts and
+        data points go to the transaction's :class:`~audience_sync.delivery.tally.Tally`."""
         self._deferred.append(work)
 
-    def take_flush(self) -> Callable[[sa.Connection], object] | None:
-        """Store work of the counts aggregated in memory since the last flush, or None; a
-        vendor's sender overrides it. Taken outside the transaction, so a retried transaction
-        writes the same counts."""
-        return None
-
     def flush(self) -> None:
-        """Commit the deferred store work and the aggregated counts now (once per iteration:
-        counter and data-point rows are then updated once per claim, not once per request)."""
+        """Commit the deferred store work now (once per iteration, and before a sender waits)."""
         deferred, self._deferred = self._deferred, []
-        flush = self.take_flush()
-        if not deferred and flush is None:
-            return
+        if deferred:
+            self._run_deferred(deferred, lambda conn: None, action="record")
 
-        def work(conn: sa.Connection) -> None:
+    def _run_deferred(
+        self,
+        deferred: list[Callable[[sa.Connection, Tally], object]],
+        work: Callable[[sa.Connection], T],
+        *,
+        action: str,
+    ) -> T:
+        tallies: list[Tally] = []
+
+        def all_work(conn: sa.Connection) -> T:
+            # A fresh tally per try: a retried transaction counts its steps once.
+            tally = Tally()
+            tallies[:] = [tally]
             for step in deferred:
-                step(conn)
-            if flush is not None:
-                flush(conn)
+                step(conn, tally)
+            result = work(conn)
+            tally.write(conn)
+            return result
 
-        in_transaction(self.engine, work, action="record")
+        result = in_transaction(self.engine, all_work, action=action)
+        self.committed(tallies[0])
+        return result
+
+    def committed(self, tally: Tally) -> None:
+        """After deferred work committed: a vendor reports its tally (telemetry)."""
 
     def plan_failures(
         self, failed: Sequence[FailedWrite], *, now: float, **log: t.Any

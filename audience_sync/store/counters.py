@@ -7,14 +7,13 @@ A scope names what is counted: ``"account:123"`` (a connection), ``"workspace:4"
 
 from __future__ import annotations
 
-import typing as t
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
 
+from audience_sync.store import bulk
 from audience_sync.store.schema import counters
-from audience_sync.store.statements import cached_statement, insert
 
 
 def utc_day(now: float) -> str:
@@ -27,22 +26,9 @@ def increment(conn: sa.Connection, counts: Mapping[tuple[str, str], int], *, now
     transaction. Zero counts are skipped; rows are written in key order so that concurrent
     writers lock them in the same order."""
     day = utc_day(now)
-    rows = [
-        {"day": day, "scope": scope, "reason": reason, "count": n}
-        for (scope, reason), n in sorted(counts.items())
-        if n
-    ]
-    if not rows:
-        return
-    conn.execute(cached_statement(conn, "counters.upsert", lambda: _upsert(conn)), rows)
-
-
-def _upsert(conn: sa.Connection) -> t.Any:
-    stmt = insert(conn, counters)
-    return stmt.on_conflict_do_update(
-        index_elements=[counters.c.day, counters.c.scope, counters.c.reason],
-        set_={"count": counters.c["count"] + stmt.excluded["count"]},
-    )
+    rows = [(day, scope, reason, n) for (scope, reason), n in sorted(counts.items()) if n]
+    if rows:
+        bulk.of(conn).add_counts(conn, rows=rows)
 
 
 def totals(

@@ -13,18 +13,9 @@ from collections.abc import Iterable, Sequence
 import sqlalchemy as sa
 
 from audience_sync.core.field_flags import FieldFlag
+from audience_sync.store import bulk
 from audience_sync.store.schema import field_flags
 from audience_sync.store.statements import cached_statement, insert
-
-_SELECT = sa.select(
-    field_flags.c.external_id,
-    field_flags.c.field,
-    field_flags.c.fingerprint,
-    field_flags.c.flag,
-).where(
-    field_flags.c.workspace_id == sa.bindparam("b_workspace_id"),
-    field_flags.c.external_id.in_(sa.bindparam("b_ids", expanding=True)),
-)
 
 
 def load_field_flags(
@@ -34,8 +25,8 @@ def load_field_flags(
     if not external_ids:
         return {}
     out: dict[str, list[FieldFlag]] = defaultdict(list)
-    for external_id, name, digest, flag in conn.execute(
-        _SELECT, {"b_workspace_id": workspace_id, "b_ids": list(external_ids)}
+    for external_id, name, digest, flag in bulk.of(conn).field_flag_rows(
+        conn, workspace_id=workspace_id, ids=external_ids
     ):
         out[external_id].append(FieldFlag(field=name, fingerprint=digest, flag=flag))
     return {k: tuple(sorted(v, key=lambda f: f.field)) for k, v in out.items()}

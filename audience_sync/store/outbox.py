@@ -16,7 +16,7 @@ from audience_sync.core.state import Claim, Failure
 from audience_sync.core.states import OutboxState, WorkspaceState
 from audience_sync.store import bulk
 from audience_sync.store.bulk import json_text
-from audience_sync.store.schema import outbox, workspaces
+from audience_sync.store.schema import outbox
 from audience_sync.store.statements import chunks, executemany, insert
 
 _COLUMNS = (
@@ -92,21 +92,15 @@ def claim(
     claimable again once it runs out. SQLite serialises writers (``BEGIN IMMEDIATE``), which
     gives the same exclusivity within its single sending process.
     """
-    candidates = sa.select(outbox.c.workspace_id, outbox.c.external_id).where(
-        outbox.c.state == OutboxState.PENDING,
-        outbox.c.due_at <= now,
-        sa.or_(outbox.c.claimed_until.is_(None), outbox.c.claimed_until < now),
-    )
-    if workspace_id is not None:
-        candidates = candidates.where(outbox.c.workspace_id == workspace_id)
-    if not include_suspended:
-        active = sa.select(workspaces.c.id).where(workspaces.c.state == WorkspaceState.ACTIVE)
-        candidates = candidates.where(outbox.c.workspace_id.in_(active.scalar_subquery()))
-    candidates = candidates.order_by(outbox.c.due_at).limit(limit)
-    if conn.dialect.name == "postgresql":
-        candidates = candidates.with_for_update(skip_locked=True, of=outbox)
     by_workspace: dict[int, list[str]] = {}
-    for ws, external_id in conn.execute(candidates):
+    for ws, external_id in bulk.of(conn).candidates(
+        conn,
+        now=now,
+        limit=limit,
+        pending=OutboxState.PENDING.value,
+        active=None if include_suspended else WorkspaceState.ACTIVE.value,
+        workspace_id=workspace_id,
+    ):
         by_workspace.setdefault(ws, []).append(external_id)
     # Then lease them by primary key, in the same transaction (the candidates are locked on
     # PostgreSQL). One UPDATE with a row-value IN (subquery) made SQLite walk the whole

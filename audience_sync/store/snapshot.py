@@ -18,41 +18,21 @@ from audience_sync.core.state import Acknowledged, ConnectionRow, Desired, Snaps
 from audience_sync.core.states import AudienceState, ConnectionState
 from audience_sync.store import bulk
 from audience_sync.store.field_flags import load_field_flags
-from audience_sync.store.schema import audiences, connections
 
 
 def load_connections(conn: sa.Connection, workspace_id: int) -> tuple[ConnectionRow, ...]:
     """The connections writing to one workspace."""
-    rows = conn.execute(
-        sa.select(
-            connections.c.account_id,
-            connections.c.account_settings,
-            connections.c.settings_fingerprint,
-            connections.c.state,
-        ).where(connections.c.workspace_id == workspace_id)
-    )
     return tuple(
         ConnectionRow(
-            account_id=r.account_id,
-            account_settings=r.account_settings,
-            settings_fingerprint=r.settings_fingerprint,
-            state=r.state,
+            account_id=account_id,
+            account_settings=settings,
+            settings_fingerprint=fingerprint,
+            state=state,
         )
-        for r in rows
+        for account_id, settings, fingerprint, state in bulk.of(conn).connection_rows(
+            conn, workspace_id=workspace_id
+        )
     )
-
-
-_ACCOUNTS = sa.bindparam("b_accounts", expanding=True)
-_SELECT_AUDIENCES = sa.select(
-    audiences.c.account_id,
-    audiences.c.audience_id,
-    audiences.c.name,
-    audiences.c.state,
-    audiences.c.cleanup,
-).where(
-    audiences.c.account_id.in_(_ACCOUNTS),
-    audiences.c.audience_id.in_(sa.bindparam("b_audience_ids", expanding=True)),
-)
 
 
 def load_snapshot(
@@ -94,11 +74,10 @@ def load_snapshot(
                 held.append((audience_id, is_member))
             audience_ids.add(audience_id)
         if audience_ids:
-            for account_id, audience_id, name, state, cleanup in conn.execute(
-                _SELECT_AUDIENCES,
-                {"b_accounts": accounts, "b_audience_ids": sorted(audience_ids)},
+            for account_id, audience_id, name, state, cleanup in bulk.of(conn).audience_rows(
+                conn, accounts=accounts, audience_ids=sorted(audience_ids)
             ):
-                cleaned = state == AudienceState.REMOVED and bool(cleanup)
+                cleaned = state == AudienceState.REMOVED and cleanup
                 names[(account_id, audience_id)] = (name, cleaned)
 
     desired: dict[str, list[Desired]] = defaultdict(list)
@@ -106,6 +85,7 @@ def load_snapshot(
     # Many users share one membership pattern: build each pattern's tuple once.
     patterns: dict[tuple[int, tuple[tuple[int, bool], ...]], tuple[tuple[int, str, bool], ...]]
     patterns = {}
+    shared: dict[tuple[t.Any, ...], Desired] = {}
     for key in set(user_rows) | set(member_rows):
         account_id, external_id = key
         row = user_rows.get(key)
@@ -121,15 +101,22 @@ def load_snapshot(
                 kept_list.append((audience_id, name, bool(is_member)))
                 audience_accounts.setdefault(audience_id, account_id)
             kept = patterns[pattern] = tuple(sorted(kept_list))
-        desired[external_id].append(
-            Desired(
+        if row is None:
+            fields = (account_id, None, 0.0, (), kept)
+        else:
+            fields = (account_id, row[0], row[2], tuple(row[1] or ()), kept)
+        # Users with the same desired row share one value (one hash, equal by identity in the
+        # planner's memo).
+        value = shared.get(fields)
+        if value is None:
+            value = shared[fields] = Desired(
                 account_id=account_id,
-                email=row[0] if row is not None else None,
-                email_updated_at=row[2] if row is not None else 0.0,
-                push_tokens=tuple(row[1] or ()) if row is not None else (),
+                email=fields[1],
+                email_updated_at=fields[2],
+                push_tokens=fields[3],
                 memberships=kept,
             )
-        )
+        desired[external_id].append(value)
 
     acknowledged: dict[str, Acknowledged] = {}
     for external_id, attributes, flags, last_write_at in acknowledged_list:

@@ -30,26 +30,40 @@ import sqlalchemy as sa
 
 
 class PriorityLock:
-    """A mutex whose waiting priority holders go before its waiting ordinary holders."""
+    """A mutex whose waiting priority holders go before its waiting ordinary holders.
+
+    A release wakes one waiter, of the class that goes next: waking every waiter made each
+    sender thread take the GIL, find the lock taken and wait again, at every transaction."""
 
     def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
+        lock = threading.Lock()
+        self._guard = lock
+        self._priority = threading.Condition(lock)
+        self._ordinary = threading.Condition(lock)
         self._held = False
         self._priority_waiting = 0
 
     def acquire(self, *, priority: bool) -> None:
         """Block until this thread holds the lock."""
-        with self._cond:
+        with self._guard:
             if priority:
                 self._priority_waiting += 1
                 try:
                     while self._held:
-                        self._cond.wait()
-                finally:
+                        self._priority.wait()
+                except BaseException:
+                    # The wake-up meant for this waiter goes to the next one.
                     self._priority_waiting -= 1
+                    self._wake_next()
+                    raise
+                self._priority_waiting -= 1
             else:
-                while self._held or self._priority_waiting:
-                    self._cond.wait()
+                try:
+                    while self._held or self._priority_waiting:
+                        self._ordinary.wait()
+                except BaseException:
+                    self._wake_next()
+                    raise
             self._held = True
 
     @property
@@ -59,9 +73,17 @@ class PriorityLock:
 
     def release(self) -> None:
         """Let the next holder in (a priority one first)."""
-        with self._cond:
+        with self._guard:
             self._held = False
-            self._cond.notify_all()
+            self._wake_next()
+
+    def _wake_next(self) -> None:
+        if self._held:
+            return
+        if self._priority_waiting:
+            self._priority.notify()
+        else:
+            self._ordinary.notify()
 
 
 class _FileLocks:

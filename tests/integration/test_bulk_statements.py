@@ -301,3 +301,145 @@ def test_analyze_runs_on_postgresql_only(engine):
                 "SELECT last_analyze IS NOT NULL FROM pg_stat_user_tables WHERE relname = 'outbox'"
             ).scalar_one()
         assert analyzed
+
+
+def test_connection_audience_and_field_flag_rows_of_a_snapshot(engine, claimed):
+    from audience_sync.store.schema import audiences, connections, field_flags
+
+    with engine.begin() as conn:
+        conn.execute(
+            connections.insert(),
+            [
+                {
+                    "account_id": account,
+                    "account_settings": {"restApiKey": f"k{account}"},
+                    "settings_fingerprint": f"fp{account}",
+                    "state": "active",
+                    "settings_errors": [],
+                    "workspace_id": workspace,
+                    "created_at": 0.0,
+                    "updated_at": 0.0,
+                }
+                for account, workspace in ((1, claimed), (2, None))
+            ],
+        )
+        conn.execute(
+            audiences.insert(),
+            [
+                {
+                    "account_id": account,
+                    "audience_id": audience,
+                    "name": f"A{audience}",
+                    "state": state,
+                    "cleanup": cleanup,
+                    "created_at": 0.0,
+                    "updated_at": 0.0,
+                }
+                for account, audience, state, cleanup in (
+                    (1, 7, "active", False),
+                    (1, 8, "removed", True),
+                    (1, 9, "active", False),
+                    (2, 7, "active", False),
+                )
+            ],
+        )
+        conn.execute(
+            field_flags.insert(),
+            [
+                {
+                    "workspace_id": ws,
+                    "external_id": e,
+                    "field": "email",
+                    "fingerprint": f"d-{e}",
+                    "flag": "invalid_email",
+                    "flagged_at": 1.0,
+                }
+                for ws, e in ((claimed, "u0"), (claimed, "u2"), (claimed + 1, "u0"))
+            ],
+        )
+        statements = bulk.of(conn)
+        connection_rows = statements.connection_rows(conn, workspace_id=claimed)
+        audience_rows = statements.audience_rows(conn, accounts=[1], audience_ids=[7, 8, 10])
+        no_accounts = statements.audience_rows(conn, accounts=[], audience_ids=[7])
+        flag_rows = statements.field_flag_rows(conn, workspace_id=claimed, ids=["u0", "u1"])
+    assert connection_rows == [(1, {"restApiKey": "k1"}, "fp1", "active")]
+    assert sorted(audience_rows) == [(1, 7, "A7", "active", False), (1, 8, "A8", "removed", True)]
+    assert no_accounts == []
+    assert flag_rows == [("u0", "email", "d-u0", "invalid_email")]
+
+
+def test_driver_statements_run_in_the_connections_transaction_and_raise_sqlalchemy_errors(engine):
+    from audience_sync.store.bulk.driver import execute, fetch_all
+
+    mark = "?" if engine.dialect.name == "sqlite" else "%s"
+    with engine.connect() as conn:
+        execute(conn, "CREATE TABLE driver_probe (n INTEGER)", ())
+        # Begun as SQLAlchemy would: rolled back with the connection.
+        assert conn.in_transaction()
+        execute(conn, f"INSERT INTO driver_probe (n) VALUES ({mark})", (7,))
+        assert fetch_all(conn, "SELECT n FROM driver_probe", ()) == [(7,)]
+        with pytest.raises(sa.exc.DBAPIError):
+            fetch_all(conn, "SELECT n FROM no_such_table", ())
+    with engine.connect() as conn:
+        assert not sa.inspect(conn).has_table("driver_probe")
+
+
+def test_counts_and_datapoints_are_added_to_the_rows_of_their_keys(engine):
+    from audience_sync.core.states import DeliveryCounter
+    from audience_sync.store.schema import counters, datapoints
+
+    with engine.begin() as conn:
+        statements = bulk.of(conn)
+        statements.add_counts(
+            conn,
+            rows=[("2026-01-01", "workspace:1", DeliveryCounter.UNCHANGED, 2), ("d", "s", "r", 1)],
+        )
+        statements.add_counts(conn, rows=[("2026-01-01", "workspace:1", "unchanged", 5)])
+        statements.add_counts(conn, rows=[])
+        statements.add_datapoints(
+            conn, rows=[("2026-01-01", 1, 10, 7, 3), ("2026-01-01", 1, 10, 8, 1)]
+        )
+        statements.add_datapoints(conn, rows=[("2026-01-01", 1, 10, 7, 4)])
+        statements.add_datapoints(conn, rows=[])
+    with engine.connect() as conn:
+        counted = {tuple(r[:3]): r[3] for r in conn.execute(sa.select(counters))}
+        points = {tuple(r[:4]): r[4] for r in conn.execute(sa.select(datapoints))}
+    assert counted == {("2026-01-01", "workspace:1", "unchanged"): 7, ("d", "s", "r"): 1}
+    assert points == {("2026-01-01", 1, 10, 7): 7, ("2026-01-01", 1, 10, 8): 1}
+
+
+def test_candidates_are_due_unleased_pending_rows_of_active_workspaces_oldest_first(engine):
+    with engine.begin() as conn:
+        active, suspended = (
+            conn.execute(
+                workspaces.insert()
+                .values(endpoint=f"http://{state}", key_fingerprint="f", state=state, created_at=0)
+                .returning(workspaces.c.id)
+            ).scalar_one()
+            for state in (WorkspaceState.ACTIVE, WorkspaceState.SUSPENDED)
+        )
+        for ws, external_id, due_at in (
+            (active, "late", 3.0),
+            (active, "early", 1.0),
+            (active, "future", 50.0),
+            (active, "leased", 1.0),
+            (suspended, "paused", 0.5),
+        ):
+            outbox.enqueue(conn, ws, [external_id], now=due_at)
+        conn.execute(
+            outbox_table.update()
+            .where(outbox_table.c.external_id == "leased")
+            .values(claimed_by="x", claimed_until=20.0)
+        )
+        statements = bulk.of(conn)
+
+        def pick(**options):
+            defaults = {"now": 10.0, "limit": 10, "pending": "pending", "workspace_id": None}
+            return statements.candidates(conn, **(defaults | options))
+
+        assert pick(active="active") == [(active, "early"), (active, "late")]
+        assert pick(active="active", limit=1) == [(active, "early")]
+        assert pick(active=None) == [(suspended, "paused"), (active, "early"), (active, "late")]
+        assert pick(active=None, workspace_id=suspended) == [(suspended, "paused")]
+        # The lease ran out: claimable again.
+        assert {e for _, e in pick(active="active", now=30.0)} == {"early", "leased", "late"}

@@ -19,7 +19,8 @@ def _wait_until(predicate, timeout=30.0):
 
 
 def _waiters(lock: PriorityLock) -> int:
-    return len(lock._cond._waiters)  # threads blocked in acquire()
+    # Threads blocked in acquire(), priority and ordinary.
+    return len(lock._priority._waiters) + len(lock._ordinary._waiters)
 
 
 @pytest.mark.parametrize("first", ["ordinary", "priority"])
@@ -44,6 +45,33 @@ def test_a_waiting_priority_holder_goes_before_waiting_ordinary_ones(first):
     for thread in threads:
         thread.join(30)
     assert order == ["priority", "ordinary"]
+
+
+def test_many_holders_of_both_kinds_each_get_the_lock_alone_and_none_is_left_waiting():
+    # A release wakes one waiter: a lost wake-up would leave a thread blocked here.
+    lock = PriorityLock()
+    inside = 0
+    most_inside = 0
+    taken = 0
+
+    def take(priority: bool) -> None:
+        nonlocal inside, most_inside, taken
+        for _ in range(200):
+            lock.acquire(priority=priority)
+            inside += 1
+            most_inside = max(most_inside, inside)
+            taken += 1
+            time.sleep(0)
+            inside -= 1
+            lock.release()
+
+    threads = [threading.Thread(target=take, args=(n % 3 == 0,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not any(thread.is_alive() for thread in threads)
+    assert (taken, most_inside, _waiters(lock)) == (8 * 200, 1, 0)
 
 
 def test_a_sender_waits_while_an_intake_writer_of_another_process_waits(tmp_path):

@@ -9,6 +9,8 @@ from collections.abc import Sequence
 import orjson
 import sqlalchemy as sa
 
+from audience_sync.store.bulk.driver import execute, fetch_all
+
 
 def _records(names: Sequence[str], rows: Sequence[tuple[t.Any, ...]]) -> str:
     # JSON values arrive encoded as text (or None): embed them as JSON, not as strings.
@@ -34,7 +36,8 @@ def renew(
     """See :func:`audience_sync.store.bulk.sqlite.renew`."""
     if not rows:
         return set()
-    result = conn.exec_driver_sql(
+    result = fetch_all(
+        conn,
         "UPDATE outbox AS o SET claimed_until = %(until)s, in_flight = v.in_flight "
         "FROM jsonb_to_recordset(%(rows)s::jsonb) AS v(external_id text, in_flight jsonb) "
         "WHERE o.workspace_id = %(ws)s AND o.external_id = v.external_id "
@@ -62,7 +65,8 @@ def release(
     if not rows:
         return
     in_flight = ", in_flight = v.in_flight" if set_in_flight else ""
-    conn.exec_driver_sql(
+    execute(
+        conn,
         "UPDATE outbox AS o SET claimed_by = NULL, claimed_until = NULL, due_at = v.due_at, "
         f"last_reason = coalesce(%(reason)s, o.last_reason){in_flight} "
         "FROM jsonb_to_recordset(%(rows)s::jsonb) "
@@ -98,7 +102,8 @@ def record_failures(
         "reason",
         "in_flight",
     )
-    conn.exec_driver_sql(
+    execute(
+        conn,
         "UPDATE outbox AS o SET claimed_by = NULL, claimed_until = NULL, attempts = v.attempts, "
         "first_failure_at = v.first_failure_at, due_at = v.due_at, "
         "state = CASE WHEN o.generation != o.claimed_generation THEN %(pending)s "
@@ -139,7 +144,8 @@ def save_acknowledged(
             for external_id, attributes, flags, last_write_at, outcome in rows
         ]
     ).decode()
-    conn.exec_driver_sql(
+    execute(
+        conn,
         "INSERT INTO braze_users AS b (workspace_id, external_id, attributes, flags, "
         "last_write_at, last_outcome, last_outcome_at, updated_at) "
         "SELECT %(ws)s, v.external_id, v.attributes, v.flags, v.last_write_at, v.outcome, "
@@ -166,13 +172,15 @@ def finish(
         return set()
     mine = "workspace_id = %(ws)s AND claimed_by = %(worker)s AND external_id = ANY(%(ids)s)"
     params = {"ws": workspace_id, "worker": worker_id, "ids": list(external_ids)}
-    deleted = conn.exec_driver_sql(
+    deleted = fetch_all(
+        conn,
         f"DELETE FROM outbox WHERE {mine} AND generation = claimed_generation "
         "RETURNING external_id",
         params,
     )
     owned = {r[0] for r in deleted}
-    released = conn.exec_driver_sql(
+    released = fetch_all(
+        conn,
         "UPDATE outbox SET claimed_by = NULL, claimed_until = NULL, due_at = %(due)s, "
         "attempts = 0, first_failure_at = NULL, last_reason = NULL, in_flight = NULL "
         f"WHERE {mine} RETURNING external_id",
@@ -193,7 +201,8 @@ def snapshot_rows(
         where = "account_id = ANY(%(accounts)s) AND external_id = ANY(%(ids)s)"
         users = [
             tuple(r)
-            for r in conn.exec_driver_sql(
+            for r in fetch_all(
+                conn,
                 "SELECT account_id, external_id, email, push_tokens, updated_at FROM users "
                 f"WHERE {where}",
                 params,
@@ -201,7 +210,8 @@ def snapshot_rows(
         ]
         members = [
             tuple(r)
-            for r in conn.exec_driver_sql(
+            for r in fetch_all(
+                conn,
                 "SELECT account_id, external_id, audience_id, is_member FROM memberships "
                 f"WHERE {where}",
                 params,
@@ -209,7 +219,8 @@ def snapshot_rows(
         ]
     acknowledged = [
         tuple(r)
-        for r in conn.exec_driver_sql(
+        for r in fetch_all(
+            conn,
             "SELECT external_id, attributes, flags, last_write_at FROM braze_users "
             "WHERE workspace_id = %(ws)s AND external_id = ANY(%(ids)s)",
             params,
@@ -229,7 +240,8 @@ def lease(
     """See :func:`audience_sync.store.bulk.sqlite.lease`."""
     return [
         tuple(r)
-        for r in conn.exec_driver_sql(
+        for r in fetch_all(
+            conn,
             "UPDATE outbox SET claimed_by = %(worker)s, claimed_until = %(until)s, "
             "claimed_generation = generation "
             "WHERE workspace_id = %(ws)s AND external_id = ANY(%(ids)s) "
@@ -237,3 +249,104 @@ def lease(
             {"worker": worker_id, "until": until, "ws": workspace_id, "ids": list(external_ids)},
         )
     ]
+
+
+def connection_rows(conn: sa.Connection, *, workspace_id: int) -> list[tuple[t.Any, ...]]:
+    """See :func:`audience_sync.store.bulk.sqlite.connection_rows`."""
+    return [
+        tuple(r)
+        for r in fetch_all(
+            conn,
+            "SELECT account_id, account_settings, settings_fingerprint, state FROM connections "
+            "WHERE workspace_id = %(ws)s",
+            {"ws": workspace_id},
+        )
+    ]
+
+
+def audience_rows(
+    conn: sa.Connection, *, accounts: Sequence[int], audience_ids: Sequence[int]
+) -> list[tuple[t.Any, ...]]:
+    """See :func:`audience_sync.store.bulk.sqlite.audience_rows`."""
+    if not accounts or not audience_ids:
+        return []
+    return [
+        tuple(r)
+        for r in fetch_all(
+            conn,
+            "SELECT account_id, audience_id, name, state, cleanup FROM audiences "
+            "WHERE account_id = ANY(%(accounts)s) AND audience_id = ANY(%(audiences)s)",
+            {"accounts": list(accounts), "audiences": list(audience_ids)},
+        )
+    ]
+
+
+def field_flag_rows(
+    conn: sa.Connection, *, workspace_id: int, ids: Sequence[str]
+) -> list[tuple[t.Any, ...]]:
+    """See :func:`audience_sync.store.bulk.sqlite.field_flag_rows`."""
+    if not ids:
+        return []
+    return [
+        tuple(r)
+        for r in fetch_all(
+            conn,
+            "SELECT external_id, field, fingerprint, flag FROM field_flags "
+            "WHERE workspace_id = %(ws)s AND external_id = ANY(%(ids)s)",
+            {"ws": workspace_id, "ids": list(ids)},
+        )
+    ]
+
+
+def add_counts(conn: sa.Connection, *, rows: Sequence[tuple[str, str, str, int]]) -> None:
+    """See :func:`audience_sync.store.bulk.sqlite.add_counts`."""
+    if not rows:
+        return
+    execute(
+        conn,
+        "INSERT INTO counters AS c (day, scope, reason, count) "
+        "SELECT v.day, v.scope, v.reason, v.n FROM jsonb_to_recordset(%(rows)s::jsonb) "
+        "AS v(day text, scope text, reason text, n bigint) "
+        "ON CONFLICT (day, scope, reason) DO UPDATE SET count = c.count + excluded.count",
+        {"rows": _records(("day", "scope", "reason", "n"), rows)},
+    )
+
+
+def add_datapoints(conn: sa.Connection, *, rows: Sequence[tuple[str, int, int, int, int]]) -> None:
+    """See :func:`audience_sync.store.bulk.sqlite.add_datapoints`."""
+    if not rows:
+        return
+    execute(
+        conn,
+        "INSERT INTO datapoints AS d (day, workspace_id, account_id, audience_id, points) "
+        "SELECT v.day, v.workspace_id, v.account_id, v.audience_id, v.points "
+        "FROM jsonb_to_recordset(%(rows)s::jsonb) AS v(day text, workspace_id integer, "
+        "account_id bigint, audience_id bigint, points bigint) "
+        "ON CONFLICT (day, workspace_id, account_id, audience_id) "
+        "DO UPDATE SET points = d.points + excluded.points",
+        {"rows": _records(("day", "workspace_id", "account_id", "audience_id", "points"), rows)},
+    )
+
+
+def candidates(
+    conn: sa.Connection,
+    *,
+    now: float,
+    limit: int,
+    pending: str,
+    active: str | None,
+    workspace_id: int | None,
+) -> list[tuple[t.Any, ...]]:
+    """See :func:`audience_sync.store.bulk.sqlite.candidates`; the rows are locked ``FOR UPDATE
+    SKIP LOCKED`` so concurrent senders never pick the same user."""
+    sql = (
+        "SELECT workspace_id, external_id FROM outbox WHERE state = %(pending)s "
+        "AND due_at <= %(now)s AND (claimed_until IS NULL OR claimed_until < %(now)s)"
+    )
+    if workspace_id is not None:
+        sql += " AND workspace_id = %(ws)s"
+    if active is not None:
+        sql += " AND workspace_id IN (SELECT id FROM workspaces WHERE state = %(active)s)"
+    sql += " ORDER BY due_at LIMIT %(limit)s FOR UPDATE OF outbox SKIP LOCKED"
+    params = {"pending": pending, "now": now, "ws": workspace_id, "active": active, "limit": limit}
+    return fetch_all(conn, sql, params)

@@ -10,6 +10,8 @@ from collections.abc import Sequence
 import orjson
 import sqlalchemy as sa
 
+from audience_sync.store.bulk.driver import execute, fetch_all
+
 ROWS_PER_STATEMENT = 500
 """Rows per statement: well under SQLite's 32,766 bound parameters."""
 
@@ -44,7 +46,7 @@ def renew(
             "AND outbox.claimed_by = ? RETURNING outbox.external_id"
         )
         params = (until, *itertools.chain.from_iterable(chunk), workspace_id, worker_id)
-        held.update(r[0] for r in conn.exec_driver_sql(sql, params))
+        held.update(r[0] for r in fetch_all(conn, sql, params))
     return held
 
 
@@ -69,7 +71,7 @@ def release(
             "AND outbox.claimed_by = ?"
         )
         params = (reason, *itertools.chain.from_iterable(chunk), workspace_id, worker_id)
-        conn.exec_driver_sql(sql, params)
+        execute(conn, sql, params)
 
 
 def record_failures(
@@ -102,7 +104,7 @@ def record_failures(
             "AND outbox.claimed_by = ?"
         )
         params = (pending, *itertools.chain.from_iterable(chunk), workspace_id, worker_id)
-        conn.exec_driver_sql(sql, params)
+        execute(conn, sql, params)
 
 
 _UPSERT_ACKNOWLEDGED_TAIL = (
@@ -142,7 +144,7 @@ def save_acknowledged(
                 now,
                 now,
             ]
-        conn.exec_driver_sql(sql, tuple(params))
+        execute(conn, sql, tuple(params))
 
 
 def finish(
@@ -161,13 +163,15 @@ def finish(
         marks = ", ".join("?" * len(chunk))
         mine = f"workspace_id = ? AND claimed_by = ? AND external_id IN ({marks})"
         params = (workspace_id, worker_id, *chunk)
-        deleted = conn.exec_driver_sql(
+        deleted = fetch_all(
+            conn,
             f"DELETE FROM outbox WHERE {mine} AND generation = claimed_generation "
             "RETURNING external_id",
             params,
         )
         owned.update(r[0] for r in deleted)
-        released = conn.exec_driver_sql(
+        released = fetch_all(
+            conn,
             "UPDATE outbox SET claimed_by = NULL, claimed_until = NULL, due_at = ?, "
             "attempts = 0, first_failure_at = NULL, last_reason = NULL, in_flight = NULL "
             f"WHERE {mine} RETURNING external_id",
@@ -197,20 +201,23 @@ def snapshot_rows(
         in_ids = ", ".join("?" * len(chunk))
         if accounts:
             where = f"account_id IN ({in_accounts}) AND external_id IN ({in_ids})"
-            for a, e, email, tokens, updated in conn.exec_driver_sql(
+            for a, e, email, tokens, updated in fetch_all(
+                conn,
                 "SELECT account_id, external_id, email, push_tokens, updated_at FROM users "
                 f"WHERE {where}",
                 (*accounts, *chunk),
             ):
                 users.append((a, e, email, _json(tokens), updated))
             members.extend(
-                conn.exec_driver_sql(
+                fetch_all(
+                    conn,
                     "SELECT account_id, external_id, audience_id, is_member FROM memberships "
                     f"WHERE {where}",
                     (*accounts, *chunk),
-                ).fetchall()
+                )
             )
-        for e, attributes, flags, last_write_at in conn.exec_driver_sql(
+        for e, attributes, flags, last_write_at in fetch_all(
+            conn,
             "SELECT external_id, attributes, flags, last_write_at FROM braze_users "
             f"WHERE workspace_id = ? AND external_id IN ({in_ids})",
             (workspace_id, *chunk),
@@ -232,7 +239,8 @@ def lease(
     leased: list[tuple[t.Any, ...]] = []
     for start in range(0, len(external_ids), ROWS_PER_STATEMENT):
         chunk = tuple(external_ids[start : start + ROWS_PER_STATEMENT])
-        for e, generation, attempts, first, in_flight in conn.exec_driver_sql(
+        for e, generation, attempts, first, in_flight in fetch_all(
+            conn,
             "UPDATE outbox SET claimed_by = ?, claimed_until = ?, claimed_generation = generation "
             f"WHERE workspace_id = ? AND external_id IN ({', '.join('?' * len(chunk))}) "
             "RETURNING external_id, generation, attempts, first_failure_at, in_flight",
@@ -240,3 +248,116 @@ def lease(
         ):
             leased.append((e, generation, attempts, first, _json(in_flight)))
     return leased
+
+
+def connection_rows(conn: sa.Connection, *, workspace_id: int) -> list[tuple[t.Any, ...]]:
+    """``(account_id, account_settings, settings_fingerprint, state)`` of the connections
+    writing to one workspace (settings decoded)."""
+    return [
+        (account_id, _json(settings), fingerprint, state)
+        for account_id, settings, fingerprint, state in fetch_all(
+            conn,
+            "SELECT account_id, account_settings, settings_fingerprint, state FROM connections "
+            "WHERE workspace_id = ?",
+            (workspace_id,),
+        )
+    ]
+
+
+def audience_rows(
+    conn: sa.Connection, *, accounts: Sequence[int], audience_ids: Sequence[int]
+) -> list[tuple[t.Any, ...]]:
+    """``(account_id, audience_id, name, state, cleanup)`` of ``audience_ids`` of ``accounts``
+    (``cleanup`` as a bool)."""
+    rows: list[tuple[t.Any, ...]] = []
+    if not accounts:
+        return rows
+    in_accounts = ", ".join("?" * len(accounts))
+    for start in range(0, len(audience_ids), ROWS_PER_STATEMENT):
+        chunk = tuple(audience_ids[start : start + ROWS_PER_STATEMENT])
+        for account_id, audience_id, name, state, cleanup in fetch_all(
+            conn,
+            "SELECT account_id, audience_id, name, state, cleanup FROM audiences "
+            f"WHERE account_id IN ({in_accounts}) "
+            f"AND audience_id IN ({', '.join('?' * len(chunk))})",
+            (*accounts, *chunk),
+        ):
+            rows.append((account_id, audience_id, name, state, bool(cleanup)))
+    return rows
+
+
+def field_flag_rows(
+    conn: sa.Connection, *, workspace_id: int, ids: Sequence[str]
+) -> list[tuple[t.Any, ...]]:
+    """``(external_id, field, fingerprint, flag)`` of the refused field values of ``ids``."""
+    rows: list[tuple[t.Any, ...]] = []
+    for start in range(0, len(ids), ROWS_PER_STATEMENT):
+        chunk = tuple(ids[start : start + ROWS_PER_STATEMENT])
+        rows.extend(
+            fetch_all(
+                conn,
+                "SELECT external_id, field, fingerprint, flag FROM field_flags "
+                f"WHERE workspace_id = ? AND external_id IN ({', '.join('?' * len(chunk))})",
+                (workspace_id, *chunk),
+            )
+        )
+    return rows
+
+
+_ADD_COUNTS_TAIL = (
+    " ON CONFLICT (day, scope, reason) DO UPDATE SET count = counters.count + excluded.count"
+)
+_ADD_DATAPOINTS_TAIL = (
+    " ON CONFLICT (day, workspace_id, account_id, audience_id) "
+    "DO UPDATE SET points = datapoints.points + excluded.points"
+)
+
+
+def add_counts(conn: sa.Connection, *, rows: Sequence[tuple[str, str, str, int]]) -> None:
+    """Add ``(day, scope, reason, n)`` rows to the counters (keys unique within ``rows``)."""
+    for chunk in _chunks(rows):
+        execute(
+            conn,
+            "INSERT INTO counters (day, scope, reason, count) VALUES "
+            + ", ".join(["(?, ?, ?, ?)"] * len(chunk))
+            + _ADD_COUNTS_TAIL,
+            tuple(itertools.chain.from_iterable(chunk)),
+        )
+
+
+def add_datapoints(conn: sa.Connection, *, rows: Sequence[tuple[str, int, int, int, int]]) -> None:
+    """Add ``(day, workspace_id, account_id, audience_id, points)`` rows to the data points
+    (keys unique within ``rows``)."""
+    for chunk in _chunks(rows):
+        execute(
+            conn,
+            "INSERT INTO datapoints (day, workspace_id, account_id, audience_id, points) VALUES "
+            + ", ".join(["(?, ?, ?, ?, ?)"] * len(chunk))
+            + _ADD_DATAPOINTS_TAIL,
+            tuple(itertools.chain.from_iterable(chunk)),
+        )
+
+
+def candidates(
+    conn: sa.Connection,
+    *,
+    now: float,
+    limit: int,
+    pending: str,
+    active: str | None,
+    workspace_id: int | None,
+) -> list[tuple[t.Any, ...]]:
+    """``(workspace_id, external_id)`` of up to ``limit`` due, unleased ``pending`` rows, oldest
+    due first; of workspaces in state ``active`` unless None, of one workspace if given."""
+    sql = (
+        "SELECT workspace_id, external_id FROM outbox WHERE state = ? AND due_at <= ? "
+        "AND (claimed_until IS NULL OR claimed_until < ?)"
+    )
+    params: list[t.Any] = [pending, now, now]
+    if workspace_id is not None:
+        sql += " AND workspace_id = ?"
+        params.append(workspace_id)
+    if active is not None:
+        sql += " AND workspace_id IN (SELECT id FROM workspaces WHERE state = ?)"
+        params.append(active)
+    return fetch_all(conn, sql + " ORDER BY due_at LIMIT ?", (*params, limit))

@@ -1,0 +1,40 @@
+"""Hand-written statements straight on the DBAPI cursor, rows as the driver's tuples.
+
+``Connection.exec_driver_sql`` still builds a SQLAlchemy result and a ``Row`` per row; on the
+sender's hot path (hundreds of rows per batch) that wrapping cost more than SQLite's own work.
+The statement runs on the connection's own DBAPI connection, so inside its transaction; a
+driver error is raised as SQLAlchemy's (``sa.exc.OperationalError`` for a locked database...),
+which the transaction runner and the sender loop handle.
+"""
+
+from __future__ import annotations
+
+import typing as t
+
+import sqlalchemy as sa
+
+
+def _run(conn: sa.Connection, sql: str, params: t.Any, *, rows: bool) -> list[tuple[t.Any, ...]]:
+    if not conn.in_transaction():
+        # Begun as SQLAlchemy would (on SQLite the engine's BEGIN, so reads see one snapshot).
+        conn.begin()
+    dbapi_error = conn.dialect.loaded_dbapi.Error
+    cursor = conn.connection.cursor()
+    try:
+        cursor.execute(sql, params)
+        return cursor.fetchall() if rows else []
+    except dbapi_error as exc:
+        raise sa.exc.DBAPIError.instance(sql, params, exc, dbapi_error) from exc
+    finally:
+        cursor.close()
+
+
+def fetch_all(conn: sa.Connection, sql: str, params: t.Any) -> list[tuple[t.Any, ...]]:
+    """Run ``sql`` (the driver's paramstyle) with ``params`` in ``conn``'s transaction; every
+    row as a tuple."""
+    return _run(conn, sql, params, rows=True)
+
+
+def execute(conn: sa.Connection, sql: str, params: t.Any) -> None:
+    """:func:`fetch_all` for a statement that returns no rows."""
+    _run(conn, sql, params, rows=False)
