@@ -42,6 +42,10 @@ RESTART_PAUSE_S = 1.0
 STOP_TIMEOUT_S = 30.0
 """How long a stopping child may take to finish its batch before it is killed."""
 ORPHAN_CHECK_S = 1.0
+CHILD_NICENESS = 10
+"""Added to the children's nice value. On the 2-core bench (HTTP, sender and applier processes
+with the local Braze server and load generator) ack p99 went from 140-150 ms to 128 ms at
+the same delivery rate."""
 
 
 def _mapping_proxy(items: dict[t.Any, t.Any]) -> MappingProxyType[t.Any, t.Any]:
@@ -160,6 +164,9 @@ def child_main(settings: Settings, parent_pid: int, role: str = "senders") -> No
     from audience_sync.runtime import Runtime
 
     configure_logging(settings.get("log.level"))
+    # Acknowledgements first: under a full CPU the scheduler favours the HTTP process, whose
+    # answers mParticle needs within 100 ms; the children still take every idle cycle.
+    os.nice(CHILD_NICENESS)
     stop = threading.Event()
 
     def _stop(signum: int, _frame: object) -> None:
