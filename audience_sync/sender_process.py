@@ -14,8 +14,9 @@ same stderr) and one SIGTERM:
 - The child dies (SIGKILL, a crash): the parent logs it and starts a new one after
   :data:`RESTART_PAUSE_S`. Leases of the dead child's users are cut short by the new child's
   start (the worker registry); until then they run out by themselves.
-- The parent dies (SIGKILL): the child notices it is orphaned within a second and stops, so the
-  restarted ``run`` is again the only sending process.
+- The parent dies (SIGKILL): on Linux the kernel kills the child with it (``PR_SET_PDEATHSIG``);
+  elsewhere the child notices it is orphaned within a second and stops. The restarted ``run`` is
+  again the only sending and applying process.
 
 Both sides write through the same SQLite writer gate (:mod:`audience_sync.store.writer_gate`),
 whose lock files make the intake go first across the two processes.
@@ -23,10 +24,12 @@ whose lock files make the intake go first across the two processes.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing
 import os
 import signal
+import sys
 import threading
 import typing as t
 from multiprocessing.reduction import ForkingPickler
@@ -42,6 +45,7 @@ RESTART_PAUSE_S = 1.0
 STOP_TIMEOUT_S = 30.0
 """How long a stopping child may take to finish its batch before it is killed."""
 ORPHAN_CHECK_S = 1.0
+PR_SET_PDEATHSIG = 1
 CHILD_NICENESS = 10
 """Added to the children's nice value. On the 2-core bench (HTTP, sender and applier processes
 with the local Braze server and load generator) ack p99 went from 140-150 ms to 128 ms at
@@ -126,18 +130,20 @@ class SenderProcess:
                 },
             )
             if self.stop.wait(RESTART_PAUSE_S):
-                return
+                break
             self.restarts += 1
             self._spawn()
+        # Stopped from this thread: a child it started dies with it (PR_SET_PDEATHSIG follows
+        # the starting thread), so it must outlive the child's graceful stop.
+        self._stop_child()
 
-    def join(self, timeout: float | None = None) -> None:
-        """Stop the child (``stop`` must be set): SIGTERM, wait, then SIGKILL."""
-        self._thread.join(timeout=5)
+    def _stop_child(self) -> None:
+        """SIGTERM, wait for the current batch, then SIGKILL."""
         child = self._child
         if child is None or not child.is_alive():
             return
         child.terminate()
-        child.join(STOP_TIMEOUT_S if timeout is None else timeout)
+        child.join(STOP_TIMEOUT_S)
         if child.is_alive():
             logger.warning(
                 "%s process did not stop in time; killing it",
@@ -147,10 +153,29 @@ class SenderProcess:
             child.kill()
             child.join(5)
 
+    def join(self, timeout: float | None = None) -> None:
+        """Wait for the child to stop (``stop`` must be set)."""
+        self._thread.join(STOP_TIMEOUT_S + 10 if timeout is None else timeout)
+
     @property
     def pid(self) -> int | None:
         """The current child's process id."""
         return None if self._child is None else self._child.pid
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """On Linux, have the kernel SIGKILL this child the moment its parent dies: a SIGKILLed
+    ``run`` restarted at once must not find its old sender or applier still writing beside the
+    new ones (the orphan check below only notices within :data:`ORPHAN_CHECK_S`)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent_pid:  # the parent died before prctl: nobody will kill us
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def child_main(settings: Settings, parent_pid: int, role: str = "senders") -> None:
@@ -163,6 +188,7 @@ def child_main(settings: Settings, parent_pid: int, role: str = "senders") -> No
     from audience_sync.process import tune_gc
     from audience_sync.runtime import Runtime
 
+    _die_with_parent(parent_pid)
     configure_logging(settings.get("log.level"))
     # Acknowledgements first: under a full CPU the scheduler favours the HTTP process, whose
     # answers mParticle needs within 100 ms; the children still take every idle cycle.
