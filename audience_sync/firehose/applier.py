@@ -51,15 +51,19 @@ def apply_journal(
     coalesce_s: float,
     max_profiles: int = APPLY_PROFILES,
     exclude: frozenset[int] = frozenset(),
+    up_to: int | None = None,
+    in_parts: bool = True,
 ) -> int:
-    """Apply the oldest journal entries (not in ``exclude``); returns how many were applied,
-    0 when none waits."""
+    """Apply the oldest journal entries (not in ``exclude``, none after ``up_to``); returns
+    how many were applied, 0 when none waits. ``in_parts``: on SQLite, in parts that let a
+    waiting intake request in (the applier's way; a request applying its own message is one of
+    those requests, and applies in one transaction)."""
     with read_only(engine) as conn:
-        entries = journal.oldest(conn, max_profiles=max_profiles, exclude=exclude)
+        entries = journal.oldest(conn, max_profiles=max_profiles, exclude=exclude, up_to=up_to)
     if not entries:
         return 0
     plans = {entry.seq: journal.decode_plan(entry.plan) for entry in entries}
-    if engine.dialect.name == "sqlite":
+    if in_parts and engine.dialect.name == "sqlite":
         return _apply_yielding(engine, entries, plans, coalesce_s=coalesce_s)
     return _apply_together(engine, entries, plans, coalesce_s=coalesce_s)
 
@@ -71,8 +75,8 @@ def _apply_together(
     *,
     coalesce_s: float,
 ) -> int:
-    """PostgreSQL: the entries in one transaction. Another worker's applier waits on the
-    entries this one deletes and then skips them."""
+    """The entries in one transaction (PostgreSQL, or a request applying its own message).
+    Another applier waits on the entries this one deletes and then skips them."""
     now = time.time()
 
     def work(conn: sa.Connection) -> int:
@@ -183,13 +187,24 @@ def _scoped(entry: journal.JournalEntry, by_reason: Counter[str]) -> dict[tuple[
     return {(scope, reason): n for reason, n in by_reason.items()}
 
 
-def drain_journal(engine: sa.Engine, *, coalesce_s: float) -> int:
-    """Apply every waiting entry (``firehose.apply_in_request``, tests, ``status``-free set-ups);
-    returns how many were applied."""
+def drain_journal(engine: sa.Engine, *, coalesce_s: float, up_to: int | None = None) -> int:
+    """Apply waiting entries, every one or (``up_to``) until that entry and the older ones are
+    applied: ``firehose.apply_in_request`` applies its own message, not those that keep
+    arriving after it. Returns how many entries this call applied."""
     applied = 0
-    while n := apply_journal(engine, coalesce_s=coalesce_s):
+    while up_to is None or _waits(engine, up_to):
+        n = apply_journal(engine, coalesce_s=coalesce_s, up_to=up_to, in_parts=False)
+        if n == 0:
+            if up_to is None:
+                break
+            time.sleep(IDLE_POLL_S)  # another request is applying it
         applied += n
     return applied
+
+
+def _waits(engine: sa.Engine, seq: int) -> bool:
+    with read_only(engine) as conn:
+        return journal.waits(conn, seq)
 
 
 class JournalApplier:

@@ -83,6 +83,7 @@ class IntakeResult:
     memberships: int = 0
     enqueued: int = 0
     connection_state: str | None = None
+    journal_seq: int | None = None  # the accepted membership change's journal entry
 
 
 def receive_subscription(
@@ -131,7 +132,7 @@ def receive_membership_change(
         if not record_message(conn, message.id, message.type, account_id, now):
             return _duplicate(conn, account_id, options, now)
         connection = _sync(conn, account_id, prepared, options, now)
-        journal.append(
+        seq = journal.append(
             conn,
             account_id=account_id,
             message_id=message.id,
@@ -141,6 +142,7 @@ def receive_membership_change(
             now=now,
         )
         return IntakeResult(
+            journal_seq=seq,
             suspend_subscription=_should_suspend(connection.workspace_state, options),
             users=len(plan.users),
             memberships=len(plan.memberships),
@@ -149,8 +151,8 @@ def receive_membership_change(
         )
 
     result = _run(engine, message.id, work)
-    if options.apply_in_request and not result.duplicate:
-        drain_journal(engine, coalesce_s=options.coalesce_s)
+    if options.apply_in_request and result.journal_seq is not None:
+        drain_journal(engine, coalesce_s=options.coalesce_s, up_to=result.journal_seq)
     return result
 
 

@@ -81,9 +81,9 @@ def append(
     profiles: int,
     plan: bytes,
     now: float,
-) -> None:
-    """Add one accepted message's encoded plan at the end of the journal."""
-    conn.execute(
+) -> int:
+    """Add one accepted message's encoded plan at the end of the journal; returns its seq."""
+    result = conn.execute(
         firehose_journal.insert(),
         {
             "account_id": account_id,
@@ -94,13 +94,18 @@ def append(
             "plan": plan,
         },
     )
+    return int(result.inserted_primary_key[0])
 
 
 def oldest(
-    conn: sa.Connection, *, max_profiles: int, exclude: frozenset[int] = frozenset()
+    conn: sa.Connection,
+    *,
+    max_profiles: int,
+    exclude: frozenset[int] = frozenset(),
+    up_to: int | None = None,
 ) -> list[JournalEntry]:
-    """The oldest entries not in ``exclude``, at least one (if any) and as many as fit in
-    ``max_profiles``."""
+    """The oldest entries not in ``exclude`` (and not after ``up_to``), at least one (if any)
+    and as many as fit in ``max_profiles``."""
     query = (
         sa.select(
             firehose_journal.c.seq,
@@ -115,6 +120,8 @@ def oldest(
     )
     if exclude:
         query = query.where(firehose_journal.c.seq.not_in(sorted(exclude)))
+    if up_to is not None:
+        query = query.where(firehose_journal.c.seq <= up_to)
     entries: list[JournalEntry] = []
     total = 0
     for seq, account_id, message_id, changed_at, profiles, plan in conn.execute(query):
@@ -161,6 +168,12 @@ def backlog(conn: sa.Connection) -> JournalBacklog:
         profiles=int(profiles),
         oldest_received_at=float(oldest_at) if oldest_at is not None else None,
     )
+
+
+def waits(conn: sa.Connection, seq: int) -> bool:
+    """Whether the entry ``seq``, or an older one, is still to be applied."""
+    query = sa.select(firehose_journal.c.seq).where(firehose_journal.c.seq <= seq).limit(1)
+    return conn.execute(query).first() is not None
 
 
 def is_empty(conn: sa.Connection) -> bool:

@@ -277,3 +277,20 @@ def test_without_a_waiting_intake_a_round_is_one_transaction(deferred, auth_head
         sa.event.remove(engine, "commit", count)
     assert commits["n"] == 1
     assert len(_memberships(engine)) == 500
+
+
+def test_a_request_applying_in_request_applies_its_own_message_and_no_later_one(
+    make_runtime, auth_headers
+):
+    from audience_sync.firehose.applier import drain_journal as real_drain
+
+    runtime = make_runtime(firehose__apply_in_request=False)
+    client = create_app(runtime=runtime).test_client()
+    post(client, _enter("early"), auth_headers)  # accepted earlier, still waiting
+    with runtime.engine.begin() as conn:
+        (mine,) = conn.execute(sa.select(firehose_journal.c.seq)).scalars()
+    post(client, _enter("later"), auth_headers)  # arrived after it
+
+    assert real_drain(runtime.engine, coalesce_s=0.0, up_to=mine) == 1
+    assert _memberships(runtime.engine) == {("early", 1): True}
+    assert _journal_size(runtime.engine) == 1
