@@ -112,10 +112,23 @@ class Engine:
             pids.extend(_children(proc.pid))
         return pids
 
+    def applier_pids(self) -> set[int]:
+        """run's journal applier children (from the log), which the sender CPU leaves out."""
+        pids = set()
+        for line in self.log.read_text(errors="replace").splitlines():
+            if '"applier_process_started"' in line:
+                try:
+                    pids.add(int(json.loads(line)["pid"]))
+                except (ValueError, KeyError):
+                    continue
+        return pids
+
     def sender_pids(self) -> list[int]:
-        """The processes that send: run's child, or the workers."""
+        """The processes that send: run's sender child, or the workers (whose journal applier
+        thread is counted with them)."""
         if self.commands == [["run"]]:
-            return _children(self.procs[0].pid)
+            appliers = self.applier_pids()
+            return [p for p in _children(self.procs[0].pid) if p not in appliers]
         return [p.pid for p in self.procs[1:]]
 
     def cpu_s(self) -> float:
