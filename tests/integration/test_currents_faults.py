@@ -25,8 +25,8 @@ from tests.fakes.mparticle_server import FakeMParticle
 
 pytestmark = pytest.mark.slow
 
-FILES = 40
-EVENTS_PER_FILE = 500
+FILES = 24
+EVENTS_PER_FILE = 400
 USERS = 37
 
 
