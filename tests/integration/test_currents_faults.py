@@ -25,8 +25,8 @@ from tests.fakes.mparticle_server import FakeMParticle
 
 pytestmark = pytest.mark.slow
 
-FILES = 24
-EVENTS_PER_FILE = 400
+FILES = 16
+EVENTS_PER_FILE = 300
 USERS = 37
 
 
