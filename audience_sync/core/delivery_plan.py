@@ -7,6 +7,9 @@ with its write-ahead record). :func:`plan_failures` turns a request's failed use
 retry or dead-letter decision of each, from the one retry policy. :func:`accepted_rows` is what
 to record for the users Braze accepted. No I/O, no clock: ``now`` and the jitter values are
 given.
+
+Why one module past ~400 lines: the three plans share the claim's value types and the write
+memo; apart, each would import the others' private helpers.
 """
 
 from __future__ import annotations

@@ -20,6 +20,9 @@ planning fails stays queued; the other feeds go on in the same run. Formation is
 A paused feed is probed with its oldest pending batch every ``currents.probe_interval_s``, and at
 once when its settings change; the first success resumes it. A SIGKILL anywhere loses nothing:
 until step 4 commits a batch is only leased, and a resend carries the same ``source_request_id``.
+
+Why one module past ~400 lines: the steps above share the sender's lease, budget and probe state;
+formation, recording and failure decisions already live in their own modules.
 """
 
 from __future__ import annotations
