@@ -13,7 +13,6 @@ names, "x": unresolved counts}``, every part a list of arrays.
 
 from __future__ import annotations
 
-import typing as t
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -174,9 +173,3 @@ def waits(conn: sa.Connection, seq: int) -> bool:
     """Whether the entry ``seq``, or an older one, is still to be applied."""
     query = sa.select(firehose_journal.c.seq).where(firehose_journal.c.seq <= seq).limit(1)
     return conn.execute(query).first() is not None
-
-
-def is_empty(conn: sa.Connection) -> bool:
-    """Whether every accepted message has been applied."""
-    row: t.Any = conn.execute(sa.select(firehose_journal.c.seq).limit(1)).first()
-    return row is None
