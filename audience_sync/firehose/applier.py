@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 
 APPLY_PROFILES = 1000
 """Profiles read per round: about two 500-profile messages (one transaction on PostgreSQL)."""
-SQLITE_USERS_PER_PART = 100
+SQLITE_USERS_PER_PART = 25
 """Users per part on SQLite (a few ms): the longest an intake request waits for the applier."""
 IDLE_POLL_S = 0.05
 """Pause of an applier that found the journal empty."""

@@ -16,7 +16,8 @@ from collections.abc import Callable, Mapping
 import sqlalchemy as sa
 
 from audience_sync.jobs.registry import JobContext, JobResult, JobSpec
-from audience_sync.store.retries import release_due
+from audience_sync.store.engine import read_only
+from audience_sync.store.retries import find_due, release_leases, stale_leases, summarize
 from audience_sync.store.transactions import in_transaction
 
 PAGE = 10_000
@@ -38,9 +39,15 @@ def run(ctx: JobContext) -> JobResult:
     """One pass over the due range of the outbox, then every registered source."""
     now = ctx.clock()
     engine = ctx.runtime.engine
-    found = in_transaction(
-        engine, lambda conn: release_due(conn, now=now, limit=PAGE), action="retry_due"
+    with read_only(engine) as conn:
+        rows = find_due(conn, now=now, limit=PAGE)
+    stale = stale_leases(rows, now=now)
+    released = (
+        in_transaction(engine, lambda conn: release_leases(conn, stale), action="retry_due")
+        if stale
+        else 0
     )
+    found = summarize(rows, now=now, released=released)
     counts: dict[str, int | float] = {
         "due_retries": found.due_retries,
         "leases_released": found.leases_released,

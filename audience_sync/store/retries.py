@@ -4,6 +4,7 @@ outbox."""
 
 from __future__ import annotations
 
+import typing as t
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -26,13 +27,9 @@ def due_range(now: float) -> sa.ColumnElement[bool]:
     return sa.and_(outbox.c.state == OutboxState.PENDING, outbox.c.due_at <= now)
 
 
-def release_due(conn: sa.Connection, *, now: float, limit: int) -> DueRetries:
-    """Hand back due retries whose sender died holding them, and measure the rest.
-
-    A sender that crashed leaves its users leased until the lease runs out; the claim query
-    already takes such rows, but clearing the stale lease makes them plainly pending again for
-    every reader (status, admin, a claim that filters on ``claimed_by``).
-    """
+def find_due(conn: sa.Connection, *, now: float, limit: int) -> list[sa.Row[t.Any]]:
+    """The oldest due rows (up to ``limit``): read outside the write transaction, so that
+    SQLite's one write lock is not held while thousands of rows are read."""
     due = (
         sa.select(
             outbox.c.workspace_id,
@@ -45,18 +42,40 @@ def release_due(conn: sa.Connection, *, now: float, limit: int) -> DueRetries:
         .order_by(outbox.c.due_at)
         .limit(limit)
     )
-    rows = list(conn.execute(due))
-    retries = [r for r in rows if r.attempts > 0]
-    stale = [r for r in rows if r.claimed_until is not None and r.claimed_until < now]
-    for row in stale:
-        conn.execute(
-            outbox.update()
-            .where(
-                outbox.c.workspace_id == row.workspace_id,
-                outbox.c.external_id == row.external_id,
-                outbox.c.claimed_until == row.claimed_until,
-            )
-            .values(claimed_by=None, claimed_until=None)
+    return list(conn.execute(due))
+
+
+def stale_leases(rows: t.Iterable[sa.Row[t.Any]], *, now: float) -> list[sa.Row[t.Any]]:
+    """Due rows still leased by a sender whose lease ran out."""
+    return [r for r in rows if r.claimed_until is not None and r.claimed_until < now]
+
+
+def release_leases(conn: sa.Connection, stale: t.Iterable[sa.Row[t.Any]]) -> int:
+    """Hand back due rows whose sender died holding them; a row whose lease changed since it
+    was read (renewed, claimed again, sent) is left alone. Returns how many were released.
+
+    A sender that crashed leaves its users leased until the lease runs out; the claim query
+    already takes such rows, but clearing the stale lease makes them plainly pending again for
+    every reader (status, admin, a claim that filters on ``claimed_by``).
+    """
+    params = [{"w": r.workspace_id, "e": r.external_id, "until": r.claimed_until} for r in stale]
+    if not params:
+        return 0
+    result = conn.execute(
+        outbox.update()
+        .where(
+            outbox.c.workspace_id == sa.bindparam("w"),
+            outbox.c.external_id == sa.bindparam("e"),
+            outbox.c.claimed_until == sa.bindparam("until"),
         )
+        .values(claimed_by=None, claimed_until=None),
+        params,
+    )
+    return max(0, result.rowcount)
+
+
+def summarize(rows: t.Sequence[sa.Row[t.Any]], *, now: float, released: int) -> DueRetries:
+    """What a pass found: due retries and how late the oldest is."""
+    retries = [r for r in rows if r.attempts > 0]
     late = max((now - r.due_at for r in retries), default=0.0)
-    return DueRetries(due_retries=len(retries), leases_released=len(stale), late_s=late)
+    return DueRetries(due_retries=len(retries), leases_released=released, late_s=late)
