@@ -37,6 +37,7 @@ import sqlalchemy as sa
 from audience_sync.core.attributes import Contribution, Membership, desired_attributes
 from audience_sync.core.connection import parse_send_segments_as
 from audience_sync.firehose import testing as ft
+from audience_sync.sender_process import CHILD_NAMES
 from audience_sync.store.engine import create_engine
 from audience_sync.store.migrate import upgrade
 from audience_sync.store.schema import firehose_journal, outbox
@@ -69,6 +70,13 @@ def _peak_rss_mb(pid: int) -> float:
     except OSError:
         pass
     return 0.0
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
 
 
 def _children(pid: int) -> list[int]:
@@ -113,15 +121,9 @@ class Engine:
         return pids
 
     def applier_pids(self) -> set[int]:
-        """run's journal applier children (from the log), which the sender CPU leaves out."""
-        pids = set()
-        for line in self.log.read_text(errors="replace").splitlines():
-            if '"applier_process_started"' in line:
-                try:
-                    pids.add(int(json.loads(line)["pid"]))
-                except (ValueError, KeyError):
-                    continue
-        return pids
+        """run's journal applier children (named by the engine), which the sender CPU leaves
+        out."""
+        return {p for p in _children(self.procs[0].pid) if _comm(p) == CHILD_NAMES["applier"]}
 
     def sender_pids(self) -> list[int]:
         """The processes that send: run's sender child, or the workers (whose journal applier
@@ -321,6 +323,7 @@ def run_one(args: argparse.Namespace, database: str, workers: int) -> dict[str, 
             args.threads,
         )
         applied_s = _wait_applied(engine, load_started, args.timeout)
+        applier_cpu_s = sum(_cpu_s(p) for p in engine_procs.applier_pids())
         watcher.join()
         if args.faults:  # and the intake's users are delivered too, before comparing
             deadline = time.perf_counter() + args.timeout
@@ -357,6 +360,11 @@ def run_one(args: argparse.Namespace, database: str, workers: int) -> dict[str, 
             "membership_changes_per_s": ack["membership_changes_per_s"],
             # Acknowledged changes are durable (the journal); applied = in the membership tables.
             "membership_changes_applied_per_s": round(changes / applied_s) if applied_s else None,
+            # run's applier child (after any SIGKILL: only its last life); a worker applies in
+            # its own process, counted with its senders.
+            "applier_cpu_us_per_applied_change": (
+                round(applier_cpu_s / changes * 1e6, 1) if applier_cpu_s and changes else None
+            ),
             "users_per_s": round(users_per_s),
             "loopback_capacity_users_per_s": capacity["users_per_s"],
             "ratio_to_capacity": round(users_per_s / max(1, capacity["users_per_s"]), 3),
