@@ -31,17 +31,27 @@ def apply_membership_plan(
     changed_at: float,
     coalesce_s: float,
     now: float,
+    known_states: dict[int, str] | None = None,
 ) -> tuple[Counter[str], int]:
     """Upsert users and memberships, register unknown audiences, mark users dirty in
     ``workspace_id`` (None while deliveries wait). Returns counts by reason (unresolved
-    profiles, skipped and applied memberships) and the number of memberships applied."""
+    profiles, skipped and applied memberships) and the number of memberships applied.
+
+    ``known_states``: the account's audience states already read in this transaction, where
+    nothing else can change them (SQLite's one writer); read ones are added to it, so the
+    parts of a large message read each audience once."""
     counts: Counter[str] = Counter(plan.unresolved)
 
     audience_ids = sorted(plan.audience_names)
-    states = audience_states(conn, account_id, audience_ids)
+    memo = {} if known_states is None else known_states
+    missing = [a for a in audience_ids if a not in memo]
+    if missing:
+        memo.update(audience_states(conn, account_id, missing))
+    states = {a: memo[a] for a in audience_ids if a in memo}
     unknown = {a: plan.audience_names[a] for a in audience_ids if a not in states}
     if unknown:
         insert_audiences(conn, account_id, unknown, now)
+        memo.update(dict.fromkeys(unknown, AudienceState.ACTIVE))
     removed = {a for a, s in states.items() if s == AudienceState.REMOVED}
 
     if removed:
