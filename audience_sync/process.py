@@ -65,8 +65,12 @@ def run_all(
     background: list[t.Any] = []
     if sqlite:
         from audience_sync.store.checkpoint import WalCheckpointer
+        from audience_sync.store.journal_file import journal_engine
 
         background.append(WalCheckpointer(runtime.engine, stop).start())
+        entries_engine = journal_engine(runtime.engine)
+        if entries_engine is not runtime.engine:  # the journal's own file
+            background.append(WalCheckpointer(entries_engine, stop).start())
     if senders and http:
         # `run`: the senders get their own process, so delivery and acknowledgements do not
         # share one GIL (audience_sync.sender_process).

@@ -39,6 +39,7 @@ from audience_sync.core.connection import parse_send_segments_as
 from audience_sync.firehose import testing as ft
 from audience_sync.sender_process import CHILD_NAMES
 from audience_sync.store.engine import create_engine
+from audience_sync.store.journal_file import journal_engine
 from audience_sync.store.migrate import upgrade
 from audience_sync.store.schema import firehose_journal, outbox
 from bench import firehose
@@ -224,7 +225,7 @@ def _pending(engine: sa.Engine, workspace_id: int) -> int:
 
 
 def _journal_waiting(engine: sa.Engine) -> int:
-    with engine.connect() as conn:
+    with journal_engine(engine).connect() as conn:
         return conn.execute(sa.select(sa.func.count()).select_from(firehose_journal)).scalar_one()
 
 

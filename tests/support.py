@@ -9,7 +9,8 @@ from collections.abc import Iterable, Mapping
 import sqlalchemy as sa
 
 from audience_sync.core.states import OutboxState
-from audience_sync.store.schema import firehose_journal, outbox
+from audience_sync.store.journal_file import journal_engine
+from audience_sync.store.schema import firehose_journal, firehose_messages, outbox
 
 
 def account(account_id: int, **settings: str) -> dict:
@@ -92,9 +93,23 @@ def pending_count(engine: sa.Engine) -> int:
 
 
 def journal_count(engine: sa.Engine) -> int:
-    """Firehose messages accepted and not yet applied (the journal)."""
-    with engine.connect() as conn:
+    """Firehose messages accepted and not yet applied (the journal, in its own file on
+    SQLite)."""
+    with journal_engine(engine).connect() as conn:
         return conn.execute(sa.select(sa.func.count()).select_from(firehose_journal)).scalar_one()
+
+
+def message_id_count(engine: sa.Engine) -> int:
+    """Firehose message ids recorded (membership changes' with the journal, in its own file on
+    SQLite)."""
+    engines = {engine, journal_engine(engine)}
+    total = 0
+    for each in engines:
+        with each.connect() as conn:
+            total += conn.execute(
+                sa.select(sa.func.count()).select_from(firehose_messages)
+            ).scalar_one()
+    return total
 
 
 def dead_count(engine: sa.Engine) -> int:

@@ -4,11 +4,13 @@ seen audiences and the outbox marks of the users a message touched.
 The intake commits each accepted membership change to the journal and answers
 (:mod:`audience_sync.firehose.intake`); :class:`JournalApplier`, a thread in a process of its own
 under ``run`` (:mod:`audience_sync.sender_process`) or beside the senders of a ``worker``,
-applies it in arrival order. Each transaction takes
-the oldest entries up to :data:`APPLY_PROFILES` profiles, applies them and deletes them, so a
-crash leaves either an entry or its effects. On SQLite a waiting intake request goes first at
-the writer gate but cannot interrupt a running transaction: there the applier works in parts of
-:data:`SQLITE_USERS_PER_PART` users and commits between two parts when an intake request waits.
+applies it in arrival order. Each round takes the oldest entries up to :data:`APPLY_PROFILES`
+profiles and ends each entry in the transaction of its effects, so a crash leaves either an entry
+or its effects: with the journal in the database (PostgreSQL) the entry is deleted there; with
+the journal in a file of its own (SQLite, :mod:`audience_sync.store.journal_file`) it is marked
+applied there and deleted from the file afterwards. On SQLite a waiting writer goes first at the
+gate but cannot interrupt a running transaction: there the applier works in parts of
+:data:`SQLITE_USERS_PER_PART` users and commits between two parts when a priority writer waits.
 
 The connection's delivery workspace is read when the entry is applied: a connection moved or
 paused meanwhile marks its users where it now delivers, as a later message would.
@@ -21,14 +23,16 @@ import logging
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import sqlalchemy as sa
 
 from audience_sync.core.membership import MembershipPlan, split_plan
-from audience_sync.store import counters, journal
+from audience_sync.store import counters, journal, journal_file
 from audience_sync.store.connections import delivery_workspace_of_account
 from audience_sync.store.engine import read_only
+from audience_sync.store.journal_file import journal_engine
 from audience_sync.store.memberships import apply_membership_plan
 from audience_sync.store.transactions import in_transaction
 from audience_sync.store.writer_gate import priority_writer_waiting
@@ -45,6 +49,11 @@ FAILED_RETRY_S = 30.0
 """Pause before an entry that failed alone is tried again."""
 
 
+Complete = Callable[[sa.Connection, list[journal.JournalEntry]], set[int]]
+"""Ends entries in the transaction of their effects; returns the seqs this transaction ended
+(the others were ended by another applier, and their effects must not be repeated)."""
+
+
 def apply_journal(
     engine: sa.Engine,
     *,
@@ -55,17 +64,93 @@ def apply_journal(
     in_parts: bool = True,
 ) -> int:
     """Apply the oldest journal entries (not in ``exclude``, none after ``up_to``); returns
-    how many were applied, 0 when none waits. ``in_parts``: on SQLite, in parts that let a
-    waiting intake request in (the applier's way; a request applying its own message is one of
-    those requests, and applies in one transaction)."""
-    with read_only(engine) as conn:
+    how many left the journal, 0 when none waits. ``in_parts``: on SQLite, in parts that let a
+    waiting writer in (the applier's way; a request applying its own message applies in one
+    transaction)."""
+    return _apply_from(
+        engine,
+        journal_engine(engine),
+        coalesce_s=coalesce_s,
+        max_profiles=max_profiles,
+        exclude=exclude,
+        up_to=up_to,
+        in_parts=in_parts,
+    )
+
+
+def drain_main_database_journal(engine: sa.Engine, *, coalesce_s: float) -> int:
+    """Apply what an earlier version left in the main database's journal table, where an
+    SQLite file database now keeps its journal in a file of its own (each entry is deleted with
+    its effects, as on PostgreSQL). Returns how many were applied."""
+    if journal_engine(engine) is engine:
+        return 0
+    applied = 0
+    while n := _apply_from(engine, engine, coalesce_s=coalesce_s, max_profiles=APPLY_PROFILES):
+        applied += n
+    return applied
+
+
+def _apply_from(
+    engine: sa.Engine,
+    entries_engine: sa.Engine,
+    *,
+    coalesce_s: float,
+    max_profiles: int,
+    exclude: frozenset[int] = frozenset(),
+    up_to: int | None = None,
+    in_parts: bool = True,
+) -> int:
+    with read_only(entries_engine) as conn:
         entries = journal.oldest(conn, max_profiles=max_profiles, exclude=exclude, up_to=up_to)
     if not entries:
         return 0
-    plans = {entry.seq: journal.decode_plan(entry.plan) for entry in entries}
-    if in_parts and engine.dialect.name == "sqlite":
-        return _apply_yielding(engine, entries, plans, coalesce_s=coalesce_s)
-    return _apply_together(engine, entries, plans, coalesce_s=coalesce_s)
+    separate = entries_engine is not engine
+    done: set[int] = set()
+    if separate:
+        # Applied before a crash (or by another request) but still in the journal file.
+        with read_only(engine) as conn:
+            done = journal_file.applied_among(conn, [(e.seq, e.message_id) for e in entries])
+        entries = [entry for entry in entries if entry.seq not in done]
+    if entries:
+        now = time.time()
+        complete: Complete = (
+            functools.partial(_mark_applied, now=now) if separate else _take_from_journal
+        )
+        plans = {entry.seq: journal.decode_plan(entry.plan) for entry in entries}
+        if in_parts and engine.dialect.name == "sqlite":
+            _apply_yielding(engine, entries, plans, coalesce_s=coalesce_s, complete=complete)
+        else:
+            _apply_together(engine, entries, plans, coalesce_s=coalesce_s, complete=complete)
+    if separate:
+        _delete_applied(engine, entries_engine, done | {entry.seq for entry in entries})
+    return len(done) + len(entries)
+
+
+def _take_from_journal(conn: sa.Connection, entries: list[journal.JournalEntry]) -> set[int]:
+    return journal.take(conn, [entry.seq for entry in entries])
+
+
+def _mark_applied(
+    conn: sa.Connection, entries: list[journal.JournalEntry], *, now: float
+) -> set[int]:
+    return journal_file.mark_applied(conn, [(e.seq, e.message_id) for e in entries], now=now)
+
+
+def _delete_applied(engine: sa.Engine, entries_engine: sa.Engine, seqs: set[int]) -> None:
+    """Delete applied entries from the journal file, then forget their marks (and any mark
+    older than the oldest entry left, should a crash have come between the two)."""
+    ordered = sorted(seqs)
+
+    def delete(conn: sa.Connection) -> int | None:
+        journal.take(conn, ordered)
+        return journal_file.oldest_seq(conn)
+
+    oldest = in_transaction(entries_engine, delete, action="firehose_journal_delete")
+
+    def forget(conn: sa.Connection) -> None:
+        journal_file.forget_marks(conn, below=oldest)
+
+    in_transaction(engine, forget, action="firehose_applied_forget")
 
 
 def _apply_together(
@@ -74,13 +159,14 @@ def _apply_together(
     plans: dict[int, MembershipPlan],
     *,
     coalesce_s: float,
+    complete: Complete,
 ) -> int:
     """The entries in one transaction (PostgreSQL, or a request applying its own message).
-    Another applier waits on the entries this one deletes and then skips them."""
+    Another applier waits on the entries this one ends and then skips them."""
     now = time.time()
 
     def work(conn: sa.Connection) -> int:
-        taken = journal.take(conn, [entry.seq for entry in entries])
+        taken = complete(conn, entries)
         counts: Counter[tuple[str, str]] = Counter()
         for entry in entries:
             if entry.seq in taken:
@@ -108,6 +194,7 @@ def _apply_yielding(
     plans: dict[int, MembershipPlan],
     *,
     coalesce_s: float,
+    complete: Complete,
 ) -> int:
     """SQLite: the entries in parts of :data:`SQLITE_USERS_PER_PART` users, in as few
     transactions as possible: the transaction commits between two parts whenever an intake
@@ -129,6 +216,7 @@ def _apply_yielding(
             start=done,
             counts=counts,
             coalesce_s=coalesce_s,
+            complete=complete,
             now=time.time(),
         )
         done, counts = in_transaction(engine, work, action="firehose_apply", retry_conflicts=True)
@@ -143,6 +231,7 @@ def _apply_steps(
     start: int,
     counts: dict[int, Counter[str]],
     coalesce_s: float,
+    complete: Complete,
     now: float,
 ) -> tuple[int, dict[int, Counter[str]]]:
     """Steps from ``start`` until done or an intake request waits; returns where it stopped
@@ -170,7 +259,7 @@ def _apply_steps(
             known_states=audience_states.setdefault(account_id, {}),
         )
         counts[seq] = counts.get(seq, Counter()) + by_reason
-        if step.last and journal.take(conn, [seq]):
+        if step.last and complete(conn, [step.entry]):
             counters.increment(conn, _scoped(step.entry, counts.pop(seq)), now=now)
         position += 1
         if position < len(steps) and priority_writer_waiting(engine):
@@ -218,7 +307,7 @@ def drain_journal(engine: sa.Engine, *, coalesce_s: float, up_to: int | None = N
 
 
 def _waits(engine: sa.Engine, seq: int) -> bool:
-    with read_only(engine) as conn:
+    with read_only(journal_engine(engine)) as conn:
         return journal.waits(conn, seq)
 
 
@@ -246,6 +335,10 @@ class JournalApplier:
     def run(self) -> None:
         """Apply until stopped; idle pauses are short, so an entry waits at most
         :data:`IDLE_POLL_S` plus the work before it."""
+        try:
+            drain_main_database_journal(self.engine, coalesce_s=self.coalesce_s)
+        except Exception:  # left where it is; logged, and tried again at the next start
+            logger.exception("applying the main database's Firehose journal table failed")
         while not self.stop.is_set():
             if self.run_once() == 0:
                 self.stop.wait(IDLE_POLL_S)
@@ -262,7 +355,7 @@ class JournalApplier:
 
     def _apply_alone(self, exclude: frozenset[int]) -> int:
         try:
-            with read_only(self.engine) as conn:
+            with read_only(journal_engine(self.engine)) as conn:
                 entries = journal.oldest(conn, max_profiles=1, exclude=exclude)
         except Exception:
             logger.exception("reading the Firehose journal failed")

@@ -1,13 +1,14 @@
-"""The Firehose intake service: commits one validated message in one transaction, together
-with its message id (idempotency, SPEC §3.1). The view calls :func:`receive_subscription` and
+"""The Firehose intake service: commits one validated message, together with its message id
+(idempotency, SPEC §3.1). The view calls :func:`receive_subscription` and
 :func:`receive_membership_change`; the tables are written by the store's repositories, the
 decisions come from the core; nothing here talks to Braze.
 
 A subscription is applied at once. A membership change is resolved into its plan (pure) and the
-plan is committed to the journal (:mod:`audience_sync.store.journal`); a worker's
-:class:`audience_sync.firehose.applier.JournalApplier` applies it to users, memberships and the
-outbox (SPEC §4.1) moments later, so the answer costs a fraction of the work. With
-``firehose.apply_in_request`` the request applies the journal itself before answering.
+plan is committed to the journal (:mod:`audience_sync.store.journal`; on SQLite in a file of its
+own, :mod:`audience_sync.store.journal_file`, so the answer never waits for delivery's writes);
+a worker's :class:`audience_sync.firehose.applier.JournalApplier` applies it to users,
+memberships and the outbox (SPEC §4.1) moments later, so the answer costs a fraction of the work.
+With ``firehose.apply_in_request`` the request applies the journal itself before answering.
 
 Everything pure (merging and parsing the settings, resolving profiles, encoding the plan) runs
 before the write transaction, so SQLite's write lock is held only for the statements.
@@ -33,9 +34,11 @@ from audience_sync.store.connections import (
     Connection,
     stored_account_settings,
     sync_connection,
+    unchanged_connection,
     workspace_state_of_account,
 )
 from audience_sync.store.engine import read_only
+from audience_sync.store.journal_file import journal_engine
 from audience_sync.store.messages import is_recorded, record_message
 from audience_sync.store.transactions import in_transaction
 
@@ -128,11 +131,8 @@ def receive_membership_change(
     encoded = journal.encode_plan(plan)
     changed_at = message.timestamp_ms / 1000 if message.timestamp_ms is not None else now
 
-    def work(conn: sa.Connection) -> IntakeResult:
-        if not record_message(conn, message.id, message.type, account_id, now):
-            return _duplicate(conn, account_id, options, now)
-        connection = _sync(conn, account_id, prepared, options, now)
-        seq = journal.append(
+    def append(conn: sa.Connection) -> int:
+        return journal.append(
             conn,
             account_id=account_id,
             message_id=message.id,
@@ -141,6 +141,14 @@ def receive_membership_change(
             plan=encoded,
             now=now,
         )
+
+    def accept(conn: sa.Connection) -> int | None:
+        """Record the id and append the plan; None for a message seen before."""
+        if not record_message(conn, message.id, message.type, account_id, now):
+            return None
+        return append(conn)
+
+    def accepted(connection: Connection, seq: int) -> IntakeResult:
         return IntakeResult(
             journal_seq=seq,
             suspend_subscription=_should_suspend(connection.workspace_state, options),
@@ -150,7 +158,39 @@ def receive_membership_change(
             connection_state=connection.state,
         )
 
-    result = _run(engine, message.id, work)
+    entries_engine = journal_engine(engine)
+    if entries_engine is engine:
+
+        def work(conn: sa.Connection) -> IntakeResult:
+            if not record_message(conn, message.id, message.type, account_id, now):
+                return _duplicate(conn, account_id, options, now)
+            connection = _sync(conn, account_id, prepared, options, now)
+            return accepted(connection, append(conn))
+
+        result = _run(engine, message.id, work)
+    else:
+        # The journal has a file of its own (store/journal_file.py): the main database is
+        # written only when the settings changed, before the message is accepted (a crash
+        # between the two: mParticle's retry finds the settings stored and is accepted).
+        connection = _unchanged_connection(engine, account_id, prepared)
+        if connection is None:
+            connection = in_transaction(
+                engine,
+                lambda conn: _sync(conn, account_id, prepared, options, now),
+                action="firehose_settings",
+                retry_conflicts=True,
+                priority=True,
+            )
+        seq = _accept(entries_engine, message.id, accept)
+        if seq is None:
+            result = in_transaction(
+                engine,
+                lambda conn: _duplicate(conn, account_id, options, now),
+                action="firehose_duplicate",
+                priority=True,
+            )
+        else:
+            result = accepted(connection, seq)
     if options.apply_in_request and result.journal_seq is not None:
         drain_journal(engine, coalesce_s=options.coalesce_s, up_to=result.journal_seq)
     return result
@@ -167,6 +207,29 @@ def _run(
         if is_recorded(engine, message_id):
             return IntakeResult(duplicate=True)
         raise
+
+
+def _accept(
+    entries_engine: sa.Engine, message_id: str, accept: Callable[[sa.Connection], int | None]
+) -> int | None:
+    """Commit the message to the journal file; None for a duplicate (a concurrent request
+    with the same id included)."""
+    try:
+        return in_transaction(
+            entries_engine, accept, action="firehose", retry_conflicts=True, priority=True
+        )
+    except sa.exc.IntegrityError:
+        if is_recorded(entries_engine, message_id):
+            return None
+        raise
+
+
+def _unchanged_connection(
+    engine: sa.Engine, account_id: int, prepared: EffectiveSettings
+) -> Connection | None:
+    """The stored connection when these settings are already its settings (a read, no lock)."""
+    with read_only(engine) as conn:
+        return unchanged_connection(conn, account_id, prepared)
 
 
 def _prepare_settings(

@@ -9,6 +9,7 @@ from __future__ import annotations
 from audience_sync.currents.maintenance import prune_currents_dedup
 from audience_sync.jobs.registry import JobContext, JobResult, JobSpec
 from audience_sync.store import cleanups, jobs, prune
+from audience_sync.store.journal_file import journal_engine
 from audience_sync.store.transactions import in_transaction
 
 
@@ -20,10 +21,16 @@ def run(ctx: JobContext) -> JobResult:
     firehose_before = now - settings.get("jobs.prune.firehose_ids_s")
     counters_before = now - settings.get("jobs.prune.counters_s")
     runs_before = now - settings.get("jobs.prune.job_runs_s")
+    entries_engine = journal_engine(engine)
+    firehose_ids = in_transaction(
+        engine, lambda c: prune.prune_firehose_ids(c, before=firehose_before)
+    )
+    if entries_engine is not engine:  # membership message ids are kept with the journal
+        firehose_ids += in_transaction(
+            entries_engine, lambda c: prune.prune_firehose_ids(c, before=firehose_before)
+        )
     counts = {
-        "firehose_ids": in_transaction(
-            engine, lambda c: prune.prune_firehose_ids(c, before=firehose_before)
-        ),
+        "firehose_ids": firehose_ids,
         "daily_rows": in_transaction(
             engine, lambda c: prune.prune_daily(c, before=counters_before)
         ),

@@ -23,6 +23,8 @@ from audience_sync.core.states import (
     WorkspaceState,
 )
 from audience_sync.store import journal
+from audience_sync.store.engine import read_only
+from audience_sync.store.journal_file import journal_engine
 from audience_sync.store.schema import (
     audiences,
     braze_users,
@@ -93,6 +95,15 @@ class Status:
     datapoints_full_today: int
 
 
+def _journal_backlog(conn: sa.Connection) -> journal.JournalBacklog:
+    """The journal's backlog, read from its own file when it has one (store/journal_file)."""
+    entries_engine = journal_engine(conn.engine)
+    if entries_engine is conn.engine:
+        return journal.backlog(conn)
+    with read_only(entries_engine) as journal_conn:
+        return journal.backlog(journal_conn)
+
+
 def backlog(conn: sa.Connection, *, now: float) -> Backlog:
     """Pending, dead and leased users, and when the oldest pending one was enqueued."""
     rows = conn.execute(
@@ -106,7 +117,7 @@ def backlog(conn: sa.Connection, *, now: float) -> Backlog:
     by_state = {r[0]: r for r in rows}
     pending = by_state.get(OutboxState.PENDING)
     dead = by_state.get(OutboxState.DEAD)
-    waiting = journal.backlog(conn)
+    waiting = _journal_backlog(conn)
     return Backlog(
         firehose_waiting=waiting.entries,
         firehose_oldest_at=waiting.oldest_received_at,

@@ -96,6 +96,17 @@ def _select_connection(account_id: int | sa.BindParameter[t.Any]) -> sa.Select[t
 _SELECT_CONNECTION = _select_connection(sa.bindparam("b_account_id"))
 
 
+def unchanged_connection(
+    conn: sa.Connection, account_id: int, prepared: EffectiveSettings
+) -> Connection | None:
+    """The stored connection if its settings are ``prepared`` already, else None (a read:
+    :func:`sync_connection` would have nothing to write)."""
+    row = conn.execute(_SELECT_CONNECTION, {"b_account_id": account_id}).first()
+    if row is not None and row.settings_fingerprint == prepared.fingerprint:
+        return _unchanged(account_id, prepared.settings, row)
+    return None
+
+
 def sync_connection(
     conn: sa.Connection,
     account_id: int,

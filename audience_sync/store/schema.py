@@ -181,6 +181,18 @@ firehose_journal = sa.Table(
     sqlite_autoincrement=True,
 )
 
+# SQLite with the journal in a file of its own (store/journal_file.py): the journal entries
+# applied here, marked in the same transaction as their effects and forgotten once the entries
+# are deleted from that file, so that no entry is applied twice. With its message id: a journal
+# file made anew numbers its entries from 1 again, and must not match an old mark.
+firehose_applied = sa.Table(
+    "firehose_applied",
+    metadata,
+    sa.Column("seq", SeqType, primary_key=True, autoincrement=False),
+    sa.Column("message_id", sa.String(64), primary_key=True),
+    sa.Column("applied_at", sa.Float, nullable=False),
+)
+
 # Per-reason counters (SPEC §5.3 "every outcome is counted by reason").
 counters = sa.Table(
     "counters",

@@ -7,6 +7,7 @@ import threading
 import sqlalchemy as sa
 
 from audience_sync.firehose import testing as ft
+from tests.support import message_id_count
 
 T0 = 1_714_592_744_000
 THREADS = 8
@@ -42,7 +43,7 @@ def test_concurrent_duplicates_are_applied_once(app, engine, auth_headers):
         timestamp_ms=T0,
     )
     assert run_in_threads(app, auth_headers, [message] * THREADS) == [200] * THREADS
-    assert scalar(engine, "SELECT COUNT(*) FROM firehose_messages") == 1
+    assert message_id_count(engine) == 1
     assert (
         scalar(engine, "SELECT SUM(count) FROM counters WHERE reason = 'memberships_applied'")
         == 100
@@ -72,6 +73,6 @@ def test_concurrent_first_messages_of_new_connections_and_shared_users(app, engi
     assert run_in_threads(app, auth_headers, bodies) == [200] * THREADS
     assert scalar(engine, "SELECT COUNT(*) FROM connections") == 3
     assert scalar(engine, "SELECT COUNT(DISTINCT workspace_id) FROM connections") == 1
-    assert scalar(engine, "SELECT COUNT(*) FROM firehose_messages") == THREADS
+    assert message_id_count(engine) == THREADS
     assert scalar(engine, "SELECT COUNT(*) FROM users") == 3 * 40
     assert scalar(engine, "SELECT COUNT(*) FROM outbox") == 40  # one Braze user each

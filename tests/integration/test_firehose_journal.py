@@ -14,8 +14,9 @@ import sqlalchemy as sa
 from audience_sync import create_app
 from audience_sync.core.states import IntakeCounter
 from audience_sync.firehose.applier import JournalApplier, apply_journal, drain_journal
-from audience_sync.store import journal
+from audience_sync.store import journal, journal_file
 from audience_sync.store.activity import backlog
+from audience_sync.store.journal_file import journal_engine
 from audience_sync.store.schema import firehose_journal
 from tests.support import membership, post, profile
 
@@ -49,7 +50,7 @@ def _memberships(engine: sa.Engine) -> dict[tuple[str, int], bool]:
 
 
 def _journal_size(engine: sa.Engine) -> int:
-    return _rows(engine, "SELECT COUNT(*) FROM firehose_journal")[0][0]
+    return _rows(journal_engine(engine), "SELECT COUNT(*) FROM firehose_journal")[0][0]
 
 
 def _enter(user: str, audience: int = 1, **kwargs) -> dict:
@@ -142,7 +143,7 @@ def test_one_entry_that_cannot_be_applied_does_not_stop_the_others(deferred, aut
     post(client, _enter("u1"), auth_headers)
     post(client, _enter("u2"), auth_headers)
     post(client, _enter("u3"), auth_headers)
-    with engine.begin() as conn:
+    with journal_engine(engine).begin() as conn:
         second = sorted(conn.execute(sa.select(firehose_journal.c.seq)).scalars())[1]
         conn.execute(
             firehose_journal.update()
@@ -157,7 +158,7 @@ def test_one_entry_that_cannot_be_applied_does_not_stop_the_others(deferred, aut
 
     assert _memberships(engine) == {("u1", 1): True, ("u3", 1): True}
     # Kept, not dropped: it stays in the journal (status shows it waiting) and is logged.
-    assert _rows(engine, "SELECT seq FROM firehose_journal") == [(second,)]
+    assert _rows(journal_engine(engine), "SELECT seq FROM firehose_journal") == [(second,)]
     assert any(getattr(r, "action", None) == "firehose_apply_failed" for r in caplog.records)
 
 
@@ -227,16 +228,21 @@ def test_a_crash_inside_a_large_entry_applies_it_again_and_counts_it_once(
     )
     post(client, message, auth_headers)
 
-    real_take = journal.take
+    # The entry's end (deleted with its effects, or marked applied when the journal has a file
+    # of its own) fails once: as if the process died before the last part committed.
     calls = {"n": 0}
 
-    def failing_take(conn, seqs):
-        calls["n"] += 1
-        if calls["n"] == 1:
-            raise RuntimeError("killed before the last part committed")
-        return real_take(conn, seqs)
+    def failing(real):
+        def wrapper(conn, seqs, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == 1:
+                raise RuntimeError("killed before the last part committed")
+            return real(conn, seqs, **kwargs)
 
-    monkeypatch.setattr(journal, "take", failing_take)
+        return wrapper
+
+    monkeypatch.setattr(journal, "take", failing(journal.take))
+    monkeypatch.setattr(journal_file, "mark_applied", failing(journal_file.mark_applied))
     with pytest.raises(RuntimeError):
         apply_journal(engine, coalesce_s=0.0)
     assert _journal_size(engine) == 1  # kept
@@ -277,7 +283,8 @@ def test_without_a_waiting_intake_a_round_is_one_transaction(deferred, auth_head
         assert apply_journal(engine, coalesce_s=0.0, max_profiles=500) == 2
     finally:
         sa.event.remove(engine, "commit", count)
-    assert commits["n"] == 1
+    # With the journal in a file of its own, a second (tiny) one forgets the applied marks.
+    assert commits["n"] == (2 if journal_file.is_separate(engine) else 1)
     assert len(_memberships(engine)) == 500
 
 
@@ -289,10 +296,130 @@ def test_a_request_applying_in_request_applies_its_own_message_and_no_later_one(
     runtime = make_runtime(firehose__apply_in_request=False)
     client = create_app(runtime=runtime).test_client()
     post(client, _enter("early"), auth_headers)  # accepted earlier, still waiting
-    with runtime.engine.begin() as conn:
+    with journal_engine(runtime.engine).begin() as conn:
         (mine,) = conn.execute(sa.select(firehose_journal.c.seq)).scalars()
     post(client, _enter("later"), auth_headers)  # arrived after it
 
     assert real_drain(runtime.engine, coalesce_s=0.0, up_to=mine) == 1
     assert _memberships(runtime.engine) == {("early", 1): True}
     assert _journal_size(runtime.engine) == 1
+
+
+# -- SQLite: the journal in a file of its own (store/journal_file.py) -------------------------
+
+
+def _separate_only(engine: sa.Engine) -> None:
+    if not journal_file.is_separate(engine):
+        pytest.skip("the journal shares the database (PostgreSQL)")
+
+
+def _applied_count(engine: sa.Engine) -> int:
+    sql = f"SELECT SUM(count) FROM counters WHERE reason = '{IntakeCounter.MEMBERSHIPS_APPLIED}'"
+    return _rows(engine, sql)[0][0] or 0
+
+
+def test_an_accepted_message_writes_only_the_journal_file(deferred, auth_headers):
+    """The acknowledgement never waits for delivery's writes: with the connection's settings
+    unchanged, nothing is written to the main database."""
+    runtime, client = deferred
+    engine = runtime.engine
+    _separate_only(engine)
+    post(client, _enter("u1"), auth_headers)  # the first one stores the connection
+    commits = {"n": 0}
+
+    @sa.event.listens_for(engine, "commit")
+    def count(conn):
+        commits["n"] += 1
+
+    try:
+        post(client, _enter("u2"), auth_headers)
+    finally:
+        sa.event.remove(engine, "commit", count)
+    assert commits["n"] == 0
+    assert _journal_size(engine) == 2
+    assert journal_file.journal_path(engine) == engine.url.database + "-intake.db"
+
+
+def test_an_entry_applied_before_a_crash_but_still_in_the_journal_file_is_not_applied_again(
+    deferred, auth_headers, monkeypatch
+):
+    from audience_sync.firehose import applier
+
+    runtime, client = deferred
+    engine = runtime.engine
+    _separate_only(engine)
+    post(client, _enter("u1"), auth_headers)
+    real_delete = applier._delete_applied
+
+    def killed(*args, **kwargs):
+        raise RuntimeError("killed after the effects committed, before the journal delete")
+
+    monkeypatch.setattr(applier, "_delete_applied", killed)
+    with pytest.raises(RuntimeError):
+        apply_journal(engine, coalesce_s=0.0)
+    assert _memberships(engine) == {("u1", 1): True}
+    assert _journal_size(engine) == 1
+    assert _applied_count(engine) == 1
+
+    monkeypatch.setattr(applier, "_delete_applied", real_delete)
+    with sa.create_engine(engine.url).connect() as conn:  # a mark is what stops a second apply
+        assert conn.execute(sa.text("SELECT COUNT(*) FROM firehose_applied")).scalar() == 1
+    assert apply_journal(engine, coalesce_s=0.0) == 1
+    assert _journal_size(engine) == 0
+    assert _applied_count(engine) == 1  # counted once
+    assert _rows(engine, "SELECT COUNT(*) FROM firehose_applied") == [(0,)]  # marks forgotten
+
+
+def test_an_old_mark_does_not_stop_a_new_entry_of_a_journal_file_made_anew(deferred, auth_headers):
+    """Seqs restart at 1 in a new journal file; a mark matches its message id too."""
+    runtime, client = deferred
+    engine = runtime.engine
+    _separate_only(engine)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO firehose_applied (seq, message_id, applied_at) "
+                "VALUES (1, 'an-older-message', 0)"
+            )
+        )
+    post(client, _enter("u1"), auth_headers)
+    assert apply_journal(engine, coalesce_s=0.0) == 1
+    assert _memberships(engine) == {("u1", 1): True}
+
+
+def test_entries_an_earlier_version_left_in_the_main_database_are_applied(deferred, auth_headers):
+    from collections import Counter
+
+    from audience_sync.core.membership import MembershipPlan, UserUpdate
+
+    runtime, _client = deferred
+    engine = runtime.engine
+    _separate_only(engine)
+    post(_client, _enter("u0"), auth_headers)  # the connection, as the earlier version stored it
+    plan = MembershipPlan(
+        users={"old": UserUpdate(external_id="old", email=None, mpid=None, push_tokens=[])},
+        memberships={("old", 1): True},
+        audience_names={1: "VIPs"},
+        unresolved=Counter(),
+    )
+    with engine.begin() as conn:
+        journal.append(
+            conn,
+            account_id=ACCOUNT,
+            message_id="left-by-an-earlier-version",
+            changed_at=time.time(),
+            profiles=1,
+            plan=journal.encode_plan(plan),
+            now=time.time(),
+        )
+    stop = threading.Event()
+    applier = JournalApplier(engine, coalesce_s=0.0, stop=stop).start()
+    try:
+        deadline = time.monotonic() + 10
+        while ("old", 1) not in _memberships(engine) or _journal_size(engine):
+            assert time.monotonic() < deadline, "the entries were not applied"
+            time.sleep(0.02)
+    finally:
+        stop.set()
+        applier.join(5)
+    assert _rows(engine, "SELECT COUNT(*) FROM firehose_journal") == [(0,)]
