@@ -196,7 +196,7 @@ def child_main(settings: Settings, parent_pid: int, role: str = "senders") -> No
     until SIGTERM or until the parent is gone."""
     from audience_sync.delivery.currents_pool import start_currents_senders
     from audience_sync.delivery.service import start_senders
-    from audience_sync.firehose.applier import JournalApplier
+    from audience_sync.firehose.journal_applier import JournalApplier
     from audience_sync.logs import configure_logging
     from audience_sync.process import tune_gc
     from audience_sync.runtime import Runtime

@@ -10,7 +10,7 @@ from audience_sync.braze.client import BrazeClient
 from audience_sync.braze.ratelimit import RateBudget
 from audience_sync.delivery.braze_sender import BrazeSender
 from audience_sync.delivery.heartbeat import Heartbeat, new_worker_id
-from audience_sync.firehose.applier import JournalApplier
+from audience_sync.firehose.journal_applier import JournalApplier
 from audience_sync.runtime import Runtime
 
 logger = logging.getLogger(__name__)

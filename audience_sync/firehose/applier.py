@@ -2,7 +2,8 @@
 seen audiences and the outbox marks of the users a message touched.
 
 The intake commits each accepted membership change to the journal and answers
-(:mod:`audience_sync.firehose.intake`); :class:`JournalApplier`, a thread in a process of its own
+(:mod:`audience_sync.firehose.intake`); :class:`~audience_sync.firehose.journal_applier.
+JournalApplier`, a thread in a process of its own
 under ``run`` (:mod:`audience_sync.sender_process`) or beside the senders of a ``worker``,
 applies it in arrival order. Each round takes the oldest entries up to :data:`APPLY_PROFILES`
 profiles and ends each entry in the transaction of its effects, so a crash leaves either an entry
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -44,9 +44,7 @@ APPLY_PROFILES = 1000
 SQLITE_USERS_PER_PART = 25
 """Users per part on SQLite (a few ms): the longest an intake request waits for the applier."""
 IDLE_POLL_S = 0.05
-"""Pause of an applier that found the journal empty."""
-FAILED_RETRY_S = 30.0
-"""Pause before an entry that failed alone is tried again."""
+"""Pause of a request waiting for another one to apply its message."""
 
 
 Complete = Callable[[sa.Connection, list[journal.JournalEntry]], set[int]]
@@ -62,11 +60,13 @@ def apply_journal(
     exclude: frozenset[int] = frozenset(),
     up_to: int | None = None,
     in_parts: bool = True,
+    ended: set[int] | None = None,
 ) -> int:
     """Apply the oldest journal entries (not in ``exclude``, none after ``up_to``); returns
-    how many left the journal, 0 when none waits. ``in_parts``: on SQLite, in parts that let a
+    how many were ended, 0 when none waits. ``in_parts``: on SQLite, in parts that let a
     waiting writer in (the applier's way; a request applying its own message applies in one
-    transaction)."""
+    transaction). ``ended``: with the journal in a file of its own, the seqs of the entries
+    ended are added to it, for :func:`delete_ended` later, instead of being deleted now."""
     return _apply_from(
         engine,
         journal_engine(engine),
@@ -75,7 +75,14 @@ def apply_journal(
         exclude=exclude,
         up_to=up_to,
         in_parts=in_parts,
+        ended=ended,
     )
+
+
+def delete_ended(engine: sa.Engine, seqs: set[int]) -> None:
+    """Delete entries ended (marked applied) from the journal file, and forget their marks."""
+    if seqs:
+        _delete_applied(engine, journal_engine(engine), seqs)
 
 
 def drain_main_database_journal(engine: sa.Engine, *, coalesce_s: float) -> int:
@@ -99,6 +106,7 @@ def _apply_from(
     exclude: frozenset[int] = frozenset(),
     up_to: int | None = None,
     in_parts: bool = True,
+    ended: set[int] | None = None,
 ) -> int:
     with read_only(entries_engine) as conn:
         entries = journal.oldest(conn, max_profiles=max_profiles, exclude=exclude, up_to=up_to)
@@ -122,7 +130,11 @@ def _apply_from(
         else:
             _apply_together(engine, entries, plans, coalesce_s=coalesce_s, complete=complete)
     if separate:
-        _delete_applied(engine, entries_engine, done | {entry.seq for entry in entries})
+        seqs = done | {entry.seq for entry in entries}
+        if ended is None:
+            _delete_applied(engine, entries_engine, seqs)
+        else:
+            ended.update(seqs)
     return len(done) + len(entries)
 
 
@@ -309,72 +321,3 @@ def drain_journal(engine: sa.Engine, *, coalesce_s: float, up_to: int | None = N
 def _waits(engine: sa.Engine, seq: int) -> bool:
     with read_only(journal_engine(engine)) as conn:
         return journal.waits(conn, seq)
-
-
-class JournalApplier:
-    """One thread applying the journal until ``stop`` is set. An entry that fails is tried
-    alone; if it fails alone it is left in the journal (counted in ``status`` as waiting, logged
-    with its error) and tried again every :data:`FAILED_RETRY_S`, and the others go on."""
-
-    def __init__(self, engine: sa.Engine, *, coalesce_s: float, stop: threading.Event) -> None:
-        self.engine = engine
-        self.coalesce_s = coalesce_s
-        self.stop = stop
-        self.failed: dict[int, float] = {}  # seq -> when it may be tried again
-        self.thread = threading.Thread(target=self.run, name="firehose-applier", daemon=True)
-
-    def start(self) -> JournalApplier:
-        """Start the thread."""
-        self.thread.start()
-        return self
-
-    def join(self, timeout: float | None = None) -> None:
-        """Wait for the thread to end (after ``stop``)."""
-        self.thread.join(timeout)
-
-    def run(self) -> None:
-        """Apply until stopped; idle pauses are short, so an entry waits at most
-        :data:`IDLE_POLL_S` plus the work before it."""
-        try:
-            drain_main_database_journal(self.engine, coalesce_s=self.coalesce_s)
-        except Exception:  # left where it is; logged, and tried again at the next start
-            logger.exception("applying the main database's Firehose journal table failed")
-        while not self.stop.is_set():
-            if self.run_once() == 0:
-                self.stop.wait(IDLE_POLL_S)
-
-    def run_once(self) -> int:
-        """One transaction's worth of entries; errors are logged, never raised."""
-        now = time.time()
-        exclude = frozenset(seq for seq, retry_at in self.failed.items() if retry_at > now)
-        try:
-            return apply_journal(self.engine, coalesce_s=self.coalesce_s, exclude=exclude)
-        except Exception:
-            logger.exception("applying the Firehose journal failed; trying entries alone")
-        return self._apply_alone(exclude)
-
-    def _apply_alone(self, exclude: frozenset[int]) -> int:
-        try:
-            with read_only(journal_engine(self.engine)) as conn:
-                entries = journal.oldest(conn, max_profiles=1, exclude=exclude)
-        except Exception:
-            logger.exception("reading the Firehose journal failed")
-            return 0
-        if not entries:
-            return 0
-        seq = entries[0].seq
-        try:
-            applied = apply_journal(
-                self.engine, coalesce_s=self.coalesce_s, max_profiles=1, exclude=exclude
-            )
-        except Exception as exc:
-            self.failed[seq] = time.time() + FAILED_RETRY_S
-            logger.error(
-                "Firehose journal entry %d could not be applied (%s); the others go on",
-                seq,
-                type(exc).__name__,
-                extra={"action": "firehose_apply_failed", "seq": seq, "error": str(exc)[:500]},
-            )
-            return 0
-        self.failed.pop(seq, None)
-        return applied

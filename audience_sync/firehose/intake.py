@@ -6,7 +6,7 @@ decisions come from the core; nothing here talks to Braze.
 A subscription is applied at once. A membership change is resolved into its plan (pure) and the
 plan is committed to the journal (:mod:`audience_sync.store.journal`; on SQLite in a file of its
 own, :mod:`audience_sync.store.journal_file`, so the answer never waits for delivery's writes);
-a worker's :class:`audience_sync.firehose.applier.JournalApplier` applies it to users,
+a worker's :class:`audience_sync.firehose.journal_applier.JournalApplier` applies it to users,
 memberships and the outbox (SPEC §4.1) moments later, so the answer costs a fraction of the work.
 With ``firehose.apply_in_request`` the request applies the journal itself before answering.
 

@@ -13,7 +13,8 @@ import sqlalchemy as sa
 
 from audience_sync import create_app
 from audience_sync.core.states import IntakeCounter
-from audience_sync.firehose.applier import JournalApplier, apply_journal, drain_journal
+from audience_sync.firehose.applier import apply_journal, drain_journal
+from audience_sync.firehose.journal_applier import JournalApplier
 from audience_sync.store import journal, journal_file
 from audience_sync.store.activity import backlog
 from audience_sync.store.journal_file import journal_engine
