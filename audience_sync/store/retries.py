@@ -5,7 +5,6 @@ outbox."""
 from __future__ import annotations
 
 import typing as t
-from dataclasses import dataclass
 
 import sqlalchemy as sa
 
@@ -13,41 +12,33 @@ from audience_sync.core.states import OutboxState
 from audience_sync.store.schema import outbox
 
 
-@dataclass(frozen=True, kw_only=True)
-class DueRetries:
-    """What a pass found and did."""
-
-    due_retries: int  # failed before, due again now
-    leases_released: int  # due rows still leased by a sender whose lease ran out
-    late_s: float  # how long the most overdue retry has waited past its due time
-
-
 def due_range(now: float) -> sa.ColumnElement[bool]:
     """The index range of what is due (``ix_outbox_state_due``)."""
     return sa.and_(outbox.c.state == OutboxState.PENDING, outbox.c.due_at <= now)
 
 
-def find_due(conn: sa.Connection, *, now: float, limit: int) -> list[sa.Row[t.Any]]:
-    """The oldest due rows (up to ``limit``): read outside the write transaction, so that
-    SQLite's one write lock is not held while thousands of rows are read."""
-    due = (
-        sa.select(
-            outbox.c.workspace_id,
-            outbox.c.external_id,
-            outbox.c.due_at,
-            outbox.c.attempts,
-            outbox.c.claimed_until,
+def due_retries(conn: sa.Connection, *, now: float) -> tuple[int, float]:
+    """How many due rows failed before, and how late the most overdue one is (0 when none),
+    counted by the database over the due range: no row comes back to Python."""
+    count, oldest = conn.execute(
+        sa.select(sa.func.count(), sa.func.min(outbox.c.due_at)).where(
+            due_range(now), outbox.c.attempts > 0
         )
-        .where(due_range(now))
+    ).one()
+    return int(count), (now - float(oldest)) if oldest is not None else 0.0
+
+
+def stale_leases(conn: sa.Connection, *, now: float, limit: int) -> list[sa.Row[t.Any]]:
+    """The oldest due rows (up to ``limit``) still leased by a sender whose lease ran out:
+    read outside the write transaction, so that SQLite's one write lock is not held while the
+    due range is scanned."""
+    query = (
+        sa.select(outbox.c.workspace_id, outbox.c.external_id, outbox.c.claimed_until)
+        .where(due_range(now), outbox.c.claimed_until < now)
         .order_by(outbox.c.due_at)
         .limit(limit)
     )
-    return list(conn.execute(due))
-
-
-def stale_leases(rows: t.Iterable[sa.Row[t.Any]], *, now: float) -> list[sa.Row[t.Any]]:
-    """Due rows still leased by a sender whose lease ran out."""
-    return [r for r in rows if r.claimed_until is not None and r.claimed_until < now]
+    return list(conn.execute(query))
 
 
 def release_leases(conn: sa.Connection, stale: t.Iterable[sa.Row[t.Any]]) -> int:
@@ -72,10 +63,3 @@ def release_leases(conn: sa.Connection, stale: t.Iterable[sa.Row[t.Any]]) -> int
         params,
     )
     return max(0, result.rowcount)
-
-
-def summarize(rows: t.Sequence[sa.Row[t.Any]], *, now: float, released: int) -> DueRetries:
-    """What a pass found: due retries and how late the oldest is."""
-    retries = [r for r in rows if r.attempts > 0]
-    late = max((now - r.due_at for r in retries), default=0.0)
-    return DueRetries(due_retries=len(retries), leases_released=released, late_s=late)
