@@ -56,10 +56,11 @@ MOBILE_FIELDS = ("to_phone_number", "user_phone_number")
 """Where ``user_attributes.$mobile`` comes from (outbound, then inbound/click events)."""
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class MappedEvent:
     """One event ready to queue: ``event`` goes in a batch's ``events``, ``envelope`` (the
-    user's identities, device info and attributes) is shared by every event of that batch."""
+    user's identities, device info and attributes) is shared by every event of that batch.
+    Not frozen: one is built per event, and nothing changes it once built."""
 
     event_id: str
     external_user_id: str
@@ -98,11 +99,11 @@ def is_uuid(value: object) -> bool:
 def custom_attributes(event: CurrentsEvent, entry: TypeMapping) -> dict[str, str]:
     """Every field but the user ids, as strings, plus ``source_request_id`` (the Currents id)."""
     excluded = USER_FIELDS.difference(entry.custom_attributes)
-    out: dict[str, str] = {}
-    for key, value in event.fields.items():
-        if value is None or key in excluded:
-            continue
-        out[key] = value if type(value) is str else attribute_value(value)
+    out = {
+        key: value if type(value) is str else attribute_value(value)
+        for key, value in event.fields.items()
+        if value is not None and key not in excluded
+    }
     out["source_request_id"] = event.id
     return out
 
@@ -112,7 +113,9 @@ def device_info(event: CurrentsEvent, entry: TypeMapping) -> dict[str, t.Any]:
 
     UUID-typed keys are left out when the value is not a UUID (mParticle rejects the batch).
     """
-    wanted = set(entry.device_info)
+    wanted = entry.device_info
+    if not wanted:
+        return {}
     fields = event.fields
     out: dict[str, t.Any] = {}
     if "platform" in wanted and event.platform:
