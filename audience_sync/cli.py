@@ -222,6 +222,7 @@ def currents_group() -> None:
 @pass_context
 def currents_import_command(ctx: Context, paths: tuple[str, ...]) -> None:
     """Import Braze Currents Avro files or directory trees (each file once)."""
+    import gc
     import json
 
     from audience_sync.currents.importer import find_files, import_paths
@@ -233,6 +234,9 @@ def currents_import_command(ctx: Context, paths: tuple[str, ...]) -> None:
     runtime = Runtime.from_settings(settings)
     _require_current_schema(runtime)
     config = CurrentsConfig.from_settings(settings)
+    # One import, then exit: what start-up built lives until then, so the collector need not
+    # scan it again in every full collection while a file's records are alive (~3 µs/event).
+    gc.freeze()
     total = sum(1 for _ in find_files(paths))
     # A bar on a terminal; off it none is drawn, and each file is a JSON log line
     # (currents_file_imported / _failed).
