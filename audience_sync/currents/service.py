@@ -22,7 +22,7 @@ from audience_sync.core.currents.events import CurrentsEvent
 from audience_sync.core.currents.mapping import MappedEvent, Skip, map_event
 from audience_sync.core.currents.routing import Feed, route
 from audience_sync.core.currents.table import MappingTable, default_table, override_table
-from audience_sync.core.currents.validation import envelope_problems, event_problems
+from audience_sync.core.currents.validation import mapped_problems
 from audience_sync.settings import FeedSettings, Settings
 from audience_sync.store import currents as queue
 
@@ -119,9 +119,7 @@ def prepare(
 
 
 def _is_valid(mapped: MappedEvent, identity_key: str) -> bool:
-    problems = event_problems(mapped.event) + envelope_problems(
-        mapped.envelope, identity_key=identity_key
-    )
+    problems = mapped_problems(mapped, identity_key=identity_key)
     if problems:
         logger.info(
             "currents event fails mParticle's rules",
