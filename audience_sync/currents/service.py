@@ -86,33 +86,31 @@ class IntakeResult:
         return {**self.skipped, **({NO_FEED: self.held} if self.held else {})}
 
 
-def _dumps(value: object) -> str:
-    return orjson.dumps(value).decode("utf-8")
-
-
 def prepare(
     events: Sequence[CurrentsEvent], config: CurrentsConfig
 ) -> tuple[list[queue.NewEvent], Counter[str]]:
     """Map, validate and route (pure work, before the transaction)."""
     skipped: Counter[str] = Counter()
     ready: list[queue.NewEvent] = []
+    table, identity_key, route = config.table, config.identity_key, config.route
+    dumps = orjson.dumps
     for event in events:
-        mapped = map_event(event, config.table, identity_key=config.identity_key)
+        mapped = map_event(event, table, identity_key=identity_key)
         if isinstance(mapped, Skip):
             skipped[mapped] += 1
             continue
-        if not _is_valid(mapped, config.identity_key):
+        if not _is_valid(mapped, identity_key):
             skipped[Skip.INVALID_EVENT] += 1
             continue
         ready.append(
             queue.NewEvent(
                 event_id=mapped.event_id,
-                feed=config.route(mapped.app_id, mapped.platform),
+                feed=route(mapped.app_id, mapped.platform),
                 external_user_id=mapped.external_user_id,
                 app_id=mapped.app_id,
                 platform=mapped.platform,
-                envelope_json=_dumps(mapped.envelope),
-                event_json=_dumps(mapped.event),
+                envelope_json=dumps(mapped.envelope).decode(),
+                event_json=dumps(mapped.event).decode(),
             )
         )
     return ready, skipped
