@@ -3,9 +3,12 @@ configuration error, 1 runtime failure."""
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 import sys
 import typing as t
+from collections.abc import Iterator
 
 import click
 
@@ -236,7 +239,7 @@ def currents_import_command(ctx: Context, paths: tuple[str, ...]) -> None:
     total = sum(1 for _ in find_files(paths))
     # A bar on a terminal; off it none is drawn, and each file is a JSON log line
     # (currents_file_imported / _failed).
-    with progress("importing files", total=total) as advance:
+    with _collector_for_import(), progress("importing files", total=total) as advance:
         summary = import_paths(runtime.engine, config, paths, on_file=lambda _r: advance(1))
     for path, error in summary.failed:
         click.echo(f"failed: {path}: {error}", err=True)
@@ -251,6 +254,26 @@ def currents_import_command(ctx: Context, paths: tuple[str, ...]) -> None:
     runtime.engine.dispose()
     if summary.failed:
         sys.exit(1)
+
+
+@contextlib.contextmanager
+def _collector_for_import() -> Iterator[None]:
+    """The garbage collector tuned for a bulk import, and restored after it.
+
+    What start-up built lives as long as the command, so it is frozen out of the collections
+    (every full collection scanned it again while a file's records were alive: ~3 µs/event);
+    most objects a file creates live until its transaction, so the young generation is
+    collected every 100,000 allocations rather than 700, which only scanned them over and over
+    (~2.5 µs/event).
+    """
+    threshold = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(100_000)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*threshold)
+        gc.unfreeze()
 
 
 @main.group("db")

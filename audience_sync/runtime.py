@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import sqlalchemy as sa
-from flask import current_app
 
 from audience_sync.settings import Settings
 from audience_sync.store.engine import create_engine
@@ -35,5 +34,7 @@ class Runtime:
 
 def current_runtime() -> Runtime:
     """The runtime of the app serving the current request."""
+    from flask import current_app  # here: the commands without an app need no Flask
+
     runtime: Runtime = current_app.extensions["audience_sync"]
     return runtime

@@ -22,7 +22,7 @@ from audience_sync.core.currents.events import CurrentsEvent
 from audience_sync.core.currents.mapping import MappedEvent, Skip, map_event
 from audience_sync.core.currents.routing import Feed, route
 from audience_sync.core.currents.table import MappingTable, default_table, override_table
-from audience_sync.core.currents.validation import envelope_problems, event_problems
+from audience_sync.core.currents.validation import mapped_problems
 from audience_sync.settings import FeedSettings, Settings
 from audience_sync.store import currents as queue
 
@@ -86,42 +86,38 @@ class IntakeResult:
         return {**self.skipped, **({NO_FEED: self.held} if self.held else {})}
 
 
-def _dumps(value: object) -> str:
-    return orjson.dumps(value).decode("utf-8")
-
-
 def prepare(
     events: Sequence[CurrentsEvent], config: CurrentsConfig
 ) -> tuple[list[queue.NewEvent], Counter[str]]:
     """Map, validate and route (pure work, before the transaction)."""
     skipped: Counter[str] = Counter()
     ready: list[queue.NewEvent] = []
+    table, identity_key, route = config.table, config.identity_key, config.route
+    dumps = orjson.dumps
     for event in events:
-        mapped = map_event(event, config.table, identity_key=config.identity_key)
+        mapped = map_event(event, table, identity_key=identity_key)
         if isinstance(mapped, Skip):
             skipped[mapped] += 1
             continue
-        if not _is_valid(mapped, config.identity_key):
+        if not _is_valid(mapped, identity_key):
             skipped[Skip.INVALID_EVENT] += 1
             continue
         ready.append(
             queue.NewEvent(
                 event_id=mapped.event_id,
-                feed=config.route(mapped.app_id, mapped.platform),
+                feed=route(mapped.app_id, mapped.platform),
                 external_user_id=mapped.external_user_id,
                 app_id=mapped.app_id,
                 platform=mapped.platform,
-                envelope_json=_dumps(mapped.envelope),
-                event_json=_dumps(mapped.event),
+                envelope_json=dumps(mapped.envelope).decode(),
+                event_json=dumps(mapped.event).decode(),
             )
         )
     return ready, skipped
 
 
 def _is_valid(mapped: MappedEvent, identity_key: str) -> bool:
-    problems = event_problems(mapped.event) + envelope_problems(
-        mapped.envelope, identity_key=identity_key
-    )
+    problems = mapped_problems(mapped, identity_key=identity_key)
     if problems:
         logger.info(
             "currents event fails mParticle's rules",

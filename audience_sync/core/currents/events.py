@@ -11,7 +11,6 @@ import math
 import typing as t
 from collections.abc import Mapping
 from dataclasses import dataclass
-from types import MappingProxyType
 
 ENVELOPE_FIELDS = frozenset({"id", "event_type", "time", "time_ms"})
 MAX_ID_LENGTH = 256
@@ -29,9 +28,10 @@ class InvalidEventError(ValueError):
         self.field = field
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class CurrentsEvent:
-    """A Braze Currents event, normalised.
+    """A Braze Currents event, normalised (not frozen: a frozen dataclass's ``__init__`` cost
+    the import about 1.4 µs per event; nothing changes an event once built).
 
     Attributes:
         id: the Currents event id (becomes ``source_message_id``; dedup key).
@@ -42,7 +42,8 @@ class CurrentsEvent:
         platform: ``ios``, ``android``, ``web``… when present.
         app_id: the Braze app id when present.
         device_id: the Braze device id when present.
-        fields: every other field (user and event), values as received.
+        fields: every other field (user and event), values as received; read-only by
+            contract (a ``MappingProxyType`` per event cost more than it guarded).
     """
 
     id: str
@@ -78,6 +79,19 @@ def _time_ms(time_value: object, time_ms_value: object) -> int:
     return round(time_value * 1000)
 
 
+CHECKED_FIELDS = (
+    ("external_user_id", MAX_LENGTHS["external_user_id"]),
+    ("app_id", MAX_LENGTHS["app_id"]),
+    ("platform", MAX_LENGTHS["platform"]),
+)
+"""The fields whose length and NUL characters are checked (besides ``id`` and ``event_type``)."""
+
+
+def _check_text(name: str, value: object, limit: int) -> None:
+    if isinstance(value, str) and ("\x00" in value or len(value) > limit):
+        raise InvalidEventError(name, "too long or contains a NUL character")
+
+
 def _build(
     envelope: Mapping[str, t.Any], fields: dict[str, t.Any], event_type: object
 ) -> CurrentsEvent:
@@ -87,23 +101,23 @@ def _build(
     if not isinstance(event_type, str) or not event_type.strip():
         raise InvalidEventError("event_type", "must be a non-empty string")
     time_ms = _time_ms(envelope.get("time"), envelope.get("time_ms"))
-    checked = {"id": event_id, "event_type": event_type}
-    checked.update((k, fields.get(k)) for k in ("external_user_id", "app_id", "platform"))
-    for name, value in checked.items():
-        if isinstance(value, str) and (
-            "\x00" in value or len(value) > MAX_LENGTHS.get(name, MAX_ID_LENGTH)
-        ):
+    _check_text("id", event_id, MAX_ID_LENGTH)
+    _check_text("event_type", event_type, MAX_LENGTHS["event_type"])
+    get = fields.get
+    for name, limit in CHECKED_FIELDS:
+        value = get(name)
+        if isinstance(value, str) and ("\x00" in value or len(value) > limit):
             raise InvalidEventError(name, "too long or contains a NUL character")
     return CurrentsEvent(
         id=event_id,
         event_type=event_type,
         time_ms=time_ms,
-        external_user_id=_text(fields.get("external_user_id")),
-        email=_text(fields.get("email_address")),
-        platform=_text(fields.get("platform")),
-        app_id=_text(fields.get("app_id")),
-        device_id=_text(fields.get("device_id")),
-        fields=MappingProxyType(fields),
+        external_user_id=_text(get("external_user_id")),
+        email=_text(get("email_address")),
+        platform=_text(get("platform")),
+        app_id=_text(get("app_id")),
+        device_id=_text(get("device_id")),
+        fields=fields,
     )
 
 
@@ -134,5 +148,8 @@ def from_record(record: Mapping[str, t.Any], event_type: str) -> CurrentsEvent:
     Raises:
         InvalidEventError: no usable ``id`` or ``time``.
     """
-    fields = {k: v for k, v in record.items() if k not in ENVELOPE_FIELDS}
+    # A copy less a few pops: a filtering comprehension cost ~2 µs per 30-field record.
+    fields = dict(record)
+    for name in ENVELOPE_FIELDS:
+        fields.pop(name, None)
     return _build(record, fields, event_type)

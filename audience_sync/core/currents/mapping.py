@@ -51,15 +51,17 @@ AD_ID_KEYS = {
     "roku_ad_id": "roku_advertising_id",
 }
 """Braze ``ad_id_type`` → the mParticle ``device_info`` key of ``ad_id``."""
+AD_ID_DEVICE_KEYS = frozenset(AD_ID_KEYS.values())
 
 MOBILE_FIELDS = ("to_phone_number", "user_phone_number")
 """Where ``user_attributes.$mobile`` comes from (outbound, then inbound/click events)."""
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class MappedEvent:
     """One event ready to queue: ``event`` goes in a batch's ``events``, ``envelope`` (the
-    user's identities, device info and attributes) is shared by every event of that batch."""
+    user's identities, device info and attributes) is shared by every event of that batch.
+    Not frozen: one is built per event, and nothing changes it once built."""
 
     event_id: str
     external_user_id: str
@@ -95,14 +97,23 @@ def is_uuid(value: object) -> bool:
     return True
 
 
+_EXCLUDED: dict[tuple[str, ...], frozenset[str]] = {}
+"""The user fields left out of the attributes, by the table's ``custom_attributes`` (computed
+once per entry rather than per event)."""
+
+
 def custom_attributes(event: CurrentsEvent, entry: TypeMapping) -> dict[str, str]:
     """Every field but the user ids, as strings, plus ``source_request_id`` (the Currents id)."""
-    excluded = USER_FIELDS.difference(entry.custom_attributes)
-    out: dict[str, str] = {}
-    for key, value in event.fields.items():
-        if value is None or key in excluded:
-            continue
-        out[key] = value if type(value) is str else attribute_value(value)
+    excluded = _EXCLUDED.get(entry.custom_attributes)
+    if excluded is None:
+        excluded = _EXCLUDED[entry.custom_attributes] = USER_FIELDS.difference(
+            entry.custom_attributes
+        )
+    out = {
+        key: value if type(value) is str else attribute_value(value)
+        for key, value in event.fields.items()
+        if value is not None and key not in excluded
+    }
     out["source_request_id"] = event.id
     return out
 
@@ -112,7 +123,9 @@ def device_info(event: CurrentsEvent, entry: TypeMapping) -> dict[str, t.Any]:
 
     UUID-typed keys are left out when the value is not a UUID (mParticle rejects the batch).
     """
-    wanted = set(entry.device_info)
+    wanted = entry.device_info
+    if not wanted:
+        return {}
     fields = event.fields
     out: dict[str, t.Any] = {}
     if "platform" in wanted and event.platform:
@@ -123,12 +136,14 @@ def device_info(event: CurrentsEvent, entry: TypeMapping) -> dict[str, t.Any]:
         out["device_model"] = fields["device_model"]
     if "ios_idfv" in wanted and is_uuid(event.device_id):
         out["ios_idfv"] = event.device_id
-    ad_key = AD_ID_KEYS.get(str(fields.get("ad_id_type") or ""))
-    if ad_key in wanted and is_uuid(fields.get("ad_id")):
-        out[ad_key] = fields["ad_id"]
-    tracking = fields.get("ad_tracking_enabled")
-    if "limit_ad_tracking" in wanted and isinstance(tracking, bool):
-        out["limit_ad_tracking"] = not tracking
+    if not AD_ID_DEVICE_KEYS.isdisjoint(wanted):
+        ad_key = AD_ID_KEYS.get(str(fields.get("ad_id_type") or ""))
+        if ad_key in wanted and is_uuid(fields.get("ad_id")):
+            out[ad_key] = fields["ad_id"]
+    if "limit_ad_tracking" in wanted:
+        tracking = fields.get("ad_tracking_enabled")
+        if isinstance(tracking, bool):
+            out["limit_ad_tracking"] = not tracking
     return out
 
 

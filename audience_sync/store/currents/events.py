@@ -25,9 +25,10 @@ from audience_sync.store.schema import (
 from audience_sync.store.statements import executemany, insert
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class NewEvent:
-    """A mapped event to queue; ``feed`` None means held (``no_feed``)."""
+    """A mapped event to queue; ``feed`` None means held (``no_feed``). Not frozen: one is
+    built per imported event, and nothing changes it once built."""
 
     event_id: str
     feed: str | None
