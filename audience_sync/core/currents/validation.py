@@ -107,16 +107,22 @@ def mapped_problems(mapped: MappedEvent, *, identity_key: str) -> list[str]:
     identities = envelope["user_identities"]
     if not _strings(identities) or not identities.get(identity_key):
         problems.append(f"user_identities.{identity_key}: required string")
-    info = envelope["device_info"]
+    problems += _device_info_problems(envelope["device_info"])
+    user_attributes = envelope["user_attributes"]
+    if user_attributes and not _strings(user_attributes):
+        problems.append("user_attributes: values must be strings")
+    return problems
+
+
+def _device_info_problems(info: Mapping[str, t.Any]) -> list[str]:
+    """What mParticle would refuse in a batch's ``device_info`` object."""
+    problems = []
     if "platform" in info and info["platform"] not in PLATFORMS:
         problems.append("device_info.platform: not one of mParticle's platforms")
     if not UUID_DEVICE_KEYS.isdisjoint(info):
         for key in UUID_DEVICE_KEYS & set(info):
             if not is_uuid(info[key]):
                 problems.append(f"device_info.{key}: must be a UUID")
-    user_attributes = envelope["user_attributes"]
-    if user_attributes and not _strings(user_attributes):
-        problems.append("user_attributes: values must be strings")
     return problems
 
 
@@ -154,12 +160,7 @@ def envelope_problems(envelope: Mapping[str, t.Any], *, identity_key: str) -> li
     if not _is_mapping(info):
         problems.append("device_info: must be an object")
     else:
-        if "platform" in info and info["platform"] not in PLATFORMS:
-            problems.append("device_info.platform: not one of mParticle's platforms")
-        if not UUID_DEVICE_KEYS.isdisjoint(info):
-            for key in UUID_DEVICE_KEYS & set(info):
-                if not is_uuid(info[key]):
-                    problems.append(f"device_info.{key}: must be a UUID")
+        problems += _device_info_problems(info)
     if not _strings(envelope.get("user_attributes", {})):
         problems.append("user_attributes: values must be strings")
     return problems
