@@ -43,7 +43,7 @@ APPLY_PROFILES = 1000
 """Profiles read per round: about two 500-profile messages (one transaction on PostgreSQL)."""
 SQLITE_USERS_PER_PART = 25
 """Users per part on SQLite (a few ms): the longest an intake request waits for the applier."""
-IDLE_POLL_S = 0.05
+REQUEST_WAIT_POLL_S = 0.05
 """Pause of a request waiting for another one to apply its message."""
 
 
@@ -182,7 +182,10 @@ def _apply_together(
         counts: Counter[tuple[str, str]] = Counter()
         for entry in entries:
             if entry.seq in taken:
-                by_reason = _apply_part(conn, entry, plans[entry.seq], coalesce_s, now)
+                workspace_id = delivery_workspace_of_account(conn, entry.account_id)
+                by_reason = _apply_part(
+                    conn, entry, plans[entry.seq], coalesce_s, now, workspace_id=workspace_id
+                )
                 counts.update(_scoped(entry, by_reason))
         counters.increment(conn, dict(counts), now=now)
         return len(taken)
@@ -260,17 +263,15 @@ def _apply_steps(
         account_id = step.entry.account_id
         if account_id not in workspaces:
             workspaces[account_id] = delivery_workspace_of_account(conn, account_id)
-        by_reason, _ = apply_membership_plan(
+        counts[seq] = counts.get(seq, Counter()) + _apply_part(
             conn,
-            account_id=account_id,
-            plan=step.part,
+            step.entry,
+            step.part,
+            coalesce_s,
+            now,
             workspace_id=workspaces[account_id],
-            changed_at=step.entry.changed_at,
-            coalesce_s=coalesce_s,
-            now=now,
             known_states=audience_states.setdefault(account_id, {}),
         )
-        counts[seq] = counts.get(seq, Counter()) + by_reason
         if step.last and complete(conn, [step.entry]):
             counters.increment(conn, _scoped(step.entry, counts.pop(seq)), now=now)
         position += 1
@@ -285,15 +286,19 @@ def _apply_part(
     plan: MembershipPlan,
     coalesce_s: float,
     now: float,
+    *,
+    workspace_id: int | None,
+    known_states: dict[int, str] | None = None,
 ) -> Counter[str]:
     by_reason, _ = apply_membership_plan(
         conn,
         account_id=entry.account_id,
         plan=plan,
-        workspace_id=delivery_workspace_of_account(conn, entry.account_id),
+        workspace_id=workspace_id,
         changed_at=entry.changed_at,
         coalesce_s=coalesce_s,
         now=now,
+        known_states=known_states,
     )
     return by_reason
 
@@ -313,7 +318,7 @@ def drain_journal(engine: sa.Engine, *, coalesce_s: float, up_to: int | None = N
         if n == 0:
             if up_to is None:
                 break
-            time.sleep(IDLE_POLL_S)  # another request is applying it
+            time.sleep(REQUEST_WAIT_POLL_S)  # another request is applying it
         applied += n
     return applied
 

@@ -17,6 +17,7 @@ before the write transaction, so SQLite's write lock is held only for the statem
 from __future__ import annotations
 
 import functools
+import typing as t
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -116,7 +117,7 @@ def receive_subscription(
         # Members to write again are marked by the cleanup_removed job, not here.
         return IntakeResult(connection_state=connection.state)
 
-    return _run(engine, message.id, work)
+    return _run(engine, message.id, work, duplicate=IntakeResult(duplicate=True))
 
 
 def receive_membership_change(
@@ -167,7 +168,7 @@ def receive_membership_change(
             connection = _sync(conn, account_id, prepared, options, now)
             return accepted(connection, append(conn))
 
-        result = _run(engine, message.id, work)
+        result = _run(engine, message.id, work, duplicate=IntakeResult(duplicate=True))
     else:
         # The journal has a file of its own (store/journal_file.py): the main database is
         # written only when the settings changed, before the message is accepted (a crash
@@ -181,7 +182,7 @@ def receive_membership_change(
                 retry_conflicts=True,
                 priority=True,
             )
-        seq = _accept(entries_engine, message.id, accept)
+        seq = _run(entries_engine, message.id, accept, duplicate=None)
         if seq is None:
             result = in_transaction(
                 engine,
@@ -196,31 +197,23 @@ def receive_membership_change(
     return result
 
 
+T = t.TypeVar("T")
+
+
 def _run(
-    engine: sa.Engine, message_id: str, work: Callable[[sa.Connection], IntakeResult]
-) -> IntakeResult:
-    """Run ``work`` in one transaction, again after a unique-key race or a deadlock (a repeated
-    id is then a duplicate)."""
+    engine: sa.Engine,
+    message_id: str,
+    work: Callable[[sa.Connection], T],
+    *,
+    duplicate: T,
+) -> T:
+    """Run ``work`` in one transaction, again after a unique-key race or a deadlock; a
+    repeated id is then a duplicate, answered with ``duplicate``."""
     try:
         return in_transaction(engine, work, action="firehose", retry_conflicts=True, priority=True)
     except sa.exc.IntegrityError:
         if is_recorded(engine, message_id):
-            return IntakeResult(duplicate=True)
-        raise
-
-
-def _accept(
-    entries_engine: sa.Engine, message_id: str, accept: Callable[[sa.Connection], int | None]
-) -> int | None:
-    """Commit the message to the journal file; None for a duplicate (a concurrent request
-    with the same id included)."""
-    try:
-        return in_transaction(
-            entries_engine, accept, action="firehose", retry_conflicts=True, priority=True
-        )
-    except sa.exc.IntegrityError:
-        if is_recorded(entries_engine, message_id):
-            return None
+            return duplicate
         raise
 
 

@@ -21,14 +21,11 @@ def run(ctx: JobContext) -> JobResult:
     firehose_before = now - settings.get("jobs.prune.firehose_ids_s")
     counters_before = now - settings.get("jobs.prune.counters_s")
     runs_before = now - settings.get("jobs.prune.job_runs_s")
-    entries_engine = journal_engine(engine)
-    firehose_ids = in_transaction(
-        engine, lambda c: prune.prune_firehose_ids(c, before=firehose_before)
+    # Membership message ids are kept with the journal (its own file on SQLite).
+    firehose_ids = sum(
+        in_transaction(each, lambda c: prune.prune_firehose_ids(c, before=firehose_before))
+        for each in dict.fromkeys([engine, journal_engine(engine)])
     )
-    if entries_engine is not engine:  # membership message ids are kept with the journal
-        firehose_ids += in_transaction(
-            entries_engine, lambda c: prune.prune_firehose_ids(c, before=firehose_before)
-        )
     counts = {
         "firehose_ids": firehose_ids,
         "daily_rows": in_transaction(

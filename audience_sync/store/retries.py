@@ -17,16 +17,17 @@ def due_range(now: float) -> sa.ColumnElement[bool]:
     return sa.and_(outbox.c.state == OutboxState.PENDING, outbox.c.due_at <= now)
 
 
+def _oldest_due(now: float, limit: int, *columns: sa.Column[t.Any]) -> sa.Subquery:
+    """``columns`` of the ``limit`` oldest due rows (the bound of one pass)."""
+    return (
+        sa.select(*columns).where(due_range(now)).order_by(outbox.c.due_at).limit(limit).subquery()
+    )
+
+
 def due_retries(conn: sa.Connection, *, now: float, limit: int) -> tuple[int, float]:
     """Among the ``limit`` oldest due rows, how many failed before, and how late the most
     overdue of those is (0 when none): counted by the database, no row comes back to Python."""
-    oldest_due = (
-        sa.select(outbox.c.attempts, outbox.c.due_at)
-        .where(due_range(now))
-        .order_by(outbox.c.due_at)
-        .limit(limit)
-        .subquery()
-    )
+    oldest_due = _oldest_due(now, limit, outbox.c.attempts, outbox.c.due_at)
     count, oldest = conn.execute(
         sa.select(sa.func.count(), sa.func.min(oldest_due.c.due_at)).where(
             oldest_due.c.attempts > 0
@@ -39,16 +40,10 @@ def stale_leases(conn: sa.Connection, *, now: float, limit: int) -> list[sa.Row[
     """Among the ``limit`` oldest due rows, those still leased by a sender whose lease ran
     out: read outside the write transaction, so that SQLite's one write lock is not held while
     the due range is read."""
-    oldest_due = (
-        sa.select(outbox.c.workspace_id, outbox.c.external_id, outbox.c.claimed_until)
-        .where(due_range(now))
-        .order_by(outbox.c.due_at)
-        .limit(limit)
-        .subquery()
+    oldest_due = _oldest_due(
+        now, limit, outbox.c.workspace_id, outbox.c.external_id, outbox.c.claimed_until
     )
-    query = sa.select(
-        oldest_due.c.workspace_id, oldest_due.c.external_id, oldest_due.c.claimed_until
-    ).where(oldest_due.c.claimed_until < now)
+    query = sa.select(oldest_due).where(oldest_due.c.claimed_until < now)
     return list(conn.execute(query))
 
 
