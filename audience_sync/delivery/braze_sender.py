@@ -3,15 +3,18 @@
 
 1. read their desired and acknowledged state (:mod:`audience_sync.store.snapshot`) and plan
    each minimal write (:func:`audience_sync.core.delivery_plan.plan_batch`);
-2. pack full ``/users/track`` requests (:func:`audience_sync.braze.requests.build_requests`) and
-   send them within the key's rate budget, after renewing the lease and recording write-ahead
-   what each request may change;
+2. pack full ``/users/track`` requests (:func:`audience_sync.braze.requests.build_requests`),
+   renew the lease of all their users and record write-ahead what each request may change, in
+   one transaction, then send them back to back within the key's rate budget. A request that
+   would go out more than :data:`~audience_sync.core.delivery_plan.SEND_WITHIN_S` after that
+   renewal (it waited for the budget) renews its own users first, so a lease cut short by the
+   worker registry never ends while its request may run;
 3. record each user's outcome: acknowledged state and data points for the accepted, a durable
    retry time (or the dead-letter store) for the failed, and a new due time without an attempt
-   for the rate-limited and the suspended. The record commits with the sender's next
-   transaction (the write-ahead of its next request, or the flush at the end of the claim or
-   before a wait for the rate budget): a claim of four requests writes in six transactions,
-   not ten, and its counts and data points are upserted once per transaction.
+   for the rate-limited and the suspended. The records commit with the sender's next
+   transaction (the flush at the end of the claim, or before a wait for the rate budget): a
+   claim of four requests writes in three transactions (claim, write-ahead, records), not ten,
+   and its counts and data points are upserted once per transaction.
 
 Why one module past ~400 lines: refused-field resends, error isolation and splitting share the
 request state here; the answer handling is the next piece to move to braze_answers.py.
@@ -37,6 +40,7 @@ from audience_sync.braze.ratelimit import RateBudget
 from audience_sync.braze.requests import ObjectTooLargeError, build_requests
 from audience_sync.core.answer_plan import AnswerPlan
 from audience_sync.core.delivery_plan import (
+    SEND_WITHIN_S,
     WAIT_FOR_CONNECTION_S,
     FailedWrite,
     PendingWrite,
@@ -251,19 +255,37 @@ class BrazeSender(SenderLoop[Claim]):
                     maybe_applied=False,
                 )
                 self._record(target, [], too_large, Counter())
+        if not pending:
+            return
+        # One write-ahead record and lease renewal for all of the claim's requests, sent back to
+        # back (SEND_WITHIN_S): one write transaction where there was one per request.
+        renewed_at = self.clock()
+        held = self._renew(target, pending, renewed_at=renewed_at)
+        if len(held) < len(pending):
+            if held:
+                self._send_packed(target, held, probe=probe, renewed_at=renewed_at)
+            return
         for request in requests:
             batch = [pending[i] for i in request.indices]
             if self.stop.is_set():
                 self._release(target, batch, self.clock(), reason=DeliveryReason.SHUTDOWN)
                 continue
-            self._send(target, batch, request.body, probe=probe)
+            self._send(target, batch, request.body, probe=probe, renewed_at=renewed_at)
 
-    def _send_packed(self, target: Target, batch: list[PendingWrite], *, probe: bool) -> None:
+    def _send_packed(
+        self, target: Target, batch: list[PendingWrite], *, probe: bool, renewed_at: float
+    ) -> None:
         objects = [p.write.attributes for p in batch]
         for request in build_requests(
             objects, max_objects=self.max_objects, max_bytes=self.max_bytes
         ):
-            self._send(target, [batch[i] for i in request.indices], request.body, probe=probe)
+            self._send(
+                target,
+                [batch[i] for i in request.indices],
+                request.body,
+                probe=probe,
+                renewed_at=renewed_at,
+            )
 
     def _wait_for_budget(self, target: Target) -> bool:
         """Sleep until the key's budget allows a request; False if asked to stop meanwhile.
@@ -274,31 +296,55 @@ class BrazeSender(SenderLoop[Claim]):
             return not self.stop.wait(wait)
         return True
 
-    def _send(self, target: Target, batch: list[PendingWrite], body: bytes, *, probe: bool) -> None:
-        if not self._wait_for_budget(target):
-            self._release(target, batch, self.clock(), reason=DeliveryReason.SHUTDOWN)
-            return
+    def _renew(
+        self, target: Target, batch: list[PendingWrite], *, renewed_at: float
+    ) -> list[PendingWrite]:
+        """Extend the lease on ``batch`` and record, write-ahead, what its requests may change
+        (:func:`audience_sync.store.outbox.renew`); returns the users still held."""
         held = self.transaction(
             lambda conn: outbox.renew(
                 conn,
                 worker_id=self.worker_id,
                 workspace_id=target.workspace_id,
                 in_flight={p.external_id: p.in_flight_during() for p in batch},
-                until=self.clock() + self.lease_s,
+                until=renewed_at + self.lease_s,
             ),
             action="renew",
         )
-        if len(held) < len(batch):
-            # A lease ran out (the process stalled): another sender owns those users now.
-            lost = len(batch) - len(held)
-            logger.warning(
-                "lease lost before sending; leaving those users to their new sender",
-                extra={"action": "lease_lost", "workspace_id": target.workspace_id, "users": lost},
-            )
-            batch = [p for p in batch if p.claim.external_id in held]
-            if batch:
-                self._send_packed(target, batch, probe=probe)
+        if len(held) == len(batch):
+            return batch
+        # A lease ran out (the process stalled): another sender owns those users now.
+        logger.warning(
+            "lease lost before sending; leaving those users to their new sender",
+            extra={
+                "action": "lease_lost",
+                "workspace_id": target.workspace_id,
+                "users": len(batch) - len(held),
+            },
+        )
+        return [p for p in batch if p.claim.external_id in held]
+
+    def _send(
+        self,
+        target: Target,
+        batch: list[PendingWrite],
+        body: bytes,
+        *,
+        probe: bool,
+        renewed_at: float,
+    ) -> None:
+        """Send one request whose users' lease was renewed at ``renewed_at`` (renewed again
+        first if that is more than SEND_WITHIN_S ago)."""
+        if not self._wait_for_budget(target):
+            self._release(target, batch, self.clock(), reason=DeliveryReason.SHUTDOWN)
             return
+        if self.clock() - renewed_at > SEND_WITHIN_S:
+            renewed_at = self.clock()
+            held = self._renew(target, batch, renewed_at=renewed_at)
+            if len(held) < len(batch):
+                if held:
+                    self._send_packed(target, held, probe=probe, renewed_at=renewed_at)
+                return
         started = time.perf_counter()
         response = self.client.track(target.endpoint, target.api_key, body)
         now = self.clock()
@@ -318,7 +364,7 @@ class BrazeSender(SenderLoop[Claim]):
                 "ms": round((time.perf_counter() - started) * 1000, 1),
             },
         )
-        self._act(target, batch, outcome, probe=probe, now=now)
+        self._act(target, batch, outcome, probe=probe, now=now, renewed_at=renewed_at)
 
     # -- record --------------------------------------------------------------------------------
 
@@ -330,6 +376,7 @@ class BrazeSender(SenderLoop[Claim]):
         *,
         probe: bool,
         now: float,
+        renewed_at: float,
     ) -> None:
         counts: Counter[str] = Counter()
         kind = outcome.kind
@@ -359,7 +406,7 @@ class BrazeSender(SenderLoop[Claim]):
         if kind == Kind.SPLIT and len(batch) > 1:
             middle = len(batch) // 2
             for half in (batch[:middle], batch[middle:]):
-                self._send_packed(target, half, probe=probe)
+                self._send_packed(target, half, probe=probe, renewed_at=renewed_at)
             return
         if kind in (Kind.SPLIT, Kind.BAD_REQUEST):
             failed = fail_all(batch, permanent=True, reason=outcome.reason, maybe_applied=False)

@@ -11,9 +11,9 @@ and the lease runs out.
 
 Fewer, fuller write transactions: the store work of a step that returns nothing the sender
 needs (recording an outcome, handing work back) is *deferred* (:meth:`SenderLoop.defer`) and
-commits with the sender's next transaction (the write-ahead of its next request, or the flush at
-the end of the iteration). A claim of four requests then writes in six transactions, not ten,
-each one passing SQLite's single-writer gate once. A deferred record lost to a crash is the same
+commits with the sender's next transaction (a write-ahead record, or the flush at the end of the
+iteration). A Braze claim of four requests then writes in three transactions, not ten, each one
+passing SQLite's single-writer gate once. A deferred record lost to a crash is the same
 as a crash before it: the users stay leased, then are sent again from their write-ahead record.
 """
 

@@ -162,8 +162,8 @@ def renew(
     in_flight: Mapping[str, Mapping[str, t.Any] | None],
     until: float,
 ) -> set[str]:
-    """Right before a request: extend this sender's lease on its users and record, write-ahead,
-    what the request may change (``in_flight``, per user). Returns the users still held.
+    """Right before requests: extend this sender's lease on their users and record,
+    write-ahead, what each may change (``in_flight``, per user). Returns the users still held.
 
     The request (bounded by ``braze.timeout_s``, shorter than the lease) then always completes
     inside the lease, so no other sender can claim the same user meanwhile; and if this process

@@ -4,8 +4,9 @@ Every process that runs senders registers one row and beats its heartbeat every 
 Its senders claim outbox rows as ``<worker id>:<n>`` (:func:`sender_ids`). When a worker's
 heartbeat has stopped for ``timeout_s`` (SIGKILL, a lost machine), any live worker
 :func:`reap_stale` its row and **cuts its leases short**: a lease that never covered a request
-ends at once; one renewed for a request ends ``request_timeout_s`` after that renewal, the
-latest moment the request could still be running. So a user is never in flight twice, even
+ends at once; one renewed for a request ends ``request_timeout_s`` plus
+:data:`~audience_sync.core.delivery_plan.SEND_WITHIN_S` after that renewal, the latest moment
+the request could still be running. So a user is never in flight twice, even
 when the "dead" worker was only cut off from the database; its senders find out at their next
 renew, which fails for the users taken from them.
 
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
+from audience_sync.core.delivery_plan import SEND_WITHIN_S
 from audience_sync.store.schema import outbox, workers
 from audience_sync.store.statements import insert
 
@@ -151,17 +153,18 @@ def _cut_leases(
     request_timeout_s: float,
 ) -> int:
     """Take each lease from its holder. One that may cover a request in flight ends
-    ``request_timeout_s`` after it was last taken or renewed; the others end now.
+    ``request_timeout_s + SEND_WITHIN_S`` after it was last taken or renewed; the others end now.
 
     Every claim and renew sets ``claimed_until = then + lease_s``, so ``claimed_until -
-    lease_s`` is when the holder last took it: a request it started then has ended (or timed
-    out) by ``then + request_timeout_s``. A request is only sent after its renew has recorded,
-    write-ahead, what it may change (``in_flight``, never empty for a write): a lease without
-    that record never covered a request, so its user is free at once. Clearing ``claimed_by``
+    lease_s`` is when the holder last took it: a request it started by ``then + SEND_WITHIN_S``
+    has ended (or timed out) by ``then + SEND_WITHIN_S + request_timeout_s``. A request is only
+    sent after its renew has recorded, write-ahead, what it may change (``in_flight``, never
+    empty for a write): a lease without that record never covered a request, so its user is
+    free at once. Clearing ``claimed_by``
     makes a second cut of the same lease impossible, and the old holder's renew, finish and
     failure records miss it.
     """
-    cut_by = max(0.0, lease_s - request_timeout_s)
+    cut_by = max(0.0, lease_s - request_timeout_s - SEND_WITHIN_S)
     taken = outbox.update().where(outbox.c.claimed_by.in_(claimers))
     # No record: SQL NULL, or JSON null (how the JSON type stores Python's None).
     no_record = sa.or_(outbox.c.in_flight.is_(None), sa.cast(outbox.c.in_flight, sa.Text) == "null")

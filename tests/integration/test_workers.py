@@ -13,6 +13,7 @@ import pytest
 import sqlalchemy as sa
 
 from audience_sync.braze.ratelimit import RateBudget
+from audience_sync.core.delivery_plan import SEND_WITHIN_S
 from audience_sync.delivery.heartbeat import Heartbeat
 from audience_sync.store import outbox, workers
 from audience_sync.store.schema import outbox as outbox_table
@@ -125,7 +126,11 @@ def test_a_lease_that_may_cover_a_request_ends_when_the_request_must_have(engine
         )
     assert _reap(engine, now=200) == workers.Reaped(workers=1, leases=2)
     leases = _leases(engine)
-    assert leases[sent.external_id] == (None, pytest.approx(103 + REQUEST_TIMEOUT_S))
+    # The request went out by 103 + SEND_WITHIN_S, and timed out REQUEST_TIMEOUT_S later.
+    assert leases[sent.external_id] == (
+        None,
+        pytest.approx(103 + SEND_WITHIN_S + REQUEST_TIMEOUT_S),
+    )
     assert leases[claimed.external_id] == (None, None)
 
 
