@@ -181,6 +181,22 @@ class BrazeClient:
             self._prepared[key] = prepared
         return prepared
 
+    def _send(self, request: requests.PreparedRequest) -> requests.Response:
+        """Send through the session's adapter, skipping ``Session.send``'s per-request work
+        that a Braze call does not need (cookie jar, hooks, the redirect look-ahead), unless
+        proxies come from the environment: then the session matches ``no_proxy`` per URL."""
+        session = self.session
+        if session.trust_env:
+            return session.send(request, timeout=self.timeout_s, allow_redirects=False)
+        return session.get_adapter(request.url or "").send(
+            request,
+            stream=False,
+            timeout=self.timeout_s,
+            verify=session.verify,
+            cert=session.cert,
+            proxies=session.proxies,
+        )
+
     def _post(self, endpoint: str, path: str, api_key: str, body: bytes) -> TrackResponse:
         url = endpoint.rstrip("/") + path
         started = time.perf_counter()
@@ -188,7 +204,7 @@ class BrazeClient:
             request = self._prepare(url, api_key).copy()
             request.body = body
             request.headers["Content-Length"] = str(len(body))
-            response = self.session.send(request, timeout=self.timeout_s, allow_redirects=False)
+            response = self._send(request)
             content = response.content  # read fully here: a drop mid-body raises here too
         except requests.Timeout:
             return self._failed("timeout", url, api_key, started)

@@ -276,15 +276,20 @@ def accepted_rows(
     # times its users, rather than a Counter.update per user.
     charge_maps: dict[int, Mapping[tuple[int, int], int]] = {}
     users_of: Counter[int] = Counter()
+    # Shared flag sets get one shared sorted tuple (read only, as every value of an AckRow).
+    sorted_flags: dict[int, tuple[str, ...]] = {}
     rows = []
     for p in accepted:
         charge_maps[id(p.write.charges)] = p.write.charges
         users_of[id(p.write.charges)] += 1
+        flags = sorted_flags.get(id(p.flags))
+        if flags is None:
+            flags = sorted_flags[id(p.flags)] = tuple(sorted(p.flags))
         rows.append(
             AckRow(
                 external_id=p.claim.external_id,
                 attributes=p.write.acknowledged,
-                flags=sorted(p.flags),
+                flags=flags,
                 outcome=DeliveryOutcome.ACCEPTED,
                 wrote=True,
             )

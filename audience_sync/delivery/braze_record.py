@@ -23,7 +23,7 @@ from audience_sync.core.delivery_plan import (
     plan_claim_failures,
 )
 from audience_sync.core.retry import RetryPolicy
-from audience_sync.core.state import Claim, Failure
+from audience_sync.core.state import AckRow, Claim, Failure
 from audience_sync.core.states import DeliveryCounter, DeliveryReason
 from audience_sync.delivery.tally import Tally
 from audience_sync.store import connections, outbox
@@ -68,9 +68,7 @@ def record_plan(
     if plan.unchanged:
         counts[DeliveryCounter.UNCHANGED] = len(plan.unchanged)
         # A resend-everything output would have sent these users whole.
-        counts[DeliveryCounter.DATAPOINTS_FULL] = sum(
-            datapoints_of(r.attributes) for r in plan.unchanged
-        )
+        counts[DeliveryCounter.DATAPOINTS_FULL] = _full_datapoints(plan.unchanged)
     tally.count(_scope(workspace_id), counts, now=now)
 
 
@@ -102,7 +100,7 @@ def record_request(
     outbox.record_failures(conn, worker_id=worker_id, workspace_id=workspace_id, failures=failures)
     tally.charge(workspace_id, charges, now=now)
     spent = sum(charges.values())
-    full = sum(datapoints_of(r.attributes) for r in rows)
+    full = _full_datapoints(rows)
     scope = _scope(workspace_id)
     tally.count(scope, counts, now=now)
     tally.count(
@@ -110,6 +108,19 @@ def record_request(
     )
     tally.spent += spent
     tally.full += full
+
+
+def _full_datapoints(rows: Sequence[AckRow]) -> int:
+    """What a resend-everything output would spend on ``rows``: each distinct acknowledged
+    value (users planned alike share one) is counted once, times its users."""
+    points_of: dict[int, int] = {}
+    full = 0
+    for row in rows:
+        points = points_of.get(id(row.attributes))
+        if points is None:
+            points = points_of[id(row.attributes)] = datapoints_of(row.attributes)
+        full += points
+    return full
 
 
 def record_resends(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import typing as t
 from collections.abc import Sequence
 
 import orjson
@@ -18,11 +19,21 @@ def save_acknowledged(
     set-based statement per dialect (:mod:`audience_sync.store.bulk`)."""
     if not rows:
         return
+    # Users planned alike share their attributes and flags values (the plan's memo): each
+    # distinct value is encoded once. Keyed by identity: ``rows`` keeps every value alive.
+    encoded: dict[int, str] = {}
+
+    def encode(value: t.Any, as_json: t.Callable[[t.Any], t.Any]) -> str:
+        text = encoded.get(id(value))
+        if text is None:
+            text = encoded[id(value)] = orjson.dumps(as_json(value)).decode()
+        return text
+
     values = [
         (
             r.external_id,
-            orjson.dumps(dict(r.attributes)).decode(),
-            orjson.dumps(sorted(r.flags)).decode(),
+            encode(r.attributes, dict),
+            encode(r.flags, sorted),
             now if r.wrote else None,
             r.outcome,
         )

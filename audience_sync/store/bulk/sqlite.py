@@ -170,6 +170,8 @@ def finish(
             params,
         )
         owned.update(r[0] for r in deleted)
+        if len(deleted) == len(chunk):
+            continue  # every row was dropped: none is left to release
         released = fetch_all(
             conn,
             "UPDATE outbox SET claimed_by = NULL, claimed_until = NULL, due_at = ?, "
