@@ -264,7 +264,10 @@ def test_a_crash_inside_a_large_entry_applies_it_again_and_counts_it_once(
     assert applied[0][0] == 500
 
 
-def test_without_a_waiting_intake_a_round_is_one_transaction(deferred, auth_headers):
+def test_without_a_waiting_intake_a_round_is_one_transaction(deferred, auth_headers, monkeypatch):
+    from audience_sync.firehose import applier
+
+    monkeypatch.setattr(applier, "SQLITE_SLICE_S", 60.0)  # the round fits in one slice
     runtime, client = deferred
     engine = runtime.engine
     for n in range(2):
@@ -287,6 +290,50 @@ def test_without_a_waiting_intake_a_round_is_one_transaction(deferred, auth_head
     # With the journal in a file of its own, a second (tiny) one forgets the applied marks.
     assert commits["n"] == (2 if journal_file.is_separate(engine) else 1)
     assert len(_memberships(engine)) == 500
+
+
+def test_on_sqlite_a_long_round_commits_per_slice_and_lets_other_writers_in(
+    deferred, auth_headers, monkeypatch
+):
+    """The senders wait for SQLite's one write lock too: a round commits after every slice and
+    pauses, so a waiting writer gets the lock long before the round is done."""
+    from audience_sync.firehose import applier
+    from audience_sync.store.transactions import in_transaction
+
+    runtime, client = deferred
+    engine = runtime.engine
+    if engine.dialect.name != "sqlite":
+        pytest.skip("PostgreSQL has no single writer")
+    monkeypatch.setattr(applier, "SQLITE_SLICE_S", 0.0)  # a slice is one part
+    monkeypatch.setattr(applier, "SQLITE_SLICE_PAUSE_S", 0.05)
+    users = [f"s-{i}" for i in range(10 * applier.SQLITE_USERS_PER_PART)]
+    post(
+        client,
+        membership(ACCOUNT, [profile(u, [(1, "VIPs", "add")]) for u in users], **SETTINGS),
+        auth_headers,
+    )
+    commits = {"n": 0}
+
+    @sa.event.listens_for(engine, "commit")
+    def count(conn):
+        commits["n"] += 1
+
+    round_ = threading.Thread(target=apply_journal, args=(engine,), kwargs={"coalesce_s": 0.0})
+    try:
+        round_.start()
+        deadline = time.monotonic() + 10
+        while not _memberships(engine) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        # A sender's write, once the round has begun: it gets in before the round ends.
+        in_transaction(engine, lambda conn: conn.exec_driver_sql("DELETE FROM counters WHERE 0"))
+        applied_when_it_wrote = len(_memberships(engine))
+        round_.join(10)
+    finally:
+        sa.event.remove(engine, "commit", count)
+    assert 0 < applied_when_it_wrote < len(users)
+    assert len(_memberships(engine)) == len(users) and _journal_size(engine) == 0
+    # Ten parts, ten transactions, and the other writer's (plus forgetting the marks).
+    assert commits["n"] >= 11
 
 
 def test_a_request_applying_in_request_applies_its_own_message_and_no_later_one(
