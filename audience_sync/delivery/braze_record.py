@@ -8,8 +8,9 @@ that transaction's :class:`~audience_sync.delivery.tally.Tally`, written once at
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import sqlalchemy as sa
 
@@ -29,7 +30,12 @@ from audience_sync.delivery.tally import Tally
 from audience_sync.store import connections, outbox
 from audience_sync.store.counters import increment
 from audience_sync.store.field_flags import save_field_flags
-from audience_sync.store.ledger import save_acknowledged
+from audience_sync.store.ledger import (
+    AcknowledgedValues,
+    encode_acknowledged,
+    save_acknowledged,
+    save_encoded,
+)
 
 
 def _scope(workspace_id: int) -> str:
@@ -72,13 +78,38 @@ def record_plan(
     tally.count(_scope(workspace_id), counts, now=now)
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class AcceptedRecord:
+    """What to record for a request's accepted writes, built before the transaction (the
+    writer holds SQLite's one write lock while it runs): their acknowledged rows, encoded, and
+    their data points."""
+
+    accepted: Sequence[PendingWrite]
+    values: list[AcknowledgedValues]
+    charges: Counter[tuple[int, int]]
+    spent: int
+    full: int
+
+
+def prepare_accepted(accepted: Sequence[PendingWrite], *, now: float) -> AcceptedRecord:
+    """The record of ``accepted`` for :func:`record_request`."""
+    rows, charges = accepted_rows(accepted)
+    return AcceptedRecord(
+        accepted=accepted,
+        values=encode_acknowledged(rows, now=now),
+        charges=charges,
+        spent=sum(charges.values()),
+        full=_full_datapoints(rows),
+    )
+
+
 def record_request(
     conn: sa.Connection,
     tally: Tally,
     *,
     worker_id: str,
     workspace_id: int,
-    accepted: Sequence[PendingWrite],
+    record: AcceptedRecord,
     failures: Sequence[Failure],
     counts: Mapping[str, int],
     now: float,
@@ -90,24 +121,28 @@ def record_request(
         conn,
         worker_id=worker_id,
         workspace_id=workspace_id,
-        external_ids=[p.claim.external_id for p in accepted],
+        external_ids=[p.claim.external_id for p in record.accepted],
         now=now,
         next_due_at=next_due_at,
     )
-    # Only the lease holder records what Braze acknowledged (see outbox.renew).
-    rows, charges = accepted_rows(p for p in accepted if p.claim.external_id in owned)
-    save_acknowledged(conn, workspace_id=workspace_id, rows=rows, now=now)
+    if len(owned) < len(record.accepted):
+        # Only the lease holder records what Braze acknowledged (see outbox.renew); a lease
+        # lost meanwhile is rare.
+        record = prepare_accepted(
+            [p for p in record.accepted if p.claim.external_id in owned], now=now
+        )
+    save_encoded(conn, workspace_id=workspace_id, values=record.values, now=now)
     outbox.record_failures(conn, worker_id=worker_id, workspace_id=workspace_id, failures=failures)
-    tally.charge(workspace_id, charges, now=now)
-    spent = sum(charges.values())
-    full = _full_datapoints(rows)
+    tally.charge(workspace_id, record.charges, now=now)
     scope = _scope(workspace_id)
     tally.count(scope, counts, now=now)
     tally.count(
-        scope, {DeliveryCounter.DATAPOINTS: spent, DeliveryCounter.DATAPOINTS_FULL: full}, now=now
+        scope,
+        {DeliveryCounter.DATAPOINTS: record.spent, DeliveryCounter.DATAPOINTS_FULL: record.full},
+        now=now,
     )
-    tally.spent += spent
-    tally.full += full
+    tally.spent += record.spent
+    tally.full += record.full
 
 
 def _full_datapoints(rows: Sequence[AckRow]) -> int:

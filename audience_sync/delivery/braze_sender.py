@@ -301,12 +301,13 @@ class BrazeSender(SenderLoop[Claim]):
     ) -> list[PendingWrite]:
         """Extend the lease on ``batch`` and record, write-ahead, what its requests may change
         (:func:`audience_sync.store.outbox.renew`); returns the users still held."""
+        rows = outbox.encode_in_flight({p.external_id: p.in_flight_during() for p in batch})
         held = self.transaction(
-            lambda conn: outbox.renew(
+            lambda conn: outbox.renew_encoded(
                 conn,
                 worker_id=self.worker_id,
                 workspace_id=target.workspace_id,
-                in_flight={p.external_id: p.in_flight_during() for p in batch},
+                rows=rows,
                 until=renewed_at + self.lease_s,
             ),
             action="renew",
@@ -465,6 +466,7 @@ class BrazeSender(SenderLoop[Claim]):
         now = self.clock()
         failures = self.plan_failures(failed, now=now, workspace_id=target.workspace_id)
         counts = counts + Counter(failures.counts)
+        prepared = record.prepare_accepted(accepted, now=now)
 
         def persist(conn: sa.Connection, tally: Tally) -> None:
             record.record_request(
@@ -472,7 +474,7 @@ class BrazeSender(SenderLoop[Claim]):
                 tally,
                 worker_id=self.worker_id,
                 workspace_id=target.workspace_id,
-                accepted=accepted,
+                record=prepared,
                 failures=failures.failures,
                 counts=counts,
                 now=now,

@@ -11,14 +11,23 @@ import sqlalchemy as sa
 from audience_sync.core.state import AckRow
 from audience_sync.store import bulk
 
+AcknowledgedValues = tuple[str, str, str, float | None, str]
+"""``(external_id, attributes JSON, flags JSON, last_write_at, outcome)`` of one user."""
+
 
 def save_acknowledged(
     conn: sa.Connection, *, workspace_id: int, rows: Sequence[AckRow], now: float
 ) -> None:
     """Upsert acknowledged attributes, guard flags and the last outcome of each user, in one
     set-based statement per dialect (:mod:`audience_sync.store.bulk`)."""
-    if not rows:
-        return
+    save_encoded(
+        conn, workspace_id=workspace_id, values=encode_acknowledged(rows, now=now), now=now
+    )
+
+
+def encode_acknowledged(rows: Sequence[AckRow], *, now: float) -> list[AcknowledgedValues]:
+    """The statement values of ``rows`` (JSON as text), built before the transaction: the
+    writer holds SQLite's one write lock while it runs."""
     # Users planned alike share their attributes and flags values (the plan's memo): each
     # distinct value is encoded once. Keyed by identity: ``rows`` keeps every value alive.
     encoded: dict[int, str] = {}
@@ -29,7 +38,7 @@ def save_acknowledged(
             text = encoded[id(value)] = orjson.dumps(as_json(value)).decode()
         return text
 
-    values = [
+    return [
         (
             r.external_id,
             encode(r.attributes, dict),
@@ -39,4 +48,11 @@ def save_acknowledged(
         )
         for r in rows
     ]
-    bulk.of(conn).save_acknowledged(conn, workspace_id=workspace_id, now=now, rows=values)
+
+
+def save_encoded(
+    conn: sa.Connection, *, workspace_id: int, values: Sequence[AcknowledgedValues], now: float
+) -> None:
+    """:func:`save_acknowledged` of values from :func:`encode_acknowledged`."""
+    if values:
+        bulk.of(conn).save_acknowledged(conn, workspace_id=workspace_id, now=now, rows=values)

@@ -169,9 +169,41 @@ def renew(
     inside the lease, so no other sender can claim the same user meanwhile; and if this process
     dies before recording the answer, the next sender knows which values to write again.
     """
-    if not in_flight:
+    return renew_encoded(
+        conn,
+        worker_id=worker_id,
+        workspace_id=workspace_id,
+        rows=encode_in_flight(in_flight),
+        until=until,
+    )
+
+
+def encode_in_flight(
+    in_flight: Mapping[str, Mapping[str, t.Any] | None],
+) -> list[tuple[str, str | None]]:
+    """``(external_id, JSON text)`` rows of write-ahead records for :func:`renew_encoded`,
+    built before the transaction; users planned alike share one record, encoded once."""
+    texts: dict[int, str | None] = {}
+    rows = []
+    for external_id, record in in_flight.items():
+        key = id(record)
+        if key not in texts:
+            texts[key] = json_text(record)
+        rows.append((external_id, texts[key]))
+    return rows
+
+
+def renew_encoded(
+    conn: sa.Connection,
+    *,
+    worker_id: str,
+    workspace_id: int,
+    rows: Sequence[tuple[str, str | None]],
+    until: float,
+) -> set[str]:
+    """:func:`renew` with the records already encoded (:func:`encode_in_flight`)."""
+    if not rows:
         return set()
-    rows = [(e, json_text(f)) for e, f in in_flight.items()]
     return bulk.of(conn).renew(
         conn, workspace_id=workspace_id, worker_id=worker_id, until=until, rows=rows
     )
