@@ -92,7 +92,9 @@ class DesiredAttributes:
     update_existing_only: bool = False
 
 
-@dataclass(frozen=True, kw_only=True)
+# Built per user on the sender's hot path: a plain slotted dataclass, three times cheaper to
+# build than a frozen one. Read only by convention, like every value of the plan.
+@dataclass(kw_only=True, slots=True)
 class Write:
     """The minimal ``/users/track`` attributes object for one user and its consequences."""
 

@@ -48,7 +48,9 @@ NEVER_ACKNOWLEDGED: t.Final = Acknowledged(attributes=MappingProxyType({}))
 """The acknowledged state of a user Braze never confirmed anything for (one shared value)."""
 
 
-@dataclass(frozen=True, kw_only=True)
+# Built per user on the sender's hot path: a plain slotted dataclass, three times cheaper to
+# build than a frozen one. Read only by convention, like every value of the plan.
+@dataclass(kw_only=True, slots=True)
 class PendingWrite:
     """A claimed user with the write computed for it."""
 
