@@ -330,10 +330,16 @@ def _compute_memo(
     (:meth:`PendingWrite.in_flight_during`).
     """
     desired = snapshot.desired.get(external_id, ())
-    acknowledged = (
-        json.dumps(ack.attributes, sort_keys=True, separators=(",", ":")) if ack.attributes else ""
-    )
-    key = (desired, acknowledged, uncertain)
+    acknowledged = ack.attributes_key
+    if acknowledged is None:
+        acknowledged = (
+            json.dumps(ack.attributes, sort_keys=True, separators=(",", ":"))
+            if ack.attributes
+            else ""
+        )
+    # The snapshot gives users with equal desired rows one shared value: identity stands for
+    # equality, and is cheaper to hash than the rows.
+    key = (tuple(map(id, desired)), acknowledged, uncertain)
     hit = memo.get(key)
     if hit is None:
         write, flags = _compute(

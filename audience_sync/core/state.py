@@ -59,6 +59,9 @@ class Acknowledged:
     attributes: Mapping[str, t.Any] = field(default_factory=dict)
     flags: tuple[str, ...] = ()
     last_write_at: float | None = None
+    # ``attributes`` as canonical JSON text (sorted keys), when the store has it: the plan's
+    # memo key. Computed from ``attributes`` when None.
+    attributes_key: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

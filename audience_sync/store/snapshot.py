@@ -12,6 +12,7 @@ import typing as t
 from collections import defaultdict
 from collections.abc import Sequence
 
+import orjson
 import sqlalchemy as sa
 
 from audience_sync.core.state import Acknowledged, ConnectionRow, Desired, Snapshot
@@ -124,6 +125,9 @@ def load_snapshot(
             attributes=attributes or {},
             flags=tuple(flags or ()),
             last_write_at=last_write_at,
+            attributes_key=(
+                orjson.dumps(attributes, option=orjson.OPT_SORT_KEYS).decode() if attributes else ""
+            ),
         )
     return Snapshot(
         connections=conns,
