@@ -52,7 +52,9 @@ class Desired:
     memberships: tuple[tuple[int, str, bool], ...] = ()
 
 
-@dataclass(frozen=True, kw_only=True)
+# Built per user on the sender's hot path: a plain slotted dataclass, three times cheaper to
+# build than a frozen one. Read only by convention, like every value of the plan.
+@dataclass(kw_only=True, slots=True)
 class Acknowledged:
     """What Braze confirmed for one user."""
 
