@@ -8,6 +8,7 @@ from __future__ import annotations
 import typing as t
 
 from audience_sync.core import urls
+from audience_sync.core.delivery_plan import SEND_WITHIN_S
 
 
 class Secret:
@@ -213,9 +214,10 @@ def check_ranges(values: dict[str, t.Any], errors: list[str]) -> None:
         if value is not None and value < 0:
             errors.append(f"{key}: must be 0 or more")
     lease, timeout = values.get("delivery.lease_s"), values.get("braze.timeout_s")
-    if lease is not None and timeout is not None and lease <= timeout:
+    if lease is not None and timeout is not None and lease <= timeout + SEND_WITHIN_S:
         errors.append(
-            "delivery.lease_s: must be longer than braze.timeout_s, so a request always ends "
+            f"delivery.lease_s: must be longer than braze.timeout_s + {SEND_WITHIN_S:g} s (a "
+            "request goes out within that of its lease's renewal), so a request always ends "
             "before its users can be claimed again"
         )
     beat, silence = values.get("delivery.heartbeat_s"), values.get("delivery.worker_timeout_s")

@@ -38,7 +38,7 @@ min_resend_interval_s = 0
 timeout_s = 1
 [delivery]
 workers = 3
-lease_s = 1.5
+lease_s = 2.5
 coalesce_s = 0
 backoff_base_s = 0.02
 backoff_cap_s = 0.2

@@ -106,6 +106,17 @@ def test_lease_must_outlast_a_request():
         load_settings(environ={"AUDIENCE_SYNC_DELIVERY__LEASE_S": "10"})
 
 
+@pytest.mark.parametrize(("lease_s", "valid"), [(1.5, False), (2.0, False), (2.5, True)])
+def test_lease_must_outlast_a_request_sent_a_second_after_its_renewal(lease_s, valid):
+    # A request goes out up to SEND_WITHIN_S (1 s) after its users' lease was renewed.
+    overrides = {"delivery.lease_s": lease_s, "braze.timeout_s": 1.0}
+    if valid:
+        assert load_settings(environ={}, overrides=overrides).get("delivery.lease_s") == lease_s
+    else:
+        with pytest.raises(ConfigValidationError, match=r"delivery\.lease_s"):
+            load_settings(environ={}, overrides=overrides)
+
+
 @pytest.mark.parametrize(
     ("key", "value"),
     [
