@@ -48,7 +48,7 @@ batches_per_second = 100000
 timeout_s = 1
 probe_interval_s = 0.2
 [braze]
-timeout_s = 1
+timeout_s = 0.4
 [delivery]
 lease_s = 1.5
 backoff_base_s = 0.02
