@@ -10,7 +10,9 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import fastavro
+import sqlalchemy as sa
 
+from audience_sync.store.schema import currents_batches, currents_events
 from tests.conftest import FIXTURES
 
 SAMPLES = FIXTURES / "braze-currents" / "sample-data"
@@ -132,3 +134,58 @@ def copy_sample(
         out.append(record)
     write_avro(dst, schema, out, codec=codec)
     return ids
+
+
+class Waiting(t.NamedTuple):
+    """An accepted event not yet delivered: in a formed batch (``state`` ``batched``) or an
+    event row (queued, held, dead)."""
+
+    event_id: str
+    feed: str | None
+    external_user_id: str
+    state: str
+    reason: str | None
+    event: dict[str, t.Any]
+
+
+def waiting_events(engine: t.Any) -> list[Waiting]:
+    """Every accepted, undelivered event (batched or a row), in queue order (a batch's events
+    at its first position, in their order)."""
+    found: list[tuple[int, int, Waiting]] = []
+    with engine.connect() as conn:
+        b = currents_batches.c
+        for row in conn.execute(
+            sa.select(b.first_seq, b.feed, b.external_user_id, b.body).where(b.state == "pending")
+        ):
+            body = json.loads(bytes(row.body))
+            for n, event in enumerate(body["events"]):
+                found.append(
+                    (
+                        row.first_seq,
+                        n,
+                        Waiting(
+                            event["data"]["source_message_id"],
+                            row.feed,
+                            row.external_user_id,
+                            "batched",
+                            None,
+                            event,
+                        ),
+                    )
+                )
+        for row in conn.execute(sa.select(currents_events)):
+            found.append(
+                (
+                    row.seq,
+                    0,
+                    Waiting(
+                        row.event_id,
+                        row.feed,
+                        row.external_user_id,
+                        row.state,
+                        row.reason,
+                        json.loads(row.event),
+                    ),
+                )
+            )
+    return [w for _, _, w in sorted(found, key=lambda f: (f[0], f[1]))]

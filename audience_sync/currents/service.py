@@ -1,5 +1,6 @@
-"""The Currents intake service: normalised events → mapped, deduplicated, routed and queued in
-one transaction (durable before any reply), every skipped event counted by reason.
+"""The Currents intake service: normalised events → mapped, deduplicated, routed and cut into
+mParticle batches in one transaction (durable before any reply), every skipped event counted by
+reason.
 
 Shared by ``POST /currents`` and the file importer; :class:`CurrentsConfig` is what both need
 from the settings (the mapping table with its override, the feeds as routing sees them).
@@ -18,6 +19,7 @@ from pathlib import Path
 import orjson
 import sqlalchemy as sa
 
+from audience_sync.core.currents.batching import OpenBatch, QueuedEvent, plan_batches
 from audience_sync.core.currents.events import CurrentsEvent
 from audience_sync.core.currents.mapping import MappedEvent, Skip, map_event
 from audience_sync.core.currents.routing import Feed, route
@@ -39,6 +41,10 @@ class CurrentsConfig:
     feeds: tuple[Feed, ...]
     identity_key: str = "customerid"
     dedup_window_s: float = 259200.0
+    environment: str = "production"
+    coalesce_s: float = 0.5
+    """A batch formed at intake waits this long (for later events of its user) before it is
+    sent (``delivery.coalesce_s``)."""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> CurrentsConfig:
@@ -52,6 +58,8 @@ class CurrentsConfig:
             feeds=routing_feeds(settings.feeds),
             identity_key=settings.get("currents.identity_key"),
             dedup_window_s=settings.get("currents.dedup_window_s"),
+            environment=settings.get("currents.environment"),
+            coalesce_s=settings.get("delivery.coalesce_s"),
         )
 
     def route(self, app_id: str | None, platform: str | None) -> str | None:
@@ -135,7 +143,8 @@ def store_events(
     config: CurrentsConfig,
     now: float,
 ) -> IntakeResult:
-    """Deduplicate and queue prepared events in the caller's transaction; count everything."""
+    """Deduplicate prepared events and form their batches in the caller's transaction (events
+    without a feed are held); count everything."""
     fresh = queue.claim_new_ids(
         conn, [e.event_id for e in ready], now=now, window_s=config.dedup_window_s
     )
@@ -146,13 +155,61 @@ def store_events(
             keep.append(event)
         else:
             skipped[Skip.DUPLICATE] += 1
-    queue.enqueue(conn, keep, now=now)
-    held = sum(1 for e in keep if e.feed is None)
-    counts = {"received": received, "queued": len(keep) - held, NO_FEED: held, **skipped}
+    held = [e for e in keep if e.feed is None]
+    form_batches(conn, [e for e in keep if e.feed is not None], config=config, now=now)
+    queue.enqueue(conn, held, now=now)
+    counts = {"received": received, "queued": len(keep) - len(held), NO_FEED: len(held), **skipped}
     queue.count(conn, counts, now=now)
     return IntakeResult(
-        received=received, queued=len(keep) - held, held=held, skipped=dict(skipped)
+        received=received, queued=len(keep) - len(held), held=len(held), skipped=dict(skipped)
     )
+
+
+def form_batches(
+    conn: sa.Connection, events: Sequence[queue.NewEvent], *, config: CurrentsConfig, now: float
+) -> int:
+    """Cut new events (each with a feed) into batches at once, joining their users' open
+    batches, in the caller's transaction; events that can never be sent are dead-lettered
+    with the reason. Returns the number dead-lettered.
+
+    Their queue positions are taken from the events' sequence, on PostgreSQL under each
+    feed's planning lock (taken in name order), so that batches commit in the order of their
+    positions and no sender can lease a user's later batch before an earlier one exists.
+    """
+    if not events:
+        return 0
+    by_feed: dict[str, set[str]] = {}
+    for e in events:
+        by_feed.setdefault(e.feed, set()).add(e.external_user_id)  # type: ignore[arg-type]
+    for feed in sorted(by_feed):
+        queue.lock_feed_for_planning(conn, feed)
+    seqs = queue.reserve_seqs(conn, len(events))
+    opened: dict[tuple[str, str], OpenBatch] = {}
+    for feed, users in by_feed.items():
+        opened.update(queue.open_batches(conn, feed, users))
+    plan = plan_batches(
+        [
+            QueuedEvent(
+                seq=seq,
+                event_id=e.event_id,
+                feed=e.feed,  # type: ignore[arg-type]
+                external_user_id=e.external_user_id,
+                received_at=now,
+                envelope_json=e.envelope_json,
+                event_json=e.event_json,
+            )
+            for seq, e in zip(seqs, events, strict=True)
+        ],
+        environment=config.environment,
+        open_batches=opened,
+    )
+    queue.store_batches(conn, plan.batches, now=now, due_at=now + config.coalesce_s)
+    if plan.rejected:
+        position = dict(zip(seqs, events, strict=True))
+        reasons = {position[seq].event_id: reason for seq, reason in plan.rejected}
+        queue.enqueue(conn, [e for e in events if e.event_id in reasons], now=now, dead=reasons)
+        queue.count(conn, {"dead_letter": len(reasons)}, now=now)
+    return len(plan.rejected)
 
 
 def file_checksum(data: bytes) -> str:

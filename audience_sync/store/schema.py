@@ -336,6 +336,8 @@ currents_batches = sa.Table(
     sa.Column("body", sa.LargeBinary, nullable=False),
     sa.Column("state", sa.String(16), nullable=False),
     sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    # Times leased to a sender; 0: never in a request, so later events may still join it.
+    sa.Column("leases", sa.Integer, nullable=False, server_default="0"),
     sa.Column("first_failure_at", sa.Float),
     sa.Column("due_at", sa.Float, nullable=False),
     sa.Column("claimed_by", sa.String(128)),

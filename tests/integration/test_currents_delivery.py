@@ -11,7 +11,6 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 
 from audience_sync.cli import main
-from audience_sync.core.currents.batching import plan_batches
 from audience_sync.currents.importer import import_paths
 from audience_sync.currents.maintenance import currents_expire, currents_feeds
 from audience_sync.currents.service import CurrentsConfig
@@ -240,9 +239,12 @@ def test_a_400_is_split_to_isolate_the_bad_batch_which_is_dead_lettered(make_cli
     runtime = client.application.extensions["audience_sync"]
     post(client, [http_event(user=f"u{n}") for n in range(10)])
     sender = make_sender(runtime)
-    with runtime.engine.connect() as conn:  # the ids are deterministic: plan them here too
-        events = queue.queued_events(conn, "unbound", limit=100)
-    batch_ids = [b.batch_id for b in plan_batches(events, environment="production").batches]
+    with runtime.engine.connect() as conn:  # formed by the intake, in arrival order
+        batch_ids = (
+            conn.execute(sa.select(currents_batches.c.id).order_by(currents_batches.c.first_seq))
+            .scalars()
+            .all()
+        )
     poisoned = batch_ids[3]
     mp.configure(refuse_batches={poisoned})
     drain(sender, runtime.engine)
@@ -441,3 +443,36 @@ def test_batches_whose_lease_could_end_mid_request_are_given_back_not_sent(make_
         sender.run_once()
     assert sorted(mp.message_ids().elements()) == sorted(e["id"] for e in events)
     assert mp.rejected == []
+
+
+def test_a_leased_batch_is_never_joined_even_after_a_crash_released_it(make_client, mp):
+    """Later events join a user's batch only while no sender ever leased it: once leased it
+    may have been sent (a SIGKILL before the outcome was recorded), so its content and
+    ``source_request_id`` stay as they are and the later events form the next batch."""
+    client = make_client(**currents_settings(mp.url))
+    runtime = client.application.extensions["audience_sync"]
+    first, second = http_event(user="u"), http_event(user="u")
+    post(client, [first])
+    sender = make_sender(runtime)
+    [claimed] = sender.claim(time.time())  # leased; then the process dies before sending
+    with runtime.engine.begin() as conn:
+        queue.release_all_claims(conn)  # what the next sending process does at start
+    post(client, [second])
+    with runtime.engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(
+                currents_batches.c.id, currents_batches.c.events, currents_batches.c.leases
+            ).order_by(currents_batches.c.first_seq)
+        ).all()
+    assert [(r.id, r.events, r.leases) for r in rows] == [
+        (claimed.id, 1, 1),
+        (rows[1].id, 1, 0),
+    ]
+    third = http_event(user="u")
+    post(client, [third])  # joins the second batch, never leased
+    with runtime.engine.connect() as conn:
+        events = sa.select(currents_batches.c.events).order_by(currents_batches.c.first_seq)
+        assert conn.execute(events).scalars().all() == [1, 2]
+    drain(sender, runtime.engine)
+    assert mp.order_by_user()["u"] == [first["id"], second["id"], third["id"]]
+    assert mp.delivered_twice() == [] and mp.rejected == []

@@ -12,13 +12,14 @@ from hypothesis import strategies as st
 
 from audience_sync.store import currents as queue
 from audience_sync.store.counters import totals
-from audience_sync.store.schema import currents_dedup, currents_events, metadata
+from audience_sync.store.schema import currents_dedup, metadata
 from tests.currents_support import (
     CURRENTS_TOKEN,
     bearer,
     currents_settings,
     http_event,
     http_samples,
+    waiting_events,
     with_fresh_id,
 )
 
@@ -61,8 +62,7 @@ def table_counts(engine):
 
 
 def queued_rows(engine):
-    with engine.connect() as conn:
-        return conn.execute(sa.select(currents_events).order_by(currents_events.c.seq)).all()
+    return waiting_events(engine)
 
 
 @pytest.mark.parametrize(
@@ -100,9 +100,9 @@ def test_every_custom_http_sample_is_accepted_and_queued_durably(cclient, cengin
     assert set(body["skipped"]) == {"not_exported"}
     rows = queued_rows(cengine)
     assert len(rows) == body["queued"]
-    assert {r.state for r in rows} == {"queued"}
+    assert {r.state for r in rows} == {"batched"}  # formed at once, in the same transaction
     # Push events go to the feed of their platform, email and the like to unbound.
-    by_type = {json.loads(r.event)["data"].get("event_name"): r.feed for r in rows}
+    by_type = {r.event["data"].get("event_name"): r.feed for r in rows}
     assert by_type["Email Opens"] == "unbound"
     assert by_type["Push Notification Sends"] == "android"
     c = counts(cengine)

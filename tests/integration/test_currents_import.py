@@ -13,8 +13,14 @@ from click.testing import CliRunner
 from audience_sync.cli import main
 from audience_sync.currents.importer import currents_watch, import_paths
 from audience_sync.currents.service import CurrentsConfig
-from audience_sync.store.schema import currents_events, currents_files
-from tests.currents_support import avro_samples, copy_sample, currents_settings, read_sample
+from audience_sync.store.schema import currents_files
+from tests.currents_support import (
+    avro_samples,
+    copy_sample,
+    currents_settings,
+    read_sample,
+    waiting_events,
+)
 
 URL = "http://127.0.0.1:9"
 EXPORTED_SAMPLES = 77
@@ -27,8 +33,7 @@ def crt(make_runtime):
 
 
 def event_ids(engine):
-    with engine.connect() as conn:
-        return [r.event_id for r in conn.execute(sa.select(currents_events.c.event_id))]
+    return [w.event_id for w in waiting_events(engine)]
 
 
 def braze_tree(root, *, codec="null"):
@@ -65,10 +70,12 @@ def test_codecs_and_the_old_layout_take_the_type_from_the_schema(crt, tmp_path, 
     )
     summary = import_paths(crt.engine, CurrentsConfig.from_settings(crt.settings), [tmp_path])
     assert (summary.imported, summary.forwarded) == (1, 50)
-    assert event_ids(crt.engine) == ids  # arrival order is file order
-    with crt.engine.connect() as conn:
-        event = json.loads(conn.execute(sa.select(currents_events.c.event)).scalars().first())
-    assert event["data"]["event_name"] == "Email Opens"
+    waiting = waiting_events(crt.engine)
+    for user in ("a", "b"):  # arrival order (file order) per user, one batch each
+        assert [w.event_id for w in waiting if w.external_user_id == user] == [
+            i for n, i in enumerate(ids) if "ab"[n % 2] == user
+        ]
+    assert waiting[0].event["data"]["event_name"] == "Email Opens"
 
 
 def test_each_file_once_by_path_and_checksum(crt, tmp_path):

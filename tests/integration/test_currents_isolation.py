@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from audience_sync.delivery import currents_formation
 from audience_sync.store import currents as queue
 from audience_sync.store.schema import currents_batches
-from tests.currents_support import FEED_SECRETS, currents_settings, http_event
+from tests.currents_support import FEED_SECRETS, FEEDS, currents_settings, http_event
 from tests.fakes.mparticle_server import FakeMParticle
 from tests.integration.test_currents_delivery import counts, drain, live, make_sender, post
 
@@ -91,12 +91,15 @@ def test_a_feed_whose_delivery_raises_is_retried_then_dead_lettered_and_others_a
     assert mp.delivered_twice() == [] and mp.rejected == []
 
 
-def test_a_feed_whose_planning_raises_stays_queued_and_others_arrive(make_client, mp, monkeypatch):
-    client = make_client(**currents_settings(mp.url))
-    runtime = client.application.extensions["audience_sync"]
+def test_a_feed_whose_planning_raises_stays_queued_and_others_arrive(
+    make_runtime, make_client, mp, monkeypatch
+):
+    # Held at intake (no feed took them), then queued for the sender to plan once feeds do.
+    client = make_client(**currents_settings(mp.url, feeds={"web": FEEDS["web"]}))
     bad = events_of(BAD, range(3))
     good = events_of("ios", range(4))
-    post(client, bad + good)
+    assert post(client, bad + good)["held"] == 7
+    runtime = make_runtime(**currents_settings(mp.url))
     real_plan = currents_formation.plan_batches
 
     def plan_batches(events, **kwargs):

@@ -8,7 +8,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from audience_sync.core.currents.batching import QueuedEvent, plan_batches, source_request_id
+from audience_sync.core.currents.batching import (
+    OpenBatch,
+    QueuedEvent,
+    plan_batches,
+    source_request_id,
+)
 from audience_sync.core.currents.routing import Feed, credential_problem, route
 
 FEEDS = (
@@ -208,3 +213,64 @@ def test_plans_keep_every_event_once_in_arrival_order_per_user(spec):
                 for s in b.seqs
             ]
             assert order == sorted(order)  # batches sorted by first_seq keep arrival order
+
+
+def opened(batch):
+    """A planned batch as it is stored, open to later events of its user."""
+    return OpenBatch(
+        batch_id=batch.batch_id,
+        feed=batch.feed,
+        external_user_id=batch.external_user_id,
+        first_seq=batch.first_seq,
+        event_ids=batch.event_ids,
+        received_at=batch.received_at,
+        body=batch.body,
+    )
+
+
+def test_later_events_join_their_users_open_batch_under_a_new_id():
+    first = plan_batches([queued(1), queued(2)], environment="production").batches[0]
+    plan = plan_batches(
+        [queued(5), queued(6, user="v")],
+        environment="production",
+        open_batches={("f", "u"): opened(first)},
+    )
+    joined, fresh = plan.batches
+    assert joined.extends == first.batch_id and fresh.extends is None
+    assert (joined.first_seq, joined.seqs, joined.event_ids) == (1, (5,), ("m1", "m2", "m5"))
+    assert joined.batch_id == source_request_id("f", 1, ["m1", "m2", "m5"]) != first.batch_id
+    assert joined.received_at == first.received_at  # retention counts from the oldest event
+    body = json.loads(joined.body)
+    assert body["source_request_id"] == joined.batch_id
+    assert [e["data"]["source_message_id"] for e in body["events"]] == ["m1", "m2", "m5"]
+    # The same content planned at once gives the same batch.
+    once = plan_batches([queued(1), queued(2), queued(5)], environment="production").batches[0]
+    assert (once.batch_id, once.body) == (joined.batch_id, joined.body)
+
+
+def test_an_open_batch_is_not_joined_across_an_envelope_change_or_the_size_limit():
+    first = plan_batches([queued(1, size=60_000)], environment="production").batches[0]
+    other = {
+        "user_identities": {"customerid": "u", "email": "e@x"},
+        "device_info": {},
+        "user_attributes": {},
+    }
+    changed = plan_batches(
+        [queued(2, envelope=other), queued(3)],
+        environment="production",
+        open_batches={("f", "u"): opened(first)},
+    )
+    assert [(b.extends, b.seqs) for b in changed.batches] == [(None, (2,)), (None, (3,))]
+    too_big = plan_batches(
+        [queued(2, size=72_000), queued(3)],
+        environment="production",
+        open_batches={("f", "u"): opened(first)},
+    )
+    assert [(b.extends, b.seqs) for b in too_big.batches] == [(None, (2, 3))]
+    fits = plan_batches(
+        [queued(2, size=30_000), queued(3, size=45_000)],
+        environment="production",
+        open_batches={("f", "u"): opened(first)},
+    )
+    assert [(b.extends, b.seqs) for b in fits.batches] == [(first.batch_id, (2,)), (None, (3,))]
+    assert all(len(b.body) < 128 * 1024 for b in fits.batches)

@@ -3,8 +3,11 @@
 A batch holds events of one user for one feed, in arrival order, under 128 KB. Events of a user
 are cut into a new batch when the envelope (identities, device info, user attributes) changes or
 the size limit is reached, so arrival order per user is kept across batches. A batch's content
-is fixed once formed; its ``source_request_id`` is derived from its feed and event ids, so a
-retry is the same request to mParticle (which deduplicates on it).
+is fixed once it is leased (it may be in a request from then on); its ``source_request_id`` is
+derived from its feed and event ids, so a retry is the same request to mParticle (which
+deduplicates on it). Until then it is *open*: events arriving later for its user are appended
+to it (:class:`OpenBatch`), its id derived again, so events arriving close together share a
+batch (fewer batches against the 270 batches/s budget).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from audience_sync.core.currents.validation import MAX_BATCH_BYTES, batch_problems
@@ -38,8 +41,25 @@ class QueuedEvent:
 
 
 @dataclass(frozen=True, kw_only=True)
+class OpenBatch:
+    """A stored batch never leased yet: its user's latest, so later events may join it."""
+
+    batch_id: str
+    feed: str
+    external_user_id: str
+    first_seq: int
+    event_ids: tuple[str, ...]
+    received_at: float
+    body: bytes
+
+
+@dataclass(frozen=True, kw_only=True)
 class PlannedBatch:
-    """One mParticle batch, ready to store and send."""
+    """One mParticle batch, ready to store and send.
+
+    ``seqs`` are the queue positions of the events it takes now; ``event_ids`` all its events,
+    with those of the open batch it ``extends`` (replaces, under a new id) first.
+    """
 
     batch_id: str
     feed: str
@@ -49,6 +69,7 @@ class PlannedBatch:
     event_ids: tuple[str, ...]
     received_at: float
     body: bytes
+    extends: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -82,31 +103,60 @@ FRAME_ALLOWANCE = 256
 """Bytes kept for the frame around the envelope and events (ids, environment, brackets)."""
 
 
+def _open_events(batch: OpenBatch, environment: str, envelope_json: str) -> bytes | None:
+    """The events part of an open batch's body, if its envelope is ``envelope_json`` (else
+    the batch cannot take events with that envelope)."""
+    head = _frame(environment, batch.batch_id, envelope_json).encode("utf-8")
+    if not batch.body.startswith(head) or not batch.body.endswith(b"]}"):
+        return None
+    return batch.body[len(head) : -2]
+
+
 def plan_batches(
     events: Sequence[QueuedEvent],
     *,
     environment: str,
     max_batch_bytes: int = MAX_BATCH_BYTES,
+    open_batches: Mapping[tuple[str, str], OpenBatch] | None = None,
 ) -> BatchPlan:
-    """Cut queued events (any order) into batches per feed and user, in arrival order."""
+    """Cut queued events (any order) into batches per feed and user, in arrival order.
+
+    A user's first events join ``open_batches[(feed, user)]`` (that user's latest stored batch,
+    never leased) when their envelope is the same and the size allows: the batch ``extends`` it.
+    """
     by_user: dict[tuple[str, str], list[QueuedEvent]] = defaultdict(list)
     for event in sorted(events, key=lambda e: e.seq):
         by_user[(event.feed, event.external_user_id)].append(event)
     batches: list[PlannedBatch] = []
     rejected: list[tuple[int, str]] = []
+    opened = open_batches or {}
     for (feed, user), queued in by_user.items():
         run: list[QueuedEvent] = []
         run_bytes = 0
+        seed = opened.get((feed, user))
+        seed_events: bytes | None = None
 
-        def close(run: list[QueuedEvent], feed: str = feed, user: str = user) -> None:
-            ids = [e.event_id for e in run]
-            batch_id = source_request_id(feed, run[0].seq, ids)
+        def close(
+            run: list[QueuedEvent],
+            seed: OpenBatch | None,
+            seed_events: bytes | None,
+            feed: str = feed,
+            user: str = user,
+        ) -> None:
+            new_ids = [e.event_id for e in run]
+            if seed is not None and seed_events is not None:
+                ids = [*seed.event_ids, *new_ids]
+                first_seq, received_at = seed.first_seq, seed.received_at
+                head = seed_events + b","
+            else:
+                ids, first_seq, received_at, head = new_ids, run[0].seq, run[0].received_at, b""
+            batch_id = source_request_id(feed, first_seq, ids)
             body = (
-                _frame(environment, batch_id, run[0].envelope_json)
-                + ",".join(e.event_json for e in run)
-                + "]}"
-            ).encode("utf-8")
-            problems = batch_problems(environment=environment, events=len(run), size=len(body))
+                _frame(environment, batch_id, run[0].envelope_json).encode("utf-8")
+                + head
+                + (",".join(e.event_json for e in run) + "]}").encode("utf-8")
+            )
+            problems = batch_problems(environment=environment, events=len(ids), size=len(body))
             if problems:
                 rejected.extend((e.seq, "invalid_batch: " + "; ".join(problems)) for e in run)
                 return
@@ -115,11 +165,12 @@ def plan_batches(
                     batch_id=batch_id,
                     feed=feed,
                     external_user_id=user,
-                    first_seq=run[0].seq,
+                    first_seq=first_seq,
                     seqs=tuple(e.seq for e in run),
                     event_ids=tuple(ids),
-                    received_at=run[0].received_at,
+                    received_at=received_at,
                     body=body,
+                    extends=seed.batch_id if seed_events is not None and seed else None,
                 )
             )
 
@@ -128,20 +179,29 @@ def plan_batches(
             base = len(event.envelope_json.encode("utf-8")) + FRAME_ALLOWANCE
             if base + size > max_batch_bytes:
                 if run:
-                    close(run)
+                    close(run, seed, seed_events)
                     run, run_bytes = [], 0
+                seed = None
                 rejected.append((event.seq, "event_too_large"))
                 continue
+            if seed is not None and not run:
+                # The user's open batch: joined while the envelope is the same and it fits.
+                seed_events = _open_events(seed, environment, event.envelope_json)
+                if seed_events is not None and len(seed.body) + size <= max_batch_bytes:
+                    run_bytes = len(seed.body)
+                else:
+                    seed, seed_events = None, None
             if run and (
                 event.envelope_json != run[0].envelope_json or run_bytes + size > max_batch_bytes
             ):
-                close(run)
+                close(run, seed, seed_events)
                 run, run_bytes = [], 0
-            if not run:
+                seed, seed_events = None, None
+            if not run and seed_events is None:
                 run_bytes = base
             run.append(event)
             run_bytes += size
         if run:
-            close(run)
+            close(run, seed, seed_events)
     batches.sort(key=lambda b: b.first_seq)
     return BatchPlan(batches=tuple(batches), rejected=tuple(rejected))

@@ -34,7 +34,6 @@ from audience_sync.store.currents.batches import (
 )
 from audience_sync.store.currents.events import (
     NewEvent,
-    PlanConflictError,
     backlog,
     claim_new_ids,
     enqueue,
@@ -56,6 +55,12 @@ from audience_sync.store.currents.feeds import (
 from audience_sync.store.currents.files import (
     is_imported,
     record_file,
+)
+from audience_sync.store.currents.formed import (
+    PlanConflictError,
+    open_batches,
+    reserve_seqs,
+    store_batches,
 )
 from audience_sync.store.currents.reads import (
     FeedStatus,
@@ -90,6 +95,7 @@ __all__ = [
     "is_imported",
     "is_planning_due",
     "lock_feed_for_planning",
+    "open_batches",
     "pause_feed",
     "prune_dedup",
     "queued_events",
@@ -99,7 +105,9 @@ __all__ = [
     "replay",
     "reroute_held",
     "reschedule",
+    "reserve_seqs",
     "resume_feed",
     "save_plan",
+    "store_batches",
     "sync_feeds",
 ]

@@ -77,7 +77,7 @@ def _claim(
             conn.execute(
                 sa.update(currents_batches)
                 .where(b.id.in_(chunk))
-                .values(claimed_by=worker_id, claimed_until=now + lease_s)
+                .values(claimed_by=worker_id, claimed_until=now + lease_s, leases=b.leases + 1)
             )
     return [
         ClaimedBatch(

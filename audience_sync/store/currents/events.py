@@ -4,10 +4,9 @@ events into batches."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-import orjson
 import sqlalchemy as sa
 
 from audience_sync.core.currents.batching import BatchPlan, PlannedBatch, QueuedEvent
@@ -17,12 +16,15 @@ from audience_sync.store.currents.base import (
     chunks,
     count,
 )
+from audience_sync.store.currents.formed import PlanConflictError, store_batches
 from audience_sync.store.schema import (
     currents_batches,
     currents_dedup,
     currents_events,
 )
 from audience_sync.store.statements import executemany, insert
+
+_PLACEHOLDER = {"qmark": "?", "format": "%s", "pyformat": "%s"}
 
 
 @dataclass(slots=True, kw_only=True)
@@ -117,8 +119,15 @@ ENQUEUE_COLUMNS = (
 )
 
 
-def enqueue(conn: sa.Connection, events: Sequence[NewEvent], *, now: float) -> int:
-    """Queue mapped events in arrival order (the order given), in the caller's transaction.
+def enqueue(
+    conn: sa.Connection,
+    events: Sequence[NewEvent],
+    *,
+    now: float,
+    dead: Mapping[str, str] | None = None,
+) -> int:
+    """Queue mapped events in arrival order (the order given), in the caller's transaction;
+    those of ``dead`` (event id → reason) go straight to the dead-letter store.
 
     Through :func:`~audience_sync.store.statements.executemany` (tuples, multi-row ``VALUES``
     on SQLite): this runs for every imported event, and SQLAlchemy's per-row parameter
@@ -126,7 +135,8 @@ def enqueue(conn: sa.Connection, events: Sequence[NewEvent], *, now: float) -> i
     """
     if not events:
         return 0
-    queued, held = str(EventState.QUEUED), str(EventState.HELD)
+    queued, held, gone = str(EventState.QUEUED), str(EventState.HELD), str(EventState.DEAD)
+    dead = dead or {}
     executemany(
         conn,
         "currents_enqueue",
@@ -139,11 +149,11 @@ def enqueue(conn: sa.Connection, events: Sequence[NewEvent], *, now: float) -> i
                 e.external_user_id,
                 e.app_id,
                 e.platform,
-                queued if e.feed else held,
+                gone if e.event_id in dead else queued if e.feed else held,
                 now,
                 e.envelope_json,
                 e.event_json,
-                None if e.feed else "no_feed",
+                dead.get(e.event_id) if e.feed else "no_feed",
             )
             for e in events
         ],
@@ -228,31 +238,6 @@ def feeds_with_queued(conn: sa.Connection) -> list[str]:
     )
 
 
-BATCH_COLUMNS = (
-    "id",
-    "feed",
-    "external_user_id",
-    "first_seq",
-    "events",
-    "event_ids",
-    "body",
-    "state",
-    "attempts",
-    "due_at",
-    "claimed_by",
-    "claimed_until",
-    "received_at",
-    "retain_from",
-    "created_at",
-)
-_PLACEHOLDER = {"qmark": "?", "format": "%s", "pyformat": "%s"}
-
-
-class PlanConflictError(Exception):
-    """Events read for a plan changed before it was saved (expired, or taken by another
-    planner): the transaction rolls back and the events are planned again later."""
-
-
 def save_plan(
     conn: sa.Connection,
     plan: BatchPlan,
@@ -302,34 +287,13 @@ def save_plan(
             if key not in blocked and len(claimed) < claim_limit:
                 claimed.append(batch)
             blocked.add(key)
-    leased = {b.batch_id for b in claimed}
-    worker, until = claim if claim is not None else (None, None)
-    pending = str(BatchState.PENDING)
-    executemany(
+    store_batches(
         conn,
-        "currents_batches_insert",
-        lambda: sa.insert(currents_batches),
-        BATCH_COLUMNS,
-        [
-            (
-                b.batch_id,
-                b.feed,
-                b.external_user_id,
-                b.first_seq,
-                len(b.seqs),
-                orjson.dumps(b.event_ids).decode("utf-8"),
-                b.body,
-                pending,
-                0,
-                now,
-                worker if b.batch_id in leased else None,
-                until if b.batch_id in leased else None,
-                b.received_at,
-                b.received_at,
-                now,
-            )
-            for b in plan.batches
-        ],
+        plan.batches,
+        now=now,
+        due_at=now,
+        leased={b.batch_id for b in claimed},
+        claim=claim,
     )
     return claimed
 
