@@ -274,3 +274,9 @@ def test_an_open_batch_is_not_joined_across_an_envelope_change_or_the_size_limit
     )
     assert [(b.extends, b.seqs) for b in fits.batches] == [(first.batch_id, (2,)), (None, (3,))]
     assert all(len(b.body) < 128 * 1024 for b in fits.batches)
+
+
+def test_source_request_ids_sort_in_queue_order():
+    ids = [source_request_id("f", seq, [f"m{seq}"]) for seq in (1, 2, 255, 256, 70_000, 2**40)]
+    assert ids == sorted(ids)
+    assert len({source_request_id("f", 3, ["a"]), source_request_id("f", 3, ["b"])}) == 2

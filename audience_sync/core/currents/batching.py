@@ -83,10 +83,16 @@ class BatchPlan:
 def source_request_id(feed: str, first_seq: int, event_ids: Sequence[str]) -> str:
     """A UUID-shaped id derived from the batch's feed, first queue position and event ids:
     stored with the batch, so stable across retries; the queue position keeps it unique even
-    when an id comes back after the dedup window."""
+    when an id comes back after the dedup window.
+
+    Its first six bytes are the queue position, the other ten a hash of the rest: ids then
+    sort in arrival order, so the batches' primary key index grows at its end like the queue
+    instead of taking a random page per batch (which SQLite writes to its WAL and copies back
+    at every checkpoint).
+    """
     parts = [feed, str(first_seq), *event_ids]
     digest = hashlib.sha256("\x00".join(parts).encode("utf-8")).digest()
-    return str(uuid.UUID(bytes=digest[:16]))
+    return str(uuid.UUID(bytes=(first_seq % 2**48).to_bytes(6, "big") + digest[:10]))
 
 
 def _frame(environment: str, batch_id: str, envelope_json: str) -> str:
