@@ -34,63 +34,49 @@ class ClaimedBatch:
     first_failure_at: float | None
 
 
-def _claimable(now: float) -> t.Any:
-    b = currents_batches.c
-    earlier = currents_batches.alias("earlier")
-    return sa.and_(
-        b.state == BatchState.PENDING,
-        b.due_at <= now,
-        sa.or_(b.claimed_until.is_(None), b.claimed_until < now),
-        ~sa.exists().where(
-            earlier.c.feed == b.feed,
-            earlier.c.external_user_id == b.external_user_id,
-            earlier.c.state == BatchState.PENDING,
-            earlier.c.first_seq < b.first_seq,
-        ),
-    )
+_PLACEHOLDER = {"qmark": "?", "format": "%s", "pyformat": "%s"}
+_CLAIM_COLUMNS = "id, feed, external_user_id, first_seq, events, body, attempts, first_failure_at"
 
 
 def _claim(
-    conn: sa.Connection, where: t.Any, *, worker_id: str, now: float, lease_s: float, limit: int
+    conn: sa.Connection,
+    where: str,
+    params: tuple[t.Any, ...],
+    *,
+    worker_id: str,
+    now: float,
+    lease_s: float,
+    limit: int,
 ) -> list[ClaimedBatch]:
-    b = currents_batches.c
-    query = (
-        sa.select(
-            b.id,
-            b.feed,
-            b.external_user_id,
-            b.first_seq,
-            b.events,
-            b.body,
-            b.attempts,
-            b.first_failure_at,
+    """Lease the batches ``where`` (SQL on table alias ``b``, ``{m}`` for a placeholder)
+    selects, oldest first. Driver SQL and tuples: this runs for every batch sent, where
+    SQLAlchemy's statement and row machinery cost more than the queries."""
+    m = _PLACEHOLDER[conn.dialect.paramstyle]
+    table = currents_batches.name
+    lock = " FOR UPDATE OF b SKIP LOCKED" if conn.dialect.name == "postgresql" else ""
+    rows = conn.exec_driver_sql(
+        f"SELECT {_CLAIM_COLUMNS} FROM {table} b WHERE {where.format(m=m)} "
+        f"ORDER BY b.first_seq LIMIT {int(limit)}{lock}",
+        params,
+    ).all()
+    for chunk in chunks([r[0] for r in rows]):
+        conn.exec_driver_sql(
+            f"UPDATE {table} SET claimed_by = {m}, claimed_until = {m}, leases = leases + 1 "
+            f"WHERE id IN ({', '.join([m] * len(chunk))})",
+            (worker_id, now + lease_s, *chunk),
         )
-        .where(where)
-        .order_by(b.first_seq)
-        .limit(limit)
-    )
-    if conn.dialect.name == "postgresql":
-        query = query.with_for_update(skip_locked=True, of=currents_batches)
-    rows = conn.execute(query).all()
-    if rows:
-        for chunk in chunks([r.id for r in rows]):
-            conn.execute(
-                sa.update(currents_batches)
-                .where(b.id.in_(chunk))
-                .values(claimed_by=worker_id, claimed_until=now + lease_s, leases=b.leases + 1)
-            )
     return [
         ClaimedBatch(
-            id=r.id,
-            feed=r.feed,
-            external_user_id=r.external_user_id,
-            first_seq=r.first_seq,
-            events=r.events,
-            body=bytes(r.body),
-            attempts=r.attempts,
-            first_failure_at=r.first_failure_at,
+            id=batch_id,
+            feed=feed,
+            external_user_id=user,
+            first_seq=first_seq,
+            events=events,
+            body=bytes(body),
+            attempts=attempts,
+            first_failure_at=first_failure_at,
         )
-        for r in rows
+        for batch_id, feed, user, first_seq, events, body, attempts, first_failure_at in rows
     ]
 
 
@@ -103,24 +89,29 @@ def claim_batches(
     lease_s: float,
     limit: int,
 ) -> list[ClaimedBatch]:
-    """Lease the oldest due batches of ``feeds`` (the active ones), one per user at a time."""
+    """Lease the oldest due batches of ``feeds`` (the active ones), one per user at a time:
+    never one while an older batch of its user and feed is still pending (arrival order)."""
     if not feeds:
         return []
-    where = sa.and_(_claimable(now), currents_batches.c.feed.in_(list(feeds)))
-    return _claim(conn, where, worker_id=worker_id, now=now, lease_s=lease_s, limit=limit)
+    pending = str(BatchState.PENDING)
+    where = (
+        "b.state = {m} AND b.due_at <= {m} AND (b.claimed_until IS NULL OR b.claimed_until < {m}) "
+        f"AND b.feed IN ({', '.join(['{m}'] * len(feeds))}) "
+        f"AND NOT EXISTS (SELECT 1 FROM {currents_batches.name} e "
+        "WHERE e.feed = b.feed AND e.external_user_id = b.external_user_id "
+        "AND e.state = {m} AND e.first_seq < b.first_seq)"
+    )
+    params = (pending, now, now, *feeds, pending)
+    return _claim(conn, where, params, worker_id=worker_id, now=now, lease_s=lease_s, limit=limit)
 
 
 def claim_probe(
     conn: sa.Connection, feed: str, *, worker_id: str, now: float, lease_s: float
 ) -> ClaimedBatch | None:
     """Lease the oldest pending batch of a paused feed, whatever its due time (the probe)."""
-    b = currents_batches.c
-    where = sa.and_(
-        b.feed == feed,
-        b.state == BatchState.PENDING,
-        sa.or_(b.claimed_until.is_(None), b.claimed_until < now),
-    )
-    claimed = _claim(conn, where, worker_id=worker_id, now=now, lease_s=lease_s, limit=1)
+    where = "b.feed = {m} AND b.state = {m} AND (b.claimed_until IS NULL OR b.claimed_until < {m})"
+    params = (feed, str(BatchState.PENDING), now)
+    claimed = _claim(conn, where, params, worker_id=worker_id, now=now, lease_s=lease_s, limit=1)
     return claimed[0] if claimed else None
 
 
@@ -132,14 +123,18 @@ def _owned(ids: Sequence[str], worker_id: str) -> t.Any:
 def finish(conn: sa.Connection, ids: Sequence[str], *, worker_id: str, now: float) -> int:
     """mParticle accepted these batches: delete them (their events with them); returns the
     number of events done."""
+    m = _PLACEHOLDER[conn.dialect.paramstyle]
     done = 0
     for chunk in chunks(list(ids)):
+        # Driver SQL: SQLAlchemy re-renders an expanding IN list for every chunk.
         done += sum(
-            conn.execute(
-                sa.delete(currents_batches)
-                .where(_owned(chunk, worker_id))
-                .returning(currents_batches.c.events)
-            ).scalars()
+            n
+            for (n,) in conn.exec_driver_sql(
+                f"DELETE FROM {currents_batches.name} "
+                f"WHERE id IN ({', '.join([m] * len(chunk))}) AND claimed_by = {m} "
+                "RETURNING events",
+                (*chunk, worker_id),
+            )
         )
     if done:
         count(conn, {"forwarded": done}, now=now)
