@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 
 import pytest
 from hypothesis import given, settings
@@ -280,3 +281,9 @@ def test_source_request_ids_sort_in_queue_order():
     ids = [source_request_id("f", seq, [f"m{seq}"]) for seq in (1, 2, 255, 256, 70_000, 2**40)]
     assert ids == sorted(ids)
     assert len({source_request_id("f", 3, ["a"]), source_request_id("f", 3, ["b"])}) == 2
+
+
+def test_source_request_id_is_a_uuid_string():
+    batch_id = source_request_id("f", 123_456, ["a", "b"])
+    assert str(uuid.UUID(batch_id)) == batch_id
+    assert batch_id.startswith("00000001-e240-")  # the position, big-endian

@@ -13,7 +13,7 @@ batch (fewer batches against the 270 batches/s budget).
 from __future__ import annotations
 
 import hashlib
-import uuid
+import operator
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -23,12 +23,13 @@ from audience_sync.core.currents.validation import MAX_BATCH_BYTES, batch_proble
 SCHEMA_VERSION = 2
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class QueuedEvent:
     """An event waiting in the queue, its parts serialised once at intake.
 
     ``envelope_json`` is the JSON object of ``user_identities``, ``device_info`` and
-    ``user_attributes``; ``event_json`` the JSON of one ``events[]`` entry.
+    ``user_attributes``; ``event_json`` the JSON of one ``events[]`` entry. Not frozen: one is
+    built per event planned, and nothing changes it once built.
     """
 
     seq: int
@@ -53,9 +54,10 @@ class OpenBatch:
     body: bytes
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class PlannedBatch:
-    """One mParticle batch, ready to store and send.
+    """One mParticle batch, ready to store and send (not frozen: one is built per batch, and
+    nothing changes it once built).
 
     ``seqs`` are the queue positions of the events it takes now; ``event_ids`` all its events,
     with those of the open batch it ``extends`` (replaces, under a new id) first.
@@ -92,7 +94,9 @@ def source_request_id(feed: str, first_seq: int, event_ids: Sequence[str]) -> st
     """
     parts = [feed, str(first_seq), *event_ids]
     digest = hashlib.sha256("\x00".join(parts).encode("utf-8")).digest()
-    return str(uuid.UUID(bytes=(first_seq % 2**48).to_bytes(6, "big") + digest[:10]))
+    # str(uuid.UUID(bytes=...)), formatted directly (this runs for every batch).
+    h = ((first_seq % 2**48).to_bytes(6, "big") + digest[:10]).hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def _frame(environment: str, batch_id: str, envelope_json: str) -> str:
@@ -107,6 +111,10 @@ def _frame(environment: str, batch_id: str, envelope_json: str) -> str:
 
 FRAME_ALLOWANCE = 256
 """Bytes kept for the frame around the envelope and events (ids, environment, brackets)."""
+
+
+def _utf8_len(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8"))
 
 
 def _open_events(batch: OpenBatch, environment: str, envelope_json: str) -> bytes | None:
@@ -131,64 +139,24 @@ def plan_batches(
     never leased) when their envelope is the same and the size allows: the batch ``extends`` it.
     """
     by_user: dict[tuple[str, str], list[QueuedEvent]] = defaultdict(list)
-    for event in sorted(events, key=lambda e: e.seq):
+    for event in sorted(events, key=_SEQ):
         by_user[(event.feed, event.external_user_id)].append(event)
-    batches: list[PlannedBatch] = []
-    rejected: list[tuple[int, str]] = []
+    plan = _Plan(environment)
     opened = open_batches or {}
     for (feed, user), queued in by_user.items():
         run: list[QueuedEvent] = []
         run_bytes = 0
         seed = opened.get((feed, user))
         seed_events: bytes | None = None
-
-        def close(
-            run: list[QueuedEvent],
-            seed: OpenBatch | None,
-            seed_events: bytes | None,
-            feed: str = feed,
-            user: str = user,
-        ) -> None:
-            new_ids = [e.event_id for e in run]
-            if seed is not None and seed_events is not None:
-                ids = [*seed.event_ids, *new_ids]
-                first_seq, received_at = seed.first_seq, seed.received_at
-                head = seed_events + b","
-            else:
-                ids, first_seq, received_at, head = new_ids, run[0].seq, run[0].received_at, b""
-            batch_id = source_request_id(feed, first_seq, ids)
-            body = (
-                _frame(environment, batch_id, run[0].envelope_json).encode("utf-8")
-                + head
-                + (",".join(e.event_json for e in run) + "]}").encode("utf-8")
-            )
-            problems = batch_problems(environment=environment, events=len(ids), size=len(body))
-            if problems:
-                rejected.extend((e.seq, "invalid_batch: " + "; ".join(problems)) for e in run)
-                return
-            batches.append(
-                PlannedBatch(
-                    batch_id=batch_id,
-                    feed=feed,
-                    external_user_id=user,
-                    first_seq=first_seq,
-                    seqs=tuple(e.seq for e in run),
-                    event_ids=tuple(ids),
-                    received_at=received_at,
-                    body=body,
-                    extends=seed.batch_id if seed_events is not None and seed else None,
-                )
-            )
-
         for event in queued:
-            size = len(event.event_json.encode("utf-8")) + 1
-            base = len(event.envelope_json.encode("utf-8")) + FRAME_ALLOWANCE
+            size = _utf8_len(event.event_json) + 1
+            base = _utf8_len(event.envelope_json) + FRAME_ALLOWANCE
             if base + size > max_batch_bytes:
                 if run:
-                    close(run, seed, seed_events)
+                    plan.close(feed, user, run, seed, seed_events)
                     run, run_bytes = [], 0
-                seed = None
-                rejected.append((event.seq, "event_too_large"))
+                seed, seed_events = None, None
+                plan.rejected.append((event.seq, "event_too_large"))
                 continue
             if seed is not None and not run:
                 # The user's open batch: joined while the envelope is the same and it fits.
@@ -200,7 +168,7 @@ def plan_batches(
             if run and (
                 event.envelope_json != run[0].envelope_json or run_bytes + size > max_batch_bytes
             ):
-                close(run, seed, seed_events)
+                plan.close(feed, user, run, seed, seed_events)
                 run, run_bytes = [], 0
                 seed, seed_events = None, None
             if not run and seed_events is None:
@@ -208,6 +176,65 @@ def plan_batches(
             run.append(event)
             run_bytes += size
         if run:
-            close(run, seed, seed_events)
-    batches.sort(key=lambda b: b.first_seq)
-    return BatchPlan(batches=tuple(batches), rejected=tuple(rejected))
+            plan.close(feed, user, run, seed, seed_events)
+    plan.batches.sort(key=_FIRST_SEQ)
+    return BatchPlan(batches=tuple(plan.batches), rejected=tuple(plan.rejected))
+
+
+_SEQ = operator.attrgetter("seq")
+_FIRST_SEQ = operator.attrgetter("first_seq")
+
+
+class _Plan:
+    """The batches and rejections of one :func:`plan_batches` call."""
+
+    def __init__(self, environment: str) -> None:
+        self.environment = environment
+        self.batches: list[PlannedBatch] = []
+        self.rejected: list[tuple[int, str]] = []
+
+    def close(
+        self,
+        feed: str,
+        user: str,
+        run: list[QueuedEvent],
+        seed: OpenBatch | None,
+        seed_events: bytes | None,
+    ) -> None:
+        """Form one batch of ``run`` (after ``seed_events``, the events of the open batch
+        ``seed`` it extends, if any), or reject its events when mParticle would refuse it."""
+        environment = self.environment
+        new_ids = [e.event_id for e in run]
+        if seed is not None and seed_events is not None:
+            ids = [*seed.event_ids, *new_ids]
+            first_seq, received_at, extends = seed.first_seq, seed.received_at, seed.batch_id
+            head = seed_events + b","
+        else:
+            ids, first_seq, received_at = new_ids, run[0].seq, run[0].received_at
+            extends, head = None, b""
+        batch_id = source_request_id(feed, first_seq, ids)
+        events_json = run[0].event_json if len(run) == 1 else ",".join(e.event_json for e in run)
+        body = (
+            _frame(environment, batch_id, run[0].envelope_json).encode("utf-8")
+            + head
+            + events_json.encode("utf-8")
+            + b"]}"
+        )
+        problems = batch_problems(environment=environment, events=len(ids), size=len(body))
+        if problems:
+            reason = "invalid_batch: " + "; ".join(problems)
+            self.rejected.extend((e.seq, reason) for e in run)
+            return
+        self.batches.append(
+            PlannedBatch(
+                batch_id=batch_id,
+                feed=feed,
+                external_user_id=user,
+                first_seq=first_seq,
+                seqs=tuple(e.seq for e in run),
+                event_ids=tuple(ids),
+                received_at=received_at,
+                body=body,
+                extends=extends,
+            )
+        )
