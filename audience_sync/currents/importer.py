@@ -1,9 +1,10 @@
 """``audience-sync currents import PATH...`` and the ``currents_watch`` job (SPEC §6.2, §7).
 
 Files and directory trees are walked in name order; each file is imported once, recorded by
-path and checksum. One transaction per file: its events, its dedup keys, its counts and its
-record commit together, so a killed import never leaves half of a file imported, and a file is
-never imported twice. A corrupt or truncated file is reported with its path and the others go on.
+path and checksum. One transaction per file: its events (cut into mParticle batches at once),
+its dedup keys, its counts and its record commit together, so a killed import never leaves half
+of a file imported, and a file is never imported twice. A corrupt or truncated file is reported
+with its path and the others go on.
 """
 
 from __future__ import annotations

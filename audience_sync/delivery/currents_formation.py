@@ -3,6 +3,9 @@ events into batches (:func:`audience_sync.core.currents.batching.plan_batches`) 
 transaction, the first of them leased at once to the sender that formed them (SPEC §6.3).
 
 Formation is per feed, so the sender can keep a feed whose planning fails apart from the others.
+Most batches are formed by the intake itself (:func:`audience_sync.currents.service.form_batches`);
+the events queued here are those it could not batch: held events a feed now takes, and replayed
+dead-lettered events.
 """
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
 """The mParticle sender: claim → plan → pack → send → record (SPEC §6.3 to §6.5).
 
-1. form batches from queued events (content fixed; ``source_request_id`` derived from it);
+1. form batches from queued events: the intake forms most batches itself, in the transaction
+   that accepts the events; what it could not (held events a feed now takes, replayed events)
+   is formed here (``source_request_id`` derived from the content, fixed once leased);
 2. lease the oldest due batches of active feeds, one per user at a time (arrival order);
 3. pack them into ``/v2/bulkevents`` requests (≤100 batches, <256 KB) within the feed's
    batches-per-second budget;

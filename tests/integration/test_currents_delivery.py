@@ -476,3 +476,45 @@ def test_a_leased_batch_is_never_joined_even_after_a_crash_released_it(make_clie
     drain(sender, runtime.engine)
     assert mp.order_by_user()["u"] == [first["id"], second["id"], third["id"]]
     assert mp.delivered_twice() == [] and mp.rejected == []
+
+
+def test_concurrent_intakes_beside_a_sender_deliver_each_event_once_in_order(make_client, mp):
+    """Requests of the same users accepted at once (each forming and joining batches in its
+    transaction) while a sender leases and sends: each event once, a request's events in their
+    order per user, and no user with two batches in flight."""
+    client = make_client(**currents_settings(mp.url))
+    runtime = client.application.extensions["audience_sync"]
+    requests_ = [[http_event(user=f"u{(n + k) % 6}") for n in range(30)] for k in range(24)]
+    sender = make_sender(runtime)
+    stop = threading.Event()
+
+    def send():
+        while not stop.is_set():
+            if not sender.run_once():
+                time.sleep(0.005)
+
+    def intake(part):
+        local = client.application.test_client()
+        for events in part:
+            response = local.post("/currents", json={"events": events}, headers=bearer())
+            assert response.status_code == 200, response.get_json()
+
+    threads = [threading.Thread(target=send)] + [
+        threading.Thread(target=intake, args=(requests_[k::3],)) for k in range(3)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads[1:]:
+        t.join()
+    wait_for(lambda: live(runtime.engine) == 0, timeout_s=60)
+    stop.set()
+    threads[0].join()
+    events = [e for r in requests_ for e in r]
+    assert sorted(mp.message_ids().elements()) == sorted(e["id"] for e in events)
+    assert mp.duplicate_batches == 0 and mp.rejected == []
+    order = mp.order_by_user()
+    for events in requests_:
+        for user in {e["user"]["external_user_id"] for e in events}:
+            mine = [e["id"] for e in events if e["user"]["external_user_id"] == user]
+            positions = [order[user].index(i) for i in mine]
+            assert positions == sorted(positions)
