@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from audience_sync.store import currents as queue
 from audience_sync.store.counters import totals
-from audience_sync.store.schema import currents_dedup, metadata
+from audience_sync.store.schema import currents_batches, currents_dedup, metadata
 from tests.currents_support import (
     CURRENTS_TOKEN,
     bearer,
@@ -258,3 +258,21 @@ def test_random_bytes_never_yield_5xx(cclient, cengine, data):
     assert response.status_code < 500
     if response.status_code >= 400:
         assert table_counts(cengine) == before
+
+
+def test_later_events_join_an_open_batch_only_while_it_is_small(cclient, cengine):
+    """Joining rewrites the batch's body: a big open batch is left as it is."""
+    post(cclient, [http_event(user="u")])
+    post(cclient, [http_event(user="u")])
+    assert [r.state for r in queued_rows(cengine)] == ["batched", "batched"]
+    with cengine.connect() as conn:
+        assert conn.execute(sa.select(currents_batches.c.events)).scalars().all() == [2]
+    post(cclient, [http_event(user="v", pad="x" * 70_000)])
+    post(cclient, [http_event(user="v")])
+    with cengine.connect() as conn:
+        sizes = conn.execute(
+            sa.select(currents_batches.c.events)
+            .where(currents_batches.c.external_user_id == "v")
+            .order_by(currents_batches.c.first_seq)
+        )
+        assert sizes.scalars().all() == [1, 1]

@@ -73,6 +73,21 @@ def start(config: Path, tmp_path: Path, name: str, *args: str) -> subprocess.Pop
     )
 
 
+def handles_sigterm(proc: subprocess.Popen, timeout_s: float = 60.0) -> None:
+    """Wait until ``proc`` has installed its SIGTERM handler (Linux: ``SigCgt`` in
+    ``/proc/<pid>/status``), so a SIGTERM tests its shutdown, not its start-up."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        status = Path(f"/proc/{proc.pid}/status").read_text()
+        caught = int(
+            next(line for line in status.splitlines() if line.startswith("SigCgt:")).split()[1], 16
+        )
+        if caught & (1 << (signal.SIGTERM - 1)):
+            return
+        time.sleep(0.02)
+    raise AssertionError("the process never got ready for SIGTERM")
+
+
 def imported_files(engine) -> int:
     with engine.connect() as conn:
         return conn.execute(sa.select(sa.func.count()).select_from(currents_files)).scalar_one()
@@ -141,6 +156,7 @@ def test_faults_and_sigkill_deliver_every_event_exactly_once(make_settings, tmp_
         assert rerun.wait(120) in (0, None)
         worker = start(config, tmp_path, "worker", "worker")
         try:
+            handles_sigterm(worker)  # the queue may be empty already: stop it once it has started
             deadline = time.monotonic() + 120
             while live(runtime.engine):
                 assert time.monotonic() < deadline, f"{live(runtime.engine)} not delivered"

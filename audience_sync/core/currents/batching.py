@@ -109,6 +109,10 @@ def _frame(environment: str, batch_id: str, envelope_json: str) -> str:
     )
 
 
+OPEN_BATCH_MAX_BYTES = 64 * 1024
+"""An open batch is joined only while its body is under this: joining rewrites the whole body,
+so while a feed is paused (nothing leased) each intake costs a heavy user at most this much."""
+
 FRAME_ALLOWANCE = 256
 """Bytes kept for the frame around the envelope and events (ids, environment, brackets)."""
 

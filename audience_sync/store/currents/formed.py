@@ -15,7 +15,7 @@ from collections.abc import Collection, Sequence
 import orjson
 import sqlalchemy as sa
 
-from audience_sync.core.currents.batching import OpenBatch, PlannedBatch
+from audience_sync.core.currents.batching import OPEN_BATCH_MAX_BYTES, OpenBatch, PlannedBatch
 from audience_sync.store.currents.base import BatchState, chunks
 from audience_sync.store.schema import currents_batches, currents_events
 from audience_sync.store.statements import executemany
@@ -59,7 +59,8 @@ def open_batches(
     conn: sa.Connection, feed: str, users: Collection[str]
 ) -> dict[tuple[str, str], OpenBatch]:
     """The latest pending batch of each of ``users`` in ``feed``, where no sender ever leased
-    it (locked on PostgreSQL until the transaction ends, so no sender leases it meanwhile)."""
+    it and its body is under :data:`OPEN_BATCH_MAX_BYTES` (locked on PostgreSQL until the
+    transaction ends, so no sender leases it meanwhile)."""
     mark = _PLACEHOLDER[conn.dialect.paramstyle]
     postgresql = conn.dialect.name == "postgresql"
     table = currents_batches.name
@@ -82,8 +83,9 @@ def open_batches(
     for chunk in chunks(ids):
         rows = conn.exec_driver_sql(
             "SELECT id, external_user_id, first_seq, event_ids, received_at, body "
-            f"FROM {table} WHERE id IN ({', '.join([mark] * len(chunk))}) AND leases = 0{lock}",
-            tuple(chunk),
+            f"FROM {table} WHERE id IN ({', '.join([mark] * len(chunk))}) AND leases = 0 "
+            f"AND length(body) < {mark}{lock}",
+            (*chunk, OPEN_BATCH_MAX_BYTES),
         ).all()
         for batch_id, user, first_seq, event_ids, received_at, body in rows:
             found[(feed, user)] = OpenBatch(
