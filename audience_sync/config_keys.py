@@ -8,7 +8,7 @@ from __future__ import annotations
 import typing as t
 
 from audience_sync.core import urls
-from audience_sync.core.delivery_plan import SEND_WITHIN_S
+from audience_sync.core.leases import SEND_WITHIN_S
 
 
 class Secret:

@@ -39,11 +39,6 @@ from audience_sync.core.states import DeliveryCounter, DeliveryOutcome
 
 WAIT_FOR_CONNECTION_S = 60.0
 """Users waiting for a connection to become valid are looked at again after this long."""
-SEND_WITHIN_S = 1.0
-"""A request goes out at most this long after its users' lease was renewed with its write-ahead
-record. One renewal covers the requests of a claim sent back to back; after a longer pause (a
-wait for the rate budget) a sender renews again before sending. A lease cut short
-(:func:`audience_sync.store.workers.reap_stale`) ends this much later for it."""
 NEVER_ACKNOWLEDGED: t.Final = Acknowledged(attributes=MappingProxyType({}))
 """The acknowledged state of a user Braze never confirmed anything for (one shared value)."""
 

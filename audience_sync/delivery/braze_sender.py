@@ -6,7 +6,7 @@
 2. pack full ``/users/track`` requests (:func:`audience_sync.braze.requests.build_requests`),
    renew the lease of all their users and record write-ahead what each request may change, in
    one transaction, then send them back to back within the key's rate budget. A request that
-   would go out more than :data:`~audience_sync.core.delivery_plan.SEND_WITHIN_S` after that
+   would go out more than :data:`~audience_sync.core.leases.SEND_WITHIN_S` after that
    renewal (it waited for the budget) renews its own users first, so a lease cut short by the
    worker registry never ends while its request may run;
 3. record each user's outcome: acknowledged state and data points for the accepted, a durable
@@ -40,13 +40,13 @@ from audience_sync.braze.ratelimit import RateBudget
 from audience_sync.braze.requests import ObjectTooLargeError, build_requests
 from audience_sync.core.answer_plan import AnswerPlan
 from audience_sync.core.delivery_plan import (
-    SEND_WITHIN_S,
     WAIT_FOR_CONNECTION_S,
     FailedWrite,
     PendingWrite,
     fail_all,
     plan_batch,
 )
+from audience_sync.core.leases import SEND_WITHIN_S
 from audience_sync.core.state import Claim
 from audience_sync.core.states import DeliveryCounter, DeliveryReason
 from audience_sync.delivery import braze_record as record

@@ -5,7 +5,7 @@ Its senders claim outbox rows as ``<worker id>:<n>`` (:func:`sender_ids`). When 
 heartbeat has stopped for ``timeout_s`` (SIGKILL, a lost machine), any live worker
 :func:`reap_stale` its row and **cuts its leases short**: a lease that never covered a request
 ends at once; one renewed for a request ends ``request_timeout_s`` plus
-:data:`~audience_sync.core.delivery_plan.SEND_WITHIN_S` after that renewal, the latest moment
+:data:`~audience_sync.core.leases.SEND_WITHIN_S` after that renewal, the latest moment
 the request could still be running. So a user is never in flight twice, even
 when the "dead" worker was only cut off from the database; its senders find out at their next
 renew, which fails for the users taken from them.
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from audience_sync.core.delivery_plan import SEND_WITHIN_S
+from audience_sync.core.leases import SEND_WITHIN_S
 from audience_sync.store.schema import outbox, workers
 from audience_sync.store.statements import insert
 

@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 
 from audience_sync.braze.ratelimit import RateBudget
-from audience_sync.core.delivery_plan import SEND_WITHIN_S
+from audience_sync.core.leases import SEND_WITHIN_S
 from audience_sync.delivery.heartbeat import Heartbeat
 from audience_sync.store import outbox, workers
 from audience_sync.store.schema import outbox as outbox_table

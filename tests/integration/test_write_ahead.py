@@ -12,7 +12,7 @@ import time
 import pytest
 import sqlalchemy as sa
 
-from audience_sync.core.delivery_plan import SEND_WITHIN_S
+from audience_sync.core.leases import SEND_WITHIN_S
 from audience_sync.store.schema import outbox
 from tests.fakes.braze_server import FakeBraze
 from tests.integration.test_delivery import (
