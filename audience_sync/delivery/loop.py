@@ -49,9 +49,11 @@ def retry_policy(settings: t.Any, *, retry_window_s: float) -> RetryPolicy:
         max_attempts=settings.get("delivery.max_attempts"),
     )
 
+
 ANALYZE_INTERVAL_S = 300.0
 """While a sender keeps finding work, it refreshes PostgreSQL's planner statistics this often (a
-bulk load's rows are then planned for within minutes, whatever autovacuum does)."""
+bulk load's rows are then planned for within minutes, whatever autovacuum does): one sender of
+all processes does, when no one did within this interval (:func:`analyze`)."""
 
 Item = t.TypeVar("Item")
 T = t.TypeVar("T")
@@ -130,7 +132,7 @@ class SenderLoop(abc.ABC, t.Generic[Item]):
         if items and now >= self._next_analyze:
             # At the first work after start (after an import, a restart) and then periodically.
             self._next_analyze = now + ANALYZE_INTERVAL_S
-            analyze(self.engine)
+            analyze(self.engine, max_age_s=ANALYZE_INTERVAL_S)
         groups: dict[Hashable, list[Item]] = {}
         for item in items:
             groups.setdefault(self.group_of(item), []).append(item)

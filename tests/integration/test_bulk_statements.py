@@ -303,6 +303,23 @@ def test_analyze_runs_on_postgresql_only(engine):
         assert analyzed
 
 
+def test_analyze_with_a_max_age_runs_once_per_age_and_never_beside_another(engine):
+    """Every sender of every worker asks at its first work: one of them analyzes."""
+    from audience_sync.store.statistics import ADVISORY_LOCK_KEY, analyze
+
+    postgresql = engine.dialect.name == "postgresql"
+    assert analyze(engine, max_age_s=1e-6) is postgresql  # older than that: runs
+    assert analyze(engine, max_age_s=300) is False  # fresh: skipped
+    if postgresql:
+        with engine.connect() as other:
+            other.exec_driver_sql("SELECT pg_advisory_lock(%(k)s)", {"k": ADVISORY_LOCK_KEY})
+            try:
+                assert analyze(engine, max_age_s=1e-6) is False  # another one is at it
+            finally:
+                other.exec_driver_sql("SELECT pg_advisory_unlock(%(k)s)", {"k": ADVISORY_LOCK_KEY})
+            other.commit()
+
+
 def test_connection_audience_and_field_flag_rows_of_a_snapshot(engine, claimed):
     from audience_sync.store.schema import audiences, connections, field_flags
 
