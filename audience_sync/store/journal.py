@@ -139,6 +139,15 @@ def oldest(
     return entries
 
 
+APPLIER_LOCK_KEY = 0x4155_4453_4A4E  # "AUDSJN"
+
+
+def lock_applier(conn: sa.Connection) -> None:
+    """PostgreSQL: wait until no other transaction applies the journal, and keep that until
+    this one ends (a transaction-scoped advisory lock)."""
+    conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%(key)s)", {"key": APPLIER_LOCK_KEY})
+
+
 def take(conn: sa.Connection, seqs: Sequence[int]) -> set[int]:
     """Delete the entries ``seqs`` in the caller's transaction; returns those that were still
     there (another applier may have taken some: on PostgreSQL its DELETE made this one wait)."""

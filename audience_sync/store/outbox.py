@@ -46,6 +46,18 @@ def enqueue(
     back to life: the change is new work (:func:`on_conflict_requeue`).
     """
     due_at = now + delay_s
+    if conn.dialect.name == "postgresql":
+        ids = sorted(set(external_ids))
+        bulk.postgresql.enqueue(
+            conn,
+            workspace_id=workspace_id,
+            external_ids=ids,
+            pending=OutboxState.PENDING.value,
+            dead=OutboxState.DEAD.value,
+            due_at=due_at,
+            now=now,
+        )
+        return len(ids)
     # Sorted: concurrent transactions then lock rows in one order and cannot deadlock.
     rows = [
         (workspace_id, external_id, OutboxState.PENDING.value, 1, due_at, 0, now)
