@@ -3,6 +3,8 @@ each touches only the rows this worker holds, and writes each row's own values."
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import sqlalchemy as sa
 
@@ -460,3 +462,23 @@ def test_candidates_are_due_unleased_pending_rows_of_active_workspaces_oldest_fi
         assert pick(active=None, workspace_id=suspended) == [(suspended, "paused")]
         # The lease ran out: claimable again.
         assert {e for _, e in pick(active="active", now=30.0)} == {"early", "leased", "late"}
+
+
+def test_an_idle_postgresql_connection_the_server_closed_is_replaced_at_checkout(
+    engine, monkeypatch
+):
+    """Connections are pinged only after sitting idle (store.engine.IDLE_PING_S)."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("PostgreSQL's pool")
+    from audience_sync.store import engine as engines
+
+    monkeypatch.setattr(engines, "IDLE_PING_S", 0.0)
+    with engine.connect() as conn:
+        pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
+    killer = engines.create_engine(engine.url.render_as_string(hide_password=False))
+    with killer.connect() as conn:
+        conn.exec_driver_sql("SELECT pg_terminate_backend(%(p)s)", {"p": pid})
+    killer.dispose()
+    time.sleep(0.05)
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one() != pid

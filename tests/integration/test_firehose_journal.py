@@ -512,3 +512,34 @@ def test_entries_an_earlier_version_left_in_the_main_database_are_applied(deferr
         stop.set()
         applier.join(5)
     assert _rows(engine, "SELECT COUNT(*) FROM firehose_journal") == [(0,)]
+
+
+def test_on_postgresql_the_id_and_the_plan_go_in_one_statement_that_commits_alone(deferred):
+    """The acknowledgement's write on PostgreSQL: no transaction around it; a repeated id
+    appends nothing."""
+    runtime, _ = deferred
+    engine = runtime.engine
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite keeps the journal in a file of its own")
+    from audience_sync.store.engine import autocommit
+
+    def accept(message_id: str) -> int | None:
+        with autocommit(engine) as conn:
+            return journal.accept(
+                conn,
+                account_id=ACCOUNT,
+                message_id=message_id,
+                message_type="audience_membership_change_request",
+                changed_at=1.0,
+                profiles=3,
+                plan=b'{"u":[],"m":[],"a":[],"x":[]}',
+                now=2.0,
+            )
+
+    seq = accept("m-1")
+    assert isinstance(seq, int)
+    assert accept("m-1") is None
+    assert _rows(engine, "SELECT seq, message_id, profiles FROM firehose_journal") == [
+        (seq, "m-1", 3)
+    ]
+    assert _rows(engine, "SELECT id FROM firehose_messages") == [("m-1",)]

@@ -472,3 +472,37 @@ def enqueue(
             "now": now,
         },
     )
+
+
+def accept_message(
+    conn: sa.Connection,
+    *,
+    message_id: str,
+    message_type: str,
+    account_id: int,
+    changed_at: float,
+    profiles: int,
+    plan: bytes,
+    now: float,
+) -> int | None:
+    """Record a membership change's id and append its plan to the journal in one statement
+    (atomic alone); the entry's seq, or None when the id was recorded before (a duplicate:
+    nothing is appended). A concurrent first insert of the same id makes this one wait for it."""
+    rows = fetch_all(
+        conn,
+        "WITH m AS (INSERT INTO firehose_messages (id, type, account_id, received_at) "
+        "VALUES (%(id)s, %(type)s, %(account)s, %(now)s) ON CONFLICT (id) DO NOTHING "
+        "RETURNING id) INSERT INTO firehose_journal (account_id, message_id, changed_at, "
+        "received_at, profiles, plan) SELECT %(account)s, m.id, %(changed)s, %(now)s, "
+        "%(profiles)s, %(plan)s FROM m RETURNING seq",
+        {
+            "id": message_id,
+            "type": message_type,
+            "account": account_id,
+            "now": now,
+            "changed": changed_at,
+            "profiles": profiles,
+            "plan": plan,
+        },
+    )
+    return int(rows[0][0]) if rows else None
