@@ -15,8 +15,12 @@ from collections.abc import Mapping
 
 import sqlalchemy as sa
 
-from audience_sync.store.counters import increment
-from audience_sync.store.datapoints import add_datapoints
+from audience_sync.store.counters import count_rows, increment
+from audience_sync.store.datapoints import (
+    add_datapoints,
+    add_datapoints_and_counts,
+    datapoint_rows,
+)
 
 
 class Tally:
@@ -59,7 +63,15 @@ class Tally:
             self._day(now)[2].setdefault(workspace_id, Counter()).update(charges)
 
     def write(self, conn: sa.Connection) -> None:
-        """Write the sums, in the caller's transaction."""
+        """Write the sums, in the caller's transaction (on PostgreSQL in one statement)."""
+        if conn.dialect.name == "postgresql":
+            datapoints, counts = [], []
+            for _day, (now, day_counts, charges) in sorted(self._days.items()):
+                for workspace_id, per_audience in sorted(charges.items()):
+                    datapoints += datapoint_rows(workspace_id, per_audience, now=now)
+                counts += count_rows(day_counts, now=now)
+            add_datapoints_and_counts(conn, datapoints=datapoints, counts=counts)
+            return
         for _day, (now, counts, charges) in sorted(self._days.items()):
             for workspace_id, per_audience in sorted(charges.items()):
                 add_datapoints(conn, workspace_id=workspace_id, charges=per_audience, now=now)

@@ -427,6 +427,32 @@ def test_counts_and_datapoints_are_added_to_the_rows_of_their_keys(engine):
     assert points == {("2026-01-01", 1, 10, 7): 7, ("2026-01-01", 1, 10, 8): 1}
 
 
+def test_a_tally_adds_its_data_points_and_counts_as_the_two_statements_would(engine):
+    """The sender's tally (delivery/tally.py): one statement on PostgreSQL, two on SQLite."""
+    from audience_sync.delivery.tally import Tally
+    from audience_sync.store.schema import counters, datapoints
+
+    day_seconds = 86_400 * 20_000  # 2024-10-04, and the next day
+    for n in range(2):
+        tally = Tally()
+        tally.count("workspace:1", {"delivered": 2, "unchanged": 0}, now=day_seconds)
+        tally.count("workspace:1", {"delivered": 1}, now=day_seconds + 86_400)
+        tally.charge(1, {(10, 7): 3, (10, 8): 0}, now=day_seconds)
+        tally.charge(2, {(11, 7): n + 1}, now=day_seconds + 86_400)
+        with engine.begin() as conn:
+            tally.write(conn)
+    with engine.begin() as conn:
+        Tally().write(conn)  # nothing to add
+    with engine.connect() as conn:
+        counted = {tuple(r[:3]): r[3] for r in conn.execute(sa.select(counters))}
+        points = {tuple(r[:4]): r[4] for r in conn.execute(sa.select(datapoints))}
+    assert counted == {
+        ("2024-10-04", "workspace:1", "delivered"): 4,
+        ("2024-10-05", "workspace:1", "delivered"): 2,
+    }
+    assert points == {("2024-10-04", 1, 10, 7): 6, ("2024-10-05", 2, 11, 7): 3}
+
+
 def test_candidates_are_due_unleased_pending_rows_of_active_workspaces_oldest_first(engine):
     with engine.begin() as conn:
         active, suspended = (

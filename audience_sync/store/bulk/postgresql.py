@@ -506,3 +506,31 @@ def accept_message(
         },
     )
     return int(rows[0][0]) if rows else None
+
+
+def add_datapoints_and_counts(
+    conn: sa.Connection,
+    *,
+    datapoints: Sequence[tuple[str, int, int, int, int]],
+    counts: Sequence[tuple[str, str, str, int]],
+) -> None:
+    """:func:`add_datapoints` and :func:`add_counts` as one statement (one round trip)."""
+    execute(
+        conn,
+        "WITH points_added AS (INSERT INTO datapoints AS d (day, workspace_id, account_id, "
+        "audience_id, points) SELECT v.day, v.workspace_id, v.account_id, v.audience_id, "
+        "v.points FROM jsonb_to_recordset(%(points)s::jsonb) AS v(day text, workspace_id "
+        "integer, account_id bigint, audience_id bigint, points bigint) "
+        "ON CONFLICT (day, workspace_id, account_id, audience_id) "
+        "DO UPDATE SET points = d.points + excluded.points) "
+        "INSERT INTO counters AS c (day, scope, reason, count) "
+        "SELECT v.day, v.scope, v.reason, v.n FROM jsonb_to_recordset(%(counts)s::jsonb) "
+        "AS v(day text, scope text, reason text, n bigint) "
+        "ON CONFLICT (day, scope, reason) DO UPDATE SET count = c.count + excluded.count",
+        {
+            "points": _records(
+                ("day", "workspace_id", "account_id", "audience_id", "points"), datapoints
+            ),
+            "counts": _records(("day", "scope", "reason", "n"), counts),
+        },
+    )
