@@ -38,3 +38,26 @@ def fetch_all(conn: sa.Connection, sql: str, params: t.Any) -> list[tuple[t.Any,
 def execute(conn: sa.Connection, sql: str, params: t.Any) -> None:
     """:func:`fetch_all` for a statement that returns no rows."""
     _run(conn, sql, params, rows=False)
+
+
+def fetch_each(
+    conn: sa.Connection, statements: list[tuple[str, t.Any]]
+) -> list[list[tuple[t.Any, ...]]]:
+    """PostgreSQL: :func:`fetch_all` of several statements in one round trip (psycopg's
+    pipeline mode: all are sent, then all results read); their rows, in order."""
+    if not conn.in_transaction():
+        conn.begin()
+    dbapi_error = conn.dialect.loaded_dbapi.Error
+    raw = conn.connection.dbapi_connection
+    assert raw is not None
+    cursors = [raw.cursor() for _ in statements]
+    try:
+        with raw.pipeline():
+            for cursor, (sql, params) in zip(cursors, statements, strict=True):
+                cursor.execute(sql, params)
+        return [cursor.fetchall() for cursor in cursors]
+    except dbapi_error as exc:
+        raise sa.exc.DBAPIError.instance(str(statements), None, exc, dbapi_error) from exc
+    finally:
+        for cursor in cursors:
+            cursor.close()

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import orjson
 import sqlalchemy as sa
 
-from audience_sync.store.bulk.driver import execute, fetch_all
+from audience_sync.store.bulk.driver import execute, fetch_all, fetch_each
 
 
 def _records(names: Sequence[str], rows: Sequence[tuple[t.Any, ...]]) -> str:
@@ -193,40 +193,34 @@ def finish(
 def snapshot_rows(
     conn: sa.Connection, *, workspace_id: int, accounts: Sequence[int], ids: Sequence[str]
 ) -> tuple[list[tuple[t.Any, ...]], list[tuple[t.Any, ...]], list[tuple[t.Any, ...]]]:
-    """See :func:`audience_sync.store.bulk.sqlite.snapshot_rows` (JSONB arrives decoded)."""
+    """See :func:`audience_sync.store.bulk.sqlite.snapshot_rows` (JSONB arrives decoded); the
+    three reads in one round trip."""
     params = {"accounts": list(accounts), "ids": list(ids), "ws": workspace_id}
-    users: list[tuple[t.Any, ...]] = []
-    members: list[tuple[t.Any, ...]] = []
-    if accounts and ids:
-        where = "account_id = ANY(%(accounts)s) AND external_id = ANY(%(ids)s)"
-        users = [
-            tuple(r)
-            for r in fetch_all(
-                conn,
+    acknowledged = (
+        "SELECT external_id, attributes, flags, last_write_at FROM braze_users "
+        "WHERE workspace_id = %(ws)s AND external_id = ANY(%(ids)s)",
+        params,
+    )
+    if not (accounts and ids):
+        return [], [], [tuple(r) for r in fetch_each(conn, [acknowledged])[0]]
+    where = "account_id = ANY(%(accounts)s) AND external_id = ANY(%(ids)s)"
+    users, members, acked = fetch_each(
+        conn,
+        [
+            (
                 "SELECT account_id, external_id, email, push_tokens, updated_at FROM users "
                 f"WHERE {where}",
                 params,
-            )
-        ]
-        members = [
-            tuple(r)
-            for r in fetch_all(
-                conn,
+            ),
+            (
                 "SELECT account_id, external_id, audience_id, is_member FROM memberships "
                 f"WHERE {where}",
                 params,
-            )
-        ]
-    acknowledged = [
-        tuple(r)
-        for r in fetch_all(
-            conn,
-            "SELECT external_id, attributes, flags, last_write_at FROM braze_users "
-            "WHERE workspace_id = %(ws)s AND external_id = ANY(%(ids)s)",
-            params,
-        )
-    ]
-    return users, members, acknowledged
+            ),
+            acknowledged,
+        ],
+    )
+    return [tuple(r) for r in users], [tuple(r) for r in members], [tuple(r) for r in acked]
 
 
 def lease(
