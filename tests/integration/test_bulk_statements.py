@@ -312,6 +312,16 @@ def test_analyze_with_a_max_age_runs_once_per_age_and_never_beside_another(engin
     postgresql = engine.dialect.name == "postgresql"
     assert analyze(engine, max_age_s=1e-6) is postgresql  # older than that: runs
     assert analyze(engine, max_age_s=300) is False  # fresh: skipped
+    if postgresql:  # more rows changed than the planner knows of: stale again
+        from audience_sync.store.statistics import CHANGED_ROWS_SLACK
+
+        with engine.begin() as conn:
+            outbox.enqueue(conn, 1, [f"n{n}" for n in range(CHANGED_ROWS_SLACK + 10)], now=1.0)
+        deadline = time.monotonic() + 10
+        while not analyze(engine, max_age_s=300):  # once the statistics system has the counts
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        assert analyze(engine, max_age_s=300) is False
     if postgresql:
         with engine.connect() as other:
             other.exec_driver_sql("SELECT pg_advisory_lock(%(k)s)", {"k": ADVISORY_LOCK_KEY})
