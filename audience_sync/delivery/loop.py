@@ -213,7 +213,7 @@ class SenderLoop(abc.ABC, t.Generic[Item]):
             for step in deferred:
                 step(conn, tally)
             result = work(conn)
-            tally.write(conn)
+            tally.write(conn, last=True)  # the commit goes with it (PostgreSQL)
             return result
 
         result = in_transaction(self.engine, all_work, action=action)

@@ -62,15 +62,16 @@ class Tally:
         if charges:
             self._day(now)[2].setdefault(workspace_id, Counter()).update(charges)
 
-    def write(self, conn: sa.Connection) -> None:
-        """Write the sums, in the caller's transaction (on PostgreSQL in one statement)."""
+    def write(self, conn: sa.Connection, *, last: bool = False) -> None:
+        """Write the sums, in the caller's transaction (on PostgreSQL in one statement;
+        ``last``: the transaction's last statement, committed in the same round trip)."""
         if conn.dialect.name == "postgresql":
             datapoints, counts = [], []
             for _day, (now, day_counts, charges) in sorted(self._days.items()):
                 for workspace_id, per_audience in sorted(charges.items()):
                     datapoints += datapoint_rows(workspace_id, per_audience, now=now)
                 counts += count_rows(day_counts, now=now)
-            add_datapoints_and_counts(conn, datapoints=datapoints, counts=counts)
+            add_datapoints_and_counts(conn, datapoints=datapoints, counts=counts, commit=last)
             return
         for _day, (now, counts, charges) in sorted(self._days.items()):
             for workspace_id, per_audience in sorted(charges.items()):

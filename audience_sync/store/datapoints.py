@@ -28,12 +28,16 @@ def add_datapoints_and_counts(
     *,
     datapoints: list[tuple[str, int, int, int, int]],
     counts: list[tuple[str, str, str, int]],
+    commit: bool = False,
 ) -> None:
     """PostgreSQL: add :func:`datapoint_rows` and :func:`audience_sync.store.counters.
-    count_rows` in one statement. Every sender adds to the same few rows of both tables, and
-    holds them until its commit: one round trip less while holding them."""
+    count_rows` in one statement. Every sender adds to the same few rows of both tables and
+    holds them until its commit; ``commit`` (the transaction's last statement): the COMMIT goes
+    with it, in the same round trip, so no sender waits for another to be scheduled again."""
     if datapoints or counts:
-        bulk.postgresql.add_datapoints_and_counts(conn, datapoints=datapoints, counts=counts)
+        bulk.postgresql.add_datapoints_and_counts(
+            conn, datapoints=datapoints, counts=counts, commit=commit
+        )
 
 
 def add_datapoints(

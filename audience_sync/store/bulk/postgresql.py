@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import orjson
 import sqlalchemy as sa
 
-from audience_sync.store.bulk.driver import execute, fetch_all, fetch_each
+from audience_sync.store.bulk.driver import execute, execute_and_commit, fetch_all, fetch_each
 
 
 def _records(names: Sequence[str], rows: Sequence[tuple[t.Any, ...]]) -> str:
@@ -507,9 +507,12 @@ def add_datapoints_and_counts(
     *,
     datapoints: Sequence[tuple[str, int, int, int, int]],
     counts: Sequence[tuple[str, str, str, int]],
+    commit: bool = False,
 ) -> None:
-    """:func:`add_datapoints` and :func:`add_counts` as one statement (one round trip)."""
-    execute(
+    """:func:`add_datapoints` and :func:`add_counts` as one statement (one round trip);
+    ``commit``: and the caller's COMMIT in the same round trip (the transaction's last
+    statement, :func:`~audience_sync.store.bulk.driver.execute_and_commit`)."""
+    (execute_and_commit if commit else execute)(
         conn,
         "WITH points_added AS (INSERT INTO datapoints AS d (day, workspace_id, account_id, "
         "audience_id, points) SELECT v.day, v.workspace_id, v.account_id, v.audience_id, "
