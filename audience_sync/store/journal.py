@@ -21,7 +21,7 @@ import orjson
 import sqlalchemy as sa
 
 from audience_sync.core.membership import MembershipPlan, UserUpdate
-from audience_sync.store.bulk import postgresql
+from audience_sync.store.bulk import postgresql_intake
 from audience_sync.store.schema import firehose_journal
 from audience_sync.store.statements import chunks
 
@@ -110,7 +110,7 @@ def accept(
 ) -> int | None:
     """PostgreSQL: record the message's id and :func:`append` its plan in one statement, which
     commits alone on an autocommit connection; None for an id seen before (nothing appended)."""
-    return postgresql.accept_message(
+    return postgresql_intake.accept_message(
         conn,
         message_id=message_id,
         message_type=message_type,

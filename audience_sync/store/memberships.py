@@ -22,7 +22,7 @@ from audience_sync.core.membership import (
 )
 from audience_sync.core.states import AudienceState, IntakeCounter
 from audience_sync.store.audiences import audience_states, insert_audiences
-from audience_sync.store.bulk import postgresql
+from audience_sync.store.bulk import postgresql_intake as postgresql
 from audience_sync.store.outbox import enqueue
 from audience_sync.store.schema import memberships, users
 from audience_sync.store.statements import chunks, executemany, insert

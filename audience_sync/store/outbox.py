@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from audience_sync.core.state import Claim, Failure
 from audience_sync.core.states import OutboxState, WorkspaceState
 from audience_sync.store import bulk
-from audience_sync.store.bulk import json_text
+from audience_sync.store.bulk import json_text, postgresql_intake
 from audience_sync.store.schema import outbox
 from audience_sync.store.statements import chunks, executemany, insert
 
@@ -48,7 +48,7 @@ def enqueue(
     due_at = now + delay_s
     if conn.dialect.name == "postgresql":
         ids = sorted(set(external_ids))
-        bulk.postgresql.enqueue(
+        postgresql_intake.enqueue(
             conn,
             workspace_id=workspace_id,
             external_ids=ids,
