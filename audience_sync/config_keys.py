@@ -69,6 +69,7 @@ FIELDS: dict[str, tuple[str, object]] = {
     "delivery.poll_interval_s": ("float", 0.2),
     "delivery.heartbeat_s": ("float", 2.0),
     "delivery.worker_timeout_s": ("float", 10.0),
+    "delivery.worker_niceness": ("int", 10),
     "currents.tokens": ("secret_list", []),
     "currents.mparticle_url": ("str", "https://s2s.mparticle.com"),
     "currents.allowed_mparticle_urls": ("list", []),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import signal
 import threading
 import typing as t
@@ -48,6 +49,14 @@ def create_http_server(app: t.Any, settings: Settings, *, port: int | None = Non
     )
 
 
+def _lower_priority(niceness: int) -> None:
+    if niceness > 0:
+        try:
+            os.nice(niceness)
+        except OSError:  # not allowed here: run at the inherited priority
+            logger.warning("could not lower the worker's priority", extra={"action": "nice_failed"})
+
+
 def run_all(
     settings: Settings,
     *,
@@ -80,6 +89,9 @@ def run_all(
         background.append(SenderProcess(settings, stop, role="applier").start())
     elif senders:
         from audience_sync.delivery.service import start_senders
+
+        # `worker`: yield the CPU to a `serve` on the same machine, as `run`'s children do.
+        _lower_priority(settings.get("delivery.worker_niceness"))
 
         background.append(start_senders(runtime, stop))
         from audience_sync.delivery.currents_pool import start_currents_senders

@@ -40,6 +40,7 @@ class Action(StrEnum):
     APPLIER_PROCESS_KILLED = "applier_process_killed"
     APPLIER_PROCESS_ORPHANED = "applier_process_orphaned"
     SQLITE_SINGLE_SENDER = "sqlite_single_sender"
+    NICE_FAILED = "nice_failed"
     # worker registry (delivery/heartbeat.py)
     WORKER_REGISTERED = "worker_registered"
     WORKER_REREGISTERED = "worker_reregistered"

@@ -215,13 +215,16 @@ def _differences(state: dict, expected: dict[str, dict[str, t.Any]]) -> int:
     return sum(1 for u, want in expected.items() if _normal(users.get(u, {})) != _normal(want))
 
 
-def _pending(engine: sa.Engine, workspace_id: int) -> int:
+def _pending(engine: sa.Engine, workspace_id: int, *, exact: bool = True) -> int:
+    """Users of the workspace left in the outbox; not ``exact``: 1 if any, else 0 (polled
+    every 0.2 s, the count of 60,000 rows took PostgreSQL 20 ms of CPU, a tenth of a core)."""
+    query = sa.select(outbox.c.external_id).where(outbox.c.workspace_id == workspace_id)
     with engine.connect() as conn:
-        return conn.execute(
-            sa.select(sa.func.count())
-            .select_from(outbox)
-            .where(outbox.c.workspace_id == workspace_id)
-        ).scalar_one()
+        if exact:
+            return conn.execute(
+                sa.select(sa.func.count()).select_from(query.subquery())
+            ).scalar_one()
+        return 1 if conn.execute(query.limit(1)).first() is not None else 0
 
 
 def _journal_waiting(engine: sa.Engine) -> int:
@@ -294,7 +297,7 @@ def run_one(args: argparse.Namespace, database: str, workers: int) -> dict[str, 
         def watch() -> None:
             kills_at = [args.users * f for f in (0.8, 0.5, 0.25)][:KILLS] if args.faults else []
             while True:
-                left = _pending(engine, workspace_id)
+                left = _pending(engine, workspace_id, exact=bool(kills_at))
                 engine_procs.sample_rss()
                 if kills_at and left <= kills_at[0]:
                     kills_at.pop(0)

@@ -156,3 +156,55 @@ def split_plan(plan: MembershipPlan, users_per_part: int) -> list[MembershipPlan
         unresolved=Counter(plan.unresolved),
     )
     return parts
+
+
+@dataclass(frozen=True, kw_only=True)
+class MergedPlans:
+    """Several plans of one account folded into one write, with the effect of applying them
+    one after the other (:func:`merge_plans`)."""
+
+    users: dict[str, UserUpdate]
+    # (external_id, audience_id) -> (is_member, changed_at): the newest change of each.
+    memberships: dict[tuple[str, int], tuple[bool, float]]
+    audience_names: dict[int, str]
+    unresolved: Counter[str]
+
+
+def merge_plans(plans: Sequence[tuple[float, MembershipPlan]]) -> MergedPlans:
+    """Fold ``(changed_at, plan)`` pairs, in arrival order, into what applying them in that
+    order would leave: a user's email and mpid are the last ones given; push tokens merge in
+    order (``merge_push_tokens`` folds associatively, so merging the result into the stored
+    tokens equals merging each plan's in turn); a membership takes the change with the newest
+    ``changed_at``, the later plan on a tie (an upsert overwrites a row not newer than it); an
+    audience keeps the first name seen (the first plan inserts it)."""
+    users: dict[str, UserUpdate] = {}
+    memberships: dict[tuple[str, int], tuple[bool, float]] = {}
+    audience_names: dict[int, str] = {}
+    unresolved: Counter[str] = Counter()
+    for changed_at, plan in plans:
+        for external_id, update in plan.users.items():
+            merged = users.get(external_id)
+            if merged is None:
+                users[external_id] = UserUpdate(
+                    external_id=external_id,
+                    email=update.email,
+                    mpid=update.mpid,
+                    push_tokens=list(update.push_tokens),
+                )
+                continue
+            if update.email is not None:
+                merged.email = update.email
+            if update.mpid is not None:
+                merged.mpid = update.mpid
+            if update.push_tokens:
+                merged.push_tokens = merge_push_tokens(merged.push_tokens, update.push_tokens)
+        for key, is_member in plan.memberships.items():
+            held = memberships.get(key)
+            if held is None or held[1] <= changed_at:
+                memberships[key] = (is_member, changed_at)
+        for audience_id, name in plan.audience_names.items():
+            audience_names.setdefault(audience_id, name)
+        unresolved.update(plan.unresolved)
+    return MergedPlans(
+        users=users, memberships=memberships, audience_names=audience_names, unresolved=unresolved
+    )

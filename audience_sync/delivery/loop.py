@@ -49,9 +49,14 @@ def retry_policy(settings: t.Any, *, retry_window_s: float) -> RetryPolicy:
         max_attempts=settings.get("delivery.max_attempts"),
     )
 
+
 ANALYZE_INTERVAL_S = 300.0
-"""While a sender keeps finding work, it refreshes PostgreSQL's planner statistics this often (a
-bulk load's rows are then planned for within minutes, whatever autovacuum does)."""
+"""While senders keep finding work, PostgreSQL's planner statistics are refreshed this often
+(a bulk load's rows are then planned for within minutes, whatever autovacuum does), and sooner
+for a table that changed by more rows than it holds: one sender of all processes does, when no
+one did (:func:`analyze`)."""
+ANALYZE_CHECK_S = 10.0
+"""How often a sender that keeps finding work asks whether statistics need refreshing."""
 
 Item = t.TypeVar("Item")
 T = t.TypeVar("T")
@@ -129,8 +134,8 @@ class SenderLoop(abc.ABC, t.Generic[Item]):
         items = self.claim(now)
         if items and now >= self._next_analyze:
             # At the first work after start (after an import, a restart) and then periodically.
-            self._next_analyze = now + ANALYZE_INTERVAL_S
-            analyze(self.engine)
+            self._next_analyze = now + ANALYZE_CHECK_S
+            analyze(self.engine, max_age_s=ANALYZE_INTERVAL_S)
         groups: dict[Hashable, list[Item]] = {}
         for item in items:
             groups.setdefault(self.group_of(item), []).append(item)
@@ -208,7 +213,7 @@ class SenderLoop(abc.ABC, t.Generic[Item]):
             for step in deferred:
                 step(conn, tally)
             result = work(conn)
-            tally.write(conn)
+            tally.write(conn, last=True)  # the commit goes with it (PostgreSQL)
             return result
 
         result = in_transaction(self.engine, all_work, action=action)

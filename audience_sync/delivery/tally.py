@@ -15,8 +15,12 @@ from collections.abc import Mapping
 
 import sqlalchemy as sa
 
-from audience_sync.store.counters import increment
-from audience_sync.store.datapoints import add_datapoints
+from audience_sync.store.counters import count_rows, increment
+from audience_sync.store.datapoints import (
+    add_datapoints,
+    add_datapoints_and_counts,
+    datapoint_rows,
+)
 
 
 class Tally:
@@ -58,8 +62,17 @@ class Tally:
         if charges:
             self._day(now)[2].setdefault(workspace_id, Counter()).update(charges)
 
-    def write(self, conn: sa.Connection) -> None:
-        """Write the sums, in the caller's transaction."""
+    def write(self, conn: sa.Connection, *, last: bool = False) -> None:
+        """Write the sums, in the caller's transaction (on PostgreSQL in one statement;
+        ``last``: the transaction's last statement, committed in the same round trip)."""
+        if conn.dialect.name == "postgresql":
+            datapoints, counts = [], []
+            for _day, (now, day_counts, charges) in sorted(self._days.items()):
+                for workspace_id, per_audience in sorted(charges.items()):
+                    datapoints += datapoint_rows(workspace_id, per_audience, now=now)
+                counts += count_rows(day_counts, now=now)
+            add_datapoints_and_counts(conn, datapoints=datapoints, counts=counts, commit=last)
+            return
         for _day, (now, counts, charges) in sorted(self._days.items()):
             for workspace_id, per_audience in sorted(charges.items()):
                 add_datapoints(conn, workspace_id=workspace_id, charges=per_audience, now=now)

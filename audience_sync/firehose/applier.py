@@ -34,7 +34,7 @@ from audience_sync.store import counters, journal, journal_file
 from audience_sync.store.connections import delivery_workspace_of_account
 from audience_sync.store.engine import read_only
 from audience_sync.store.journal_file import journal_engine
-from audience_sync.store.memberships import apply_membership_plan
+from audience_sync.store.memberships import apply_membership_plan, apply_membership_plans
 from audience_sync.store.transactions import in_transaction
 from audience_sync.store.writer_gate import priority_writer_waiting
 
@@ -118,6 +118,10 @@ def _apply_from(
     in_parts: bool = True,
     ended: set[int] | None = None,
 ) -> int:
+    if entries_engine is engine and engine.dialect.name == "postgresql":
+        return _apply_postgresql(
+            engine, coalesce_s=coalesce_s, max_profiles=max_profiles, exclude=exclude, up_to=up_to
+        )
     with read_only(entries_engine) as conn:
         entries = journal.oldest(conn, max_profiles=max_profiles, exclude=exclude, up_to=up_to)
     if not entries:
@@ -146,6 +150,53 @@ def _apply_from(
         else:
             ended.update(seqs)
     return len(done) + len(entries)
+
+
+def _apply_postgresql(
+    engine: sa.Engine,
+    *,
+    coalesce_s: float,
+    max_profiles: int,
+    exclude: frozenset[int],
+    up_to: int | None,
+) -> int:
+    """PostgreSQL: one applier at a time (every worker runs one) takes the oldest entries and
+    applies them in one transaction, each account's entries as one write per table
+    (:func:`~audience_sync.store.memberships.apply_membership_plans`). The appliers used to read
+    the same oldest entries and the second one waited on the first one's DELETE for its whole
+    transaction, then found nothing: a transaction-scoped advisory lock makes it wait before
+    reading instead, and then read the next entries (arrival order, one applier's throughput;
+    a killed applier's lock goes with its session)."""
+
+    def work(conn: sa.Connection) -> int:
+        journal.lock_applier(conn)
+        entries = journal.oldest(conn, max_profiles=max_profiles, exclude=exclude, up_to=up_to)
+        if not entries:
+            return 0
+        taken = journal.take(conn, [entry.seq for entry in entries])
+        by_account: dict[int, list[tuple[float, MembershipPlan]]] = {}
+        for entry in entries:
+            if entry.seq in taken:
+                plan = journal.decode_plan(entry.plan)
+                by_account.setdefault(entry.account_id, []).append((entry.changed_at, plan))
+        now = time.time()
+        counts: Counter[tuple[str, str]] = Counter()
+        for account_id, plans in by_account.items():
+            by_reason, _ = apply_membership_plans(
+                conn,
+                account_id=account_id,
+                plans=plans,
+                workspace_id=delivery_workspace_of_account(conn, account_id),
+                coalesce_s=coalesce_s,
+                now=now,
+            )
+            scope = f"account:{account_id}"
+            counts.update({(scope, reason): n for reason, n in by_reason.items()})
+        counters.increment(conn, dict(counts), now=now)
+        return len(taken)
+
+    # A unique-key race on a new user's push tokens (store.memberships) is resolved by a rerun.
+    return in_transaction(engine, work, action="firehose_apply", retry_conflicts=True)
 
 
 def _take_from_journal(conn: sa.Connection, entries: list[journal.JournalEntry]) -> set[int]:

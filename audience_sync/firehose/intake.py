@@ -38,7 +38,7 @@ from audience_sync.store.connections import (
     unchanged_connection,
     workspace_state_of_account,
 )
-from audience_sync.store.engine import read_only
+from audience_sync.store.engine import autocommit, read_only
 from audience_sync.store.journal_file import journal_engine
 from audience_sync.store.messages import is_recorded, record_message
 from audience_sync.store.transactions import in_transaction
@@ -160,7 +160,21 @@ def receive_membership_change(
         )
 
     entries_engine = journal_engine(engine)
-    if entries_engine is engine:
+    accepted_alone = None
+    if entries_engine is engine and engine.dialect.name == "postgresql":
+        accepted_alone = _accept_postgresql(engine, message, prepared, encoded, changed_at, now)
+    if accepted_alone is not None:
+        connection, seq = accepted_alone
+        if seq is None:
+            result = in_transaction(
+                engine,
+                lambda conn: _duplicate(conn, account_id, options, now),
+                action="firehose_duplicate",
+                priority=True,
+            )
+        else:
+            result = accepted(connection, seq)
+    elif entries_engine is engine:
 
         def work(conn: sa.Connection) -> IntakeResult:
             if not record_message(conn, message.id, message.type, account_id, now):
@@ -195,6 +209,37 @@ def receive_membership_change(
     if options.apply_in_request and result.journal_seq is not None:
         drain_journal(engine, coalesce_s=options.coalesce_s, up_to=result.journal_seq)
     return result
+
+
+def _accept_postgresql(
+    engine: sa.Engine,
+    message: MembershipChangeRequest,
+    prepared: EffectiveSettings,
+    plan: bytes,
+    changed_at: float,
+    now: float,
+) -> tuple[Connection, int | None] | None:
+    """PostgreSQL, when the connection's settings are stored already (every message but the
+    first or a changed one): the read of the connection, then the id and the plan in one
+    statement, each committing alone: two round trips where the transaction took six (BEGIN,
+    the id, the connection, the plan, COMMIT, and the pool's ping), each a wait for a backend
+    on a busy server. A settings change between the two is the same as one just after the
+    message. None when the settings must be written: the caller's transaction does it all."""
+    with autocommit(engine) as conn:
+        connection = unchanged_connection(conn, message.account.account_id, prepared)
+        if connection is None:
+            return None
+        seq = journal.accept(
+            conn,
+            account_id=message.account.account_id,
+            message_id=message.id,
+            message_type=message.type,
+            changed_at=changed_at,
+            profiles=len(message.user_profiles),
+            plan=plan,
+            now=now,
+        )
+    return connection, seq
 
 
 T = t.TypeVar("T")

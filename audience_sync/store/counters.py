@@ -21,12 +21,20 @@ def utc_day(now: float) -> str:
     return datetime.fromtimestamp(now, tz=UTC).strftime("%Y-%m-%d")
 
 
+def count_rows(
+    counts: Mapping[tuple[str, str], int], *, now: float
+) -> list[tuple[str, str, str, int]]:
+    """``(day, scope, reason, n)`` rows of :func:`increment`: zero counts left out, in key
+    order (so that concurrent writers lock them in the same order)."""
+    day = utc_day(now)
+    return [(day, scope, reason, n) for (scope, reason), n in sorted(counts.items()) if n]
+
+
 def increment(conn: sa.Connection, counts: Mapping[tuple[str, str], int], *, now: float) -> None:
     """Add ``counts`` (``(scope, reason) -> n``) to today's counters, in the caller's
     transaction. Zero counts are skipped; rows are written in key order so that concurrent
     writers lock them in the same order."""
-    day = utc_day(now)
-    rows = [(day, scope, reason, n) for (scope, reason), n in sorted(counts.items()) if n]
+    rows = count_rows(counts, now=now)
     if rows:
         bulk.of(conn).add_counts(conn, rows=rows)
 

@@ -21,6 +21,7 @@ import orjson
 import sqlalchemy as sa
 
 from audience_sync.core.membership import MembershipPlan, UserUpdate
+from audience_sync.store.bulk import postgresql_intake
 from audience_sync.store.schema import firehose_journal
 from audience_sync.store.statements import chunks
 
@@ -96,6 +97,31 @@ def append(
     return int(result.inserted_primary_key[0])
 
 
+def accept(
+    conn: sa.Connection,
+    *,
+    account_id: int,
+    message_id: str,
+    message_type: str,
+    changed_at: float,
+    profiles: int,
+    plan: bytes,
+    now: float,
+) -> int | None:
+    """PostgreSQL: record the message's id and :func:`append` its plan in one statement, which
+    commits alone on an autocommit connection; None for an id seen before (nothing appended)."""
+    return postgresql_intake.accept_message(
+        conn,
+        message_id=message_id,
+        message_type=message_type,
+        account_id=account_id,
+        changed_at=changed_at,
+        profiles=profiles,
+        plan=plan,
+        now=now,
+    )
+
+
 def oldest(
     conn: sa.Connection,
     *,
@@ -137,6 +163,15 @@ def oldest(
             )
         )
     return entries
+
+
+APPLIER_LOCK_KEY = 0x4155_4453_4A4E  # "AUDSJN"
+
+
+def lock_applier(conn: sa.Connection) -> None:
+    """PostgreSQL: wait until no other transaction applies the journal, and keep that until
+    this one ends (a transaction-scoped advisory lock)."""
+    conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%(key)s)", {"key": APPLIER_LOCK_KEY})
 
 
 def take(conn: sa.Connection, seqs: Sequence[int]) -> set[int]:

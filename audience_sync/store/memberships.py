@@ -10,13 +10,19 @@ from __future__ import annotations
 import json
 import typing as t
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import sqlalchemy as sa
 
-from audience_sync.core.membership import MembershipPlan, merge_push_tokens
+from audience_sync.core.membership import (
+    MembershipPlan,
+    UserUpdate,
+    merge_plans,
+    merge_push_tokens,
+)
 from audience_sync.core.states import AudienceState, IntakeCounter
 from audience_sync.store.audiences import audience_states, insert_audiences
+from audience_sync.store.bulk import postgresql_intake as postgresql
 from audience_sync.store.outbox import enqueue
 from audience_sync.store.schema import memberships, users
 from audience_sync.store.statements import chunks, executemany, insert
@@ -40,47 +46,90 @@ def apply_membership_plan(
     ``known_states``: the account's audience states already read in this transaction, where
     nothing else can change them (SQLite's one writer); read ones are added to it, so the
     parts of a large message read each audience once."""
-    counts: Counter[str] = Counter(plan.unresolved)
+    return apply_membership_plans(
+        conn,
+        account_id=account_id,
+        plans=[(changed_at, plan)],
+        workspace_id=workspace_id,
+        coalesce_s=coalesce_s,
+        now=now,
+        known_states=known_states,
+    )
 
-    audience_ids = sorted(plan.audience_names)
+
+def apply_membership_plans(
+    conn: sa.Connection,
+    *,
+    account_id: int,
+    plans: Sequence[tuple[float, MembershipPlan]],
+    workspace_id: int | None,
+    coalesce_s: float,
+    now: float,
+    known_states: dict[int, str] | None = None,
+) -> tuple[Counter[str], int]:
+    """:func:`apply_membership_plan` of several ``(changed_at, plan)`` of one account, in
+    arrival order, as one write per table (:func:`audience_sync.core.membership.merge_plans`
+    folds them with the effect of applying them in turn). The counts are those of applying
+    each in turn; the number returned is of membership rows written."""
+    merged = plans[0][1] if len(plans) == 1 else None
+    folded = None if merged is not None else merge_plans(plans)
+    names = merged.audience_names if merged is not None else folded.audience_names  # type: ignore[union-attr]
+    counts: Counter[str] = Counter()
+    for _, plan in plans:
+        counts.update(plan.unresolved)
+
+    audience_ids = sorted(names)
     memo = {} if known_states is None else known_states
     missing = [a for a in audience_ids if a not in memo]
     if missing:
         memo.update(audience_states(conn, account_id, missing))
     states = {a: memo[a] for a in audience_ids if a in memo}
-    unknown = {a: plan.audience_names[a] for a in audience_ids if a not in states}
+    unknown = {a: names[a] for a in audience_ids if a not in states}
     if unknown:
         insert_audiences(conn, account_id, unknown, now)
         memo.update(dict.fromkeys(unknown, AudienceState.ACTIVE))
     removed = {a for a, s in states.items() if s == AudienceState.REMOVED}
 
-    if removed:
-        changes = sorted(plan.memberships.items())
+    if merged is not None:
+        changed_at = plans[0][0]
+        changes = sorted(merged.memberships.items())
         membership_rows = [
             (account_id, external_id, audience_id, is_member, changed_at)
             for (external_id, audience_id), is_member in changes
             if audience_id not in removed
         ]
         skipped = len(changes) - len(membership_rows)
-        if skipped:
-            counts[IntakeCounter.AUDIENCE_REMOVED] += skipped
+        users = merged.users
     else:
+        assert folded is not None
         membership_rows = [
             (account_id, external_id, audience_id, is_member, changed_at)
-            for (external_id, audience_id), is_member in sorted(plan.memberships.items())
+            for (external_id, audience_id), (is_member, changed_at) in sorted(
+                folded.memberships.items()
+            )
+            if audience_id not in removed
         ]
+        skipped = sum(1 for _, plan in plans for (_, a) in plan.memberships if a in removed)
+        users = folded.users
+    if skipped:
+        counts[IntakeCounter.AUDIENCE_REMOVED] += skipped
+    applied = sum(len(plan.memberships) for _, plan in plans) - skipped
 
-    external_ids = sorted(plan.users)
-    _upsert_users(conn, account_id, plan, external_ids, now)
+    external_ids = sorted(users)
+    _upsert_users(conn, account_id, users, external_ids, now)
     if membership_rows:
-        executemany(
-            conn,
-            "memberships.upsert",
-            lambda: _memberships_upsert(conn),
-            _MEMBERSHIP_COLUMNS,
-            membership_rows,
-        )
-        counts[IntakeCounter.MEMBERSHIPS_APPLIED] += len(membership_rows)
+        if conn.dialect.name == "postgresql":
+            postgresql.upsert_memberships(conn, rows=membership_rows)
+        else:
+            executemany(
+                conn,
+                "memberships.upsert",
+                lambda: _memberships_upsert(conn),
+                _MEMBERSHIP_COLUMNS,
+                membership_rows,
+            )
+    if applied:
+        counts[IntakeCounter.MEMBERSHIPS_APPLIED] += applied
 
     if workspace_id is not None and external_ids:
         enqueue(conn, workspace_id, external_ids, now=now, delay_s=coalesce_s)
@@ -108,13 +157,13 @@ def _memberships_upsert(conn: sa.Connection) -> t.Any:
 def _upsert_users(
     conn: sa.Connection,
     account_id: int,
-    plan: MembershipPlan,
+    updates: Mapping[str, UserUpdate],
     external_ids: Sequence[str],
     now: float,
 ) -> None:
     """Email and mpid are only overwritten by a value; push tokens are the union, newest 10.
-    ``external_ids``: the plan's users, sorted."""
-    with_tokens = sorted(e for e, u in plan.users.items() if u.push_tokens)
+    ``external_ids``: the users of ``updates``, sorted."""
+    with_tokens = sorted(e for e, u in updates.items() if u.push_tokens)
     stored: dict[str, list[str]] = {}
     for chunk in chunks(with_tokens):
         query = (
@@ -125,7 +174,6 @@ def _upsert_users(
         stored.update((e, tokens or []) for e, tokens in conn.execute(query))
 
     token_rows, new_token_rows, plain_rows = [], [], []
-    updates = plan.users
     for external_id in external_ids:
         update = updates[external_id]
         if update.push_tokens:
@@ -134,6 +182,12 @@ def _upsert_users(
             (token_rows if external_id in stored else new_token_rows).append(row)
         else:
             plain_rows.append((account_id, external_id, update.email, "[]", update.mpid, now))
+    if conn.dialect.name == "postgresql":
+        # One statement per kind, the rows as arrays (see the plain INSERT's reason below).
+        postgresql.upsert_users(conn, rows=token_rows, push_tokens=True)
+        postgresql.insert_users(conn, rows=new_token_rows)
+        postgresql.upsert_users(conn, rows=plain_rows, push_tokens=False)
+        return
     executemany(
         conn,
         "users.upsert+tokens",

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from audience_sync.core.state import Claim, Failure
 from audience_sync.core.states import OutboxState, WorkspaceState
 from audience_sync.store import bulk
-from audience_sync.store.bulk import json_text
+from audience_sync.store.bulk import json_text, postgresql_intake
 from audience_sync.store.schema import outbox
 from audience_sync.store.statements import chunks, executemany, insert
 
@@ -46,6 +46,18 @@ def enqueue(
     back to life: the change is new work (:func:`on_conflict_requeue`).
     """
     due_at = now + delay_s
+    if conn.dialect.name == "postgresql":
+        ids = sorted(set(external_ids))
+        postgresql_intake.enqueue(
+            conn,
+            workspace_id=workspace_id,
+            external_ids=ids,
+            pending=OutboxState.PENDING.value,
+            dead=OutboxState.DEAD.value,
+            due_at=due_at,
+            now=now,
+        )
+        return len(ids)
     # Sorted: concurrent transactions then lock rows in one order and cannot deadlock.
     rows = [
         (workspace_id, external_id, OutboxState.PENDING.value, 1, due_at, 0, now)

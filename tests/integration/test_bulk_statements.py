@@ -3,6 +3,8 @@ each touches only the rows this worker holds, and writes each row's own values."
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import sqlalchemy as sa
 
@@ -303,6 +305,33 @@ def test_analyze_runs_on_postgresql_only(engine):
         assert analyzed
 
 
+def test_analyze_with_a_max_age_runs_once_per_age_and_never_beside_another(engine):
+    """Every sender of every worker asks at its first work: one of them analyzes."""
+    from audience_sync.store.statistics import ADVISORY_LOCK_KEY, analyze
+
+    postgresql = engine.dialect.name == "postgresql"
+    assert analyze(engine, max_age_s=1e-6) is postgresql  # older than that: runs
+    assert analyze(engine, max_age_s=300) is False  # fresh: skipped
+    if postgresql:  # more rows changed than the planner knows of: stale again
+        from audience_sync.store.statistics import CHANGED_ROWS_SLACK
+
+        with engine.begin() as conn:
+            outbox.enqueue(conn, 1, [f"n{n}" for n in range(CHANGED_ROWS_SLACK + 10)], now=1.0)
+        deadline = time.monotonic() + 10
+        while not analyze(engine, max_age_s=300):  # once the statistics system has the counts
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        assert analyze(engine, max_age_s=300) is False
+    if postgresql:
+        with engine.connect() as other:
+            other.exec_driver_sql("SELECT pg_advisory_lock(%(k)s)", {"k": ADVISORY_LOCK_KEY})
+            try:
+                assert analyze(engine, max_age_s=1e-6) is False  # another one is at it
+            finally:
+                other.exec_driver_sql("SELECT pg_advisory_unlock(%(k)s)", {"k": ADVISORY_LOCK_KEY})
+            other.commit()
+
+
 def test_connection_audience_and_field_flag_rows_of_a_snapshot(engine, claimed):
     from audience_sync.store.schema import audiences, connections, field_flags
 
@@ -408,6 +437,34 @@ def test_counts_and_datapoints_are_added_to_the_rows_of_their_keys(engine):
     assert points == {("2026-01-01", 1, 10, 7): 7, ("2026-01-01", 1, 10, 8): 1}
 
 
+def test_a_tally_adds_its_data_points_and_counts_as_the_two_statements_would(engine):
+    """The sender's tally (delivery/tally.py): one statement on PostgreSQL, two on SQLite."""
+    from audience_sync.delivery.tally import Tally
+    from audience_sync.store.schema import counters, datapoints
+
+    day_seconds = 86_400 * 20_000  # 2024-10-04, and the next day
+    for n in range(2):
+        tally = Tally()
+        tally.count("workspace:1", {"delivered": 2, "unchanged": 0}, now=day_seconds)
+        tally.count("workspace:1", {"delivered": 1}, now=day_seconds + 86_400)
+        tally.charge(1, {(10, 7): 3, (10, 8): 0}, now=day_seconds)
+        tally.charge(2, {(11, 7): n + 1}, now=day_seconds + 86_400)
+        with engine.begin() as conn:
+            # The second one as a sender's last statement: on PostgreSQL its COMMIT goes
+            # with it, and the transaction's own commit then has nothing left to do.
+            tally.write(conn, last=n == 1)
+    with engine.begin() as conn:
+        Tally().write(conn, last=True)  # nothing to add
+    with engine.connect() as conn:
+        counted = {tuple(r[:3]): r[3] for r in conn.execute(sa.select(counters))}
+        points = {tuple(r[:4]): r[4] for r in conn.execute(sa.select(datapoints))}
+    assert counted == {
+        ("2024-10-04", "workspace:1", "delivered"): 4,
+        ("2024-10-05", "workspace:1", "delivered"): 2,
+    }
+    assert points == {("2024-10-04", 1, 10, 7): 6, ("2024-10-05", 2, 11, 7): 3}
+
+
 def test_candidates_are_due_unleased_pending_rows_of_active_workspaces_oldest_first(engine):
     with engine.begin() as conn:
         active, suspended = (
@@ -443,3 +500,23 @@ def test_candidates_are_due_unleased_pending_rows_of_active_workspaces_oldest_fi
         assert pick(active=None, workspace_id=suspended) == [(suspended, "paused")]
         # The lease ran out: claimable again.
         assert {e for _, e in pick(active="active", now=30.0)} == {"early", "leased", "late"}
+
+
+def test_an_idle_postgresql_connection_the_server_closed_is_replaced_at_checkout(
+    engine, monkeypatch
+):
+    """Connections are pinged only after sitting idle (store.engine.IDLE_PING_S)."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("PostgreSQL's pool")
+    from audience_sync.store import engine as engines
+
+    monkeypatch.setattr(engines, "IDLE_PING_S", 0.0)
+    with engine.connect() as conn:
+        pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
+    killer = engines.create_engine(engine.url.render_as_string(hide_password=False))
+    with killer.connect() as conn:
+        conn.exec_driver_sql("SELECT pg_terminate_backend(%(p)s)", {"p": pid})
+    killer.dispose()
+    time.sleep(0.05)
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one() != pid

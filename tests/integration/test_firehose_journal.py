@@ -4,6 +4,7 @@ arrival order, exactly once, and one entry that cannot be applied never stops th
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -108,6 +109,93 @@ def test_entries_apply_in_arrival_order_and_a_late_older_message_does_not_win(
         pass
 
     assert _memberships(runtime.engine) == {("u1", 1): False, ("u2", 1): True}
+
+
+def test_entries_applied_in_one_round_leave_what_applying_them_one_by_one_leaves(
+    deferred, auth_headers
+):
+    """On PostgreSQL a round's entries of one account are written as one statement per table
+    (merged first); the state and the counts are those of applying them in turn."""
+    runtime, client = deferred
+    engine = runtime.engine
+    ios = {**SETTINGS, "apiKeyOperatingSystem": "ios"}
+    now_ms = int(time.time() * 1000)
+
+    def send(profiles: list[dict], timestamp_ms: int) -> None:
+        post(client, membership(ACCOUNT, profiles, timestamp_ms=timestamp_ms, **ios), auth_headers)
+
+    both = [(1, "VIPs", "add"), (2, "Fans", "add")]
+    send([profile("u1", both, email="a@example.com", push_tokens=["t1"])], now_ms)
+    # Same time: the later entry wins; a new email, mpid and token.
+    send(
+        [
+            profile(
+                "u1", [(1, "VIPs", "delete")], email="b@example.com", mpid="7", push_tokens=["t2"]
+            )
+        ],
+        now_ms,
+    )
+    # Older: its membership loses, its token (sent again) becomes the newest.
+    send([profile("u1", [(2, "Fans", "delete")], push_tokens=["t1"])], now_ms - 60_000)
+    send([profile("u2", [(3, "First name", "add")])], now_ms)
+    send([profile("u2", [(3, "Second name", "add")], email="c@example.com")], now_ms + 1)
+
+    assert apply_journal(engine, coalesce_s=0.0) == 5  # one round
+    assert _journal_size(engine) == 0
+    assert _memberships(engine) == {("u1", 1): False, ("u1", 2): True, ("u2", 3): True}
+    users = {
+        e: (email, mpid, tokens if isinstance(tokens, list) else json.loads(tokens))
+        for e, email, mpid, tokens in _rows(
+            engine, "SELECT external_id, email, mpid, push_tokens FROM users"
+        )
+    }
+    assert users == {
+        "u1": ("b@example.com", "7", ["t2", "t1"]),
+        "u2": ("c@example.com", None, []),
+    }
+    assert _rows(engine, "SELECT name FROM audiences WHERE audience_id = 3") == [("First name",)]
+    assert sorted(e for (e,) in _rows(engine, "SELECT external_id FROM outbox")) == ["u1", "u2"]
+    applied = _rows(
+        engine,
+        f"SELECT SUM(count) FROM counters WHERE reason = '{IntakeCounter.MEMBERSHIPS_APPLIED}'",
+    )
+    assert applied[0][0] == 6
+
+
+def test_appliers_of_several_workers_apply_every_entry_once(deferred, auth_headers):
+    """PostgreSQL: every worker runs an applier; they take turns (an advisory lock), each
+    round reading the entries the one before left, so none is applied twice or waits for
+    nothing. SQLite has one applier."""
+    runtime, client = deferred
+    engine = runtime.engine
+    if engine.dialect.name != "postgresql":
+        pytest.skip("one applier on SQLite")
+    for n in range(30):
+        post(client, _enter(f"w{n}"), auth_headers)
+    applied: list[int] = []
+    errors: list[BaseException] = []
+
+    def applier() -> None:
+        try:
+            while n := apply_journal(engine, coalesce_s=0.0, max_profiles=1):
+                applied.append(n)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=applier) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == []
+    assert sum(applied) == 30
+    assert _journal_size(engine) == 0
+    assert _memberships(engine) == {(f"w{n}", 1): True for n in range(30)}
+    counted = _rows(
+        engine,
+        f"SELECT SUM(count) FROM counters WHERE reason = '{IntakeCounter.MEMBERSHIPS_APPLIED}'",
+    )
+    assert counted[0][0] == 30
 
 
 def test_an_entry_left_by_a_killed_process_is_applied_by_the_next_one(
@@ -471,3 +559,34 @@ def test_entries_an_earlier_version_left_in_the_main_database_are_applied(deferr
         stop.set()
         applier.join(5)
     assert _rows(engine, "SELECT COUNT(*) FROM firehose_journal") == [(0,)]
+
+
+def test_on_postgresql_the_id_and_the_plan_go_in_one_statement_that_commits_alone(deferred):
+    """The acknowledgement's write on PostgreSQL: no transaction around it; a repeated id
+    appends nothing."""
+    runtime, _ = deferred
+    engine = runtime.engine
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite keeps the journal in a file of its own")
+    from audience_sync.store.engine import autocommit
+
+    def accept(message_id: str) -> int | None:
+        with autocommit(engine) as conn:
+            return journal.accept(
+                conn,
+                account_id=ACCOUNT,
+                message_id=message_id,
+                message_type="audience_membership_change_request",
+                changed_at=1.0,
+                profiles=3,
+                plan=b'{"u":[],"m":[],"a":[],"x":[]}',
+                now=2.0,
+            )
+
+    seq = accept("m-1")
+    assert isinstance(seq, int)
+    assert accept("m-1") is None
+    assert _rows(engine, "SELECT seq, message_id, profiles FROM firehose_journal") == [
+        (seq, "m-1", 3)
+    ]
+    assert _rows(engine, "SELECT id FROM firehose_messages") == [("m-1",)]

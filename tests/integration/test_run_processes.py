@@ -175,3 +175,27 @@ def test_the_journal_applier_has_its_own_process_and_a_killed_one_is_replaced(ru
         proc.wait(timeout=60)
     assert proc.returncode == 0, log_path.read_text()
     assert not _alive(second)
+
+
+def _nice(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as fh:
+        return int(fh.read().rsplit(")", 1)[1].split()[16])
+
+
+def test_a_worker_yields_the_cpu_to_serve_by_its_niceness(run_env, tmp_path):
+    """`worker` lowers its own priority by delivery.worker_niceness (a `serve` on the same
+    machine answers first), as `run` does for its children."""
+    env, cmd = run_env
+    log_path = tmp_path / "worker.log"
+    env = env | {"AUDIENCE_SYNC_DELIVERY__WORKER_NICENESS": "7"}
+    with log_path.open("w") as log:
+        proc = subprocess.Popen([*cmd, "worker"], env=env, stderr=log)
+    try:
+        _wait_for(
+            lambda: any(a.get("action") == "senders_started" for a in _actions(log_path)),
+            log_path,
+        )
+        assert _nice(proc.pid) == _nice(os.getpid()) + 7
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)

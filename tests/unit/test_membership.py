@@ -156,3 +156,48 @@ def test_a_plan_splits_into_parts_that_together_are_the_plan(n_users, per_part, 
     assert merged_users == plan.users
     assert merged_memberships == plan.memberships
     assert [sum(p.unresolved.values()) for p in parts] == [0] * (len(parts) - 1) + [4]
+
+
+@pytest.mark.parametrize(
+    ("stored", "batches"),
+    [
+        ([], [["a"], ["b"], ["a"]]),
+        (["s1", "s2"], [["a", "s1"], ["b"]]),
+        ([f"s{n}" for n in range(10)], [[f"n{n}" for n in range(7)], ["s0", "n1", "x"]]),
+    ],
+)
+def test_push_tokens_merged_in_turn_equal_the_merge_of_the_merged(stored, batches):
+    """merge_plans folds a round's tokens first; the store merges that into the stored ones."""
+    one_by_one = stored
+    folded: list[str] = []
+    for batch in batches:
+        one_by_one = merge_push_tokens(one_by_one, batch)
+        folded = merge_push_tokens(folded, batch)
+    assert merge_push_tokens(stored, folded) == one_by_one
+
+
+def test_merged_plans_keep_the_newest_change_the_later_on_a_tie_and_the_last_values():
+    from collections import Counter
+
+    from audience_sync.core.membership import MembershipPlan, UserUpdate, merge_plans
+
+    def plan(memberships, **user):
+        return MembershipPlan(
+            users={"u": UserUpdate(external_id="u", **user)},
+            memberships={("u", a): m for a, m in memberships.items()},
+            audience_names={a: f"name at {len(memberships)}" for a in memberships},
+            unresolved=Counter({"no_external_id": 1}),
+        )
+
+    merged = merge_plans(
+        [
+            (10.0, plan({1: True, 2: True}, email="a", push_tokens=["t1"])),
+            (10.0, plan({1: False}, mpid="m", push_tokens=["t2"])),  # tie: the later wins
+            (5.0, plan({2: False}, email="b", push_tokens=["t1"])),  # older: loses audience 2
+        ]
+    )
+    assert merged.memberships == {("u", 1): (False, 10.0), ("u", 2): (True, 10.0)}
+    user = merged.users["u"]
+    assert (user.email, user.mpid, user.push_tokens) == ("b", "m", ["t2", "t1"])
+    assert merged.audience_names == {1: "name at 2", 2: "name at 2"}  # the first seen
+    assert merged.unresolved == Counter({"no_external_id": 3})

@@ -8,6 +8,11 @@ a sender's SQL time. The schema and the other statements stay SQLAlchemy Core.
 
 Rows are tuples; JSON values are already encoded (:func:`json_text`). Every verb is tested on
 both databases (``tests/integration/test_bulk_statements.py``).
+
+PostgreSQL's statements of the Firehose intake and the journal applier (one statement per
+table for a round of entries, where SQLite keeps ``executemany``) are in
+:mod:`audience_sync.store.bulk.postgresql_intake`; they are tested through the journal's tests,
+which expect the same state on both databases.
 """
 
 from __future__ import annotations

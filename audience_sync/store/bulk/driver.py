@@ -38,3 +38,49 @@ def fetch_all(conn: sa.Connection, sql: str, params: t.Any) -> list[tuple[t.Any,
 def execute(conn: sa.Connection, sql: str, params: t.Any) -> None:
     """:func:`fetch_all` for a statement that returns no rows."""
     _run(conn, sql, params, rows=False)
+
+
+def fetch_each(
+    conn: sa.Connection, statements: list[tuple[str, t.Any]]
+) -> list[list[tuple[t.Any, ...]]]:
+    """PostgreSQL: :func:`fetch_all` of several statements in one round trip (psycopg's
+    pipeline mode: all are sent, then all results read); their rows, in order."""
+    if not conn.in_transaction():
+        conn.begin()
+    dbapi_error = conn.dialect.loaded_dbapi.Error
+    raw = conn.connection.dbapi_connection
+    assert raw is not None
+    cursors = [raw.cursor() for _ in statements]
+    try:
+        with raw.pipeline():
+            for cursor, (sql, params) in zip(cursors, statements, strict=True):
+                cursor.execute(sql, params)
+        return [cursor.fetchall() for cursor in cursors]
+    except dbapi_error as exc:
+        raise sa.exc.DBAPIError.instance(str(statements), None, exc, dbapi_error) from exc
+    finally:
+        for cursor in cursors:
+            cursor.close()
+
+
+def execute_and_commit(conn: sa.Connection, sql: str, params: t.Any) -> None:
+    """PostgreSQL: run ``sql`` and COMMIT the caller's transaction in one round trip (psycopg's
+    pipeline mode), for the last statement of a transaction on rows that every writer updates.
+    Their locks are then held until the COMMIT, which no longer waits for this process to get
+    a CPU and the GIL back between the two. The caller's own commit afterwards finds no open
+    transaction and sends nothing (psycopg's commit then does nothing); the caller must run no
+    statement after this one."""
+    if not conn.in_transaction():
+        conn.begin()
+    dbapi_error = conn.dialect.loaded_dbapi.Error
+    raw = conn.connection.dbapi_connection
+    assert raw is not None
+    cursor = raw.cursor()
+    try:
+        with raw.pipeline():
+            cursor.execute(sql, params)
+            raw.commit()
+    except dbapi_error as exc:
+        raise sa.exc.DBAPIError.instance(sql, params, exc, dbapi_error) from exc
+    finally:
+        cursor.close()

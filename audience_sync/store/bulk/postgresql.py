@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import orjson
 import sqlalchemy as sa
 
-from audience_sync.store.bulk.driver import execute, fetch_all
+from audience_sync.store.bulk.driver import execute, execute_and_commit, fetch_all, fetch_each
 
 
 def _records(names: Sequence[str], rows: Sequence[tuple[t.Any, ...]]) -> str:
@@ -193,40 +193,34 @@ def finish(
 def snapshot_rows(
     conn: sa.Connection, *, workspace_id: int, accounts: Sequence[int], ids: Sequence[str]
 ) -> tuple[list[tuple[t.Any, ...]], list[tuple[t.Any, ...]], list[tuple[t.Any, ...]]]:
-    """See :func:`audience_sync.store.bulk.sqlite.snapshot_rows` (JSONB arrives decoded)."""
+    """See :func:`audience_sync.store.bulk.sqlite.snapshot_rows` (JSONB arrives decoded); the
+    three reads in one round trip."""
     params = {"accounts": list(accounts), "ids": list(ids), "ws": workspace_id}
-    users: list[tuple[t.Any, ...]] = []
-    members: list[tuple[t.Any, ...]] = []
-    if accounts and ids:
-        where = "account_id = ANY(%(accounts)s) AND external_id = ANY(%(ids)s)"
-        users = [
-            tuple(r)
-            for r in fetch_all(
-                conn,
+    acknowledged = (
+        "SELECT external_id, attributes, flags, last_write_at FROM braze_users "
+        "WHERE workspace_id = %(ws)s AND external_id = ANY(%(ids)s)",
+        params,
+    )
+    if not (accounts and ids):
+        return [], [], [tuple(r) for r in fetch_each(conn, [acknowledged])[0]]
+    where = "account_id = ANY(%(accounts)s) AND external_id = ANY(%(ids)s)"
+    users, members, acked = fetch_each(
+        conn,
+        [
+            (
                 "SELECT account_id, external_id, email, push_tokens, updated_at FROM users "
                 f"WHERE {where}",
                 params,
-            )
-        ]
-        members = [
-            tuple(r)
-            for r in fetch_all(
-                conn,
+            ),
+            (
                 "SELECT account_id, external_id, audience_id, is_member FROM memberships "
                 f"WHERE {where}",
                 params,
-            )
-        ]
-    acknowledged = [
-        tuple(r)
-        for r in fetch_all(
-            conn,
-            "SELECT external_id, attributes, flags, last_write_at FROM braze_users "
-            "WHERE workspace_id = %(ws)s AND external_id = ANY(%(ids)s)",
-            params,
-        )
-    ]
-    return users, members, acknowledged
+            ),
+            acknowledged,
+        ],
+    )
+    return [tuple(r) for r in users], [tuple(r) for r in members], [tuple(r) for r in acked]
 
 
 def lease(
@@ -350,3 +344,34 @@ def candidates(
     sql += " ORDER BY due_at LIMIT %(limit)s FOR UPDATE OF outbox SKIP LOCKED"
     params = {"pending": pending, "now": now, "ws": workspace_id, "active": active, "limit": limit}
     return fetch_all(conn, sql, params)
+
+
+def add_datapoints_and_counts(
+    conn: sa.Connection,
+    *,
+    datapoints: Sequence[tuple[str, int, int, int, int]],
+    counts: Sequence[tuple[str, str, str, int]],
+    commit: bool = False,
+) -> None:
+    """:func:`add_datapoints` and :func:`add_counts` as one statement (one round trip);
+    ``commit``: and the caller's COMMIT in the same round trip (the transaction's last
+    statement, :func:`~audience_sync.store.bulk.driver.execute_and_commit`)."""
+    (execute_and_commit if commit else execute)(
+        conn,
+        "WITH points_added AS (INSERT INTO datapoints AS d (day, workspace_id, account_id, "
+        "audience_id, points) SELECT v.day, v.workspace_id, v.account_id, v.audience_id, "
+        "v.points FROM jsonb_to_recordset(%(points)s::jsonb) AS v(day text, workspace_id "
+        "integer, account_id bigint, audience_id bigint, points bigint) "
+        "ON CONFLICT (day, workspace_id, account_id, audience_id) "
+        "DO UPDATE SET points = d.points + excluded.points) "
+        "INSERT INTO counters AS c (day, scope, reason, count) "
+        "SELECT v.day, v.scope, v.reason, v.n FROM jsonb_to_recordset(%(counts)s::jsonb) "
+        "AS v(day text, scope text, reason text, n bigint) "
+        "ON CONFLICT (day, scope, reason) DO UPDATE SET count = c.count + excluded.count",
+        {
+            "points": _records(
+                ("day", "workspace_id", "account_id", "audience_id", "points"), datapoints
+            ),
+            "counts": _records(("day", "scope", "reason", "n"), counts),
+        },
+    )
