@@ -12,7 +12,9 @@ REASON_NO_EXTERNAL_ID = "no_external_id"
 REASON_EXTERNAL_ID_TOO_LARGE = "external_id_too_large"
 
 
-@dataclass(frozen=True, kw_only=True)
+# Built per profile of every request (500 per request): plain slotted dataclasses, three times
+# cheaper to build than frozen ones. Read only by convention, like every validated value.
+@dataclass(kw_only=True, slots=True)
 class Identity:
     """One ``{type, encoding, value}`` entry of a Firehose profile."""
 
@@ -26,7 +28,9 @@ class Identity:
         return self.encoding.lower() == "raw"
 
 
-@dataclass(frozen=True, kw_only=True)
+# Built per profile of every request (500 per request): plain slotted dataclasses, three times
+# cheaper to build than frozen ones. Read only by convention, like every validated value.
+@dataclass(kw_only=True, slots=True)
 class ResolvedUser:
     """The Braze-facing identity of a profile for one connection."""
 

@@ -66,7 +66,9 @@ class SubscriptionRequest(Envelope):
     action: str
 
 
-@dataclass(frozen=True, kw_only=True)
+# Built per profile of every request (500 per request): plain slotted dataclasses, three times
+# cheaper to build than frozen ones. Read only by convention, like every validated value.
+@dataclass(kw_only=True, slots=True)
 class UserAttribute:
     """A well-formed ``user_attributes`` entry (malformed ones are skipped, SPEC §3.1)."""
 
@@ -75,7 +77,9 @@ class UserAttribute:
     action: str | None = None
 
 
-@dataclass(frozen=True, kw_only=True)
+# Built per profile of every request (500 per request): plain slotted dataclasses, three times
+# cheaper to build than frozen ones. Read only by convention, like every validated value.
+@dataclass(kw_only=True, slots=True)
 class AudienceChange:
     """One ``audiences[]`` entry of a profile."""
 
@@ -85,7 +89,9 @@ class AudienceChange:
     user_attributes: tuple[UserAttribute, ...] = ()
 
 
-@dataclass(frozen=True, kw_only=True)
+# Built per profile of every request (500 per request): plain slotted dataclasses, three times
+# cheaper to build than frozen ones. Read only by convention, like every validated value.
+@dataclass(kw_only=True, slots=True)
 class UserProfile:
     """One ``user_profiles[]`` entry; partner identities are validated but not kept."""
 
