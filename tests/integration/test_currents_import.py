@@ -182,3 +182,30 @@ def test_events_no_feed_takes_are_held_and_reported_as_no_feed(make_runtime, tmp
     summary = import_paths(rt.engine, CurrentsConfig.from_settings(rt.settings), [tmp_path])
     assert (summary.forwarded, dict(summary.skipped)) == (0, {"no_feed": 3})
     assert len(event_ids(rt.engine)) == 3  # held, not dropped
+
+
+def test_dedup_keys_are_claimed_once_within_the_window(database_url):
+    """New ids and ids last seen before the window are claimed (their keys refreshed); ids
+    seen within the window are not, and keep their time; an id twice in one call counts once."""
+    from audience_sync.store import currents as queue
+    from audience_sync.store.engine import create_engine
+    from audience_sync.store.schema import currents_dedup
+
+    engine = create_engine(database_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                sa.insert(currents_dedup),
+                [{"event_id": "recent", "seen_at": 950.0}, {"event_id": "old", "seen_at": 10.0}],
+            )
+            ids = ["new", "recent", "old", "new", *(f"n{i}" for i in range(4100))]
+            fresh = queue.claim_new_ids(conn, ids, now=1000.0, window_s=100.0)
+            assert fresh == {"new", "old", *(f"n{i}" for i in range(4100))}
+            assert queue.claim_new_ids(conn, ["new", "old"], now=1001.0, window_s=100.0) == set()
+            seen = dict(
+                conn.execute(sa.select(currents_dedup.c.event_id, currents_dedup.c.seen_at)).all()
+            )
+        assert (seen["recent"], seen["old"], seen["new"]) == (950.0, 1000.0, 1000.0)
+        assert len(seen) == 4103
+    finally:
+        engine.dispose()
