@@ -163,17 +163,20 @@ def receive_membership_change(
     accepted_alone = None
     if entries_engine is engine and engine.dialect.name == "postgresql":
         accepted_alone = _accept_postgresql(engine, message, prepared, encoded, changed_at, now)
-    if accepted_alone is not None:
-        connection, seq = accepted_alone
+
+    def answer(connection: Connection, seq: int | None) -> IntakeResult:
+        """The answer once the journal took the message (``seq``), or found it a duplicate."""
         if seq is None:
-            result = in_transaction(
+            return in_transaction(
                 engine,
                 lambda conn: _duplicate(conn, account_id, options, now),
                 action="firehose_duplicate",
                 priority=True,
             )
-        else:
-            result = accepted(connection, seq)
+        return accepted(connection, seq)
+
+    if accepted_alone is not None:
+        result = answer(*accepted_alone)
     elif entries_engine is engine:
 
         def work(conn: sa.Connection) -> IntakeResult:
@@ -196,16 +199,7 @@ def receive_membership_change(
                 retry_conflicts=True,
                 priority=True,
             )
-        seq = _run(entries_engine, message.id, accept, duplicate=None)
-        if seq is None:
-            result = in_transaction(
-                engine,
-                lambda conn: _duplicate(conn, account_id, options, now),
-                action="firehose_duplicate",
-                priority=True,
-            )
-        else:
-            result = accepted(connection, seq)
+        result = answer(connection, _run(entries_engine, message.id, accept, duplicate=None))
     if options.apply_in_request and result.journal_seq is not None:
         drain_journal(engine, coalesce_s=options.coalesce_s, up_to=result.journal_seq)
     return result
