@@ -57,6 +57,16 @@ class UserUpdate:
     mpid: str | None = None
     push_tokens: list[str] = field(default_factory=list)
 
+    def absorb(self, email: str | None, mpid: str | None, push_tokens: Sequence[str]) -> None:
+        """A later statement about the user: a given email or mpid replaces the earlier one;
+        push tokens are merged (newest kept)."""
+        if email is not None:
+            self.email = email
+        if mpid is not None:
+            self.mpid = mpid
+        if push_tokens:
+            self.push_tokens = merge_push_tokens(self.push_tokens, push_tokens)
+
 
 @dataclass(frozen=True, kw_only=True)
 class MembershipPlan:
@@ -103,12 +113,7 @@ def plan_membership_changes(
         update = users.get(external_id)
         if update is None:
             update = users[external_id] = UserUpdate(external_id=external_id)
-        if resolved.email is not None:
-            update.email = resolved.email
-        if resolved.mpid is not None:
-            update.mpid = resolved.mpid
-        if resolved.push_tokens:
-            update.push_tokens = merge_push_tokens(update.push_tokens, resolved.push_tokens)
+        update.absorb(resolved.email, resolved.mpid, resolved.push_tokens)
         for audience in profile.audiences:
             is_member = IS_MEMBER_BY_ACTION.get(audience.action)
             if is_member is not None:
@@ -192,12 +197,7 @@ def merge_plans(plans: Sequence[tuple[float, MembershipPlan]]) -> MergedPlans:
                     push_tokens=list(update.push_tokens),
                 )
                 continue
-            if update.email is not None:
-                merged.email = update.email
-            if update.mpid is not None:
-                merged.mpid = update.mpid
-            if update.push_tokens:
-                merged.push_tokens = merge_push_tokens(merged.push_tokens, update.push_tokens)
+            merged.absorb(update.email, update.mpid, update.push_tokens)
         for key, is_member in plan.memberships.items():
             held = memberships.get(key)
             if held is None or held[1] <= changed_at:

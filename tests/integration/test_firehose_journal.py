@@ -4,10 +4,12 @@ arrival order, exactly once, and one entry that cannot be applied never stops th
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
 import time
+import typing as t
 
 import pytest
 import sqlalchemy as sa
@@ -53,6 +55,21 @@ def _memberships(engine: sa.Engine) -> dict[tuple[str, int], bool]:
 
 def _journal_size(engine: sa.Engine) -> int:
     return _rows(journal_engine(engine), "SELECT COUNT(*) FROM firehose_journal")[0][0]
+
+
+@contextlib.contextmanager
+def _counting_commits(engine: sa.Engine) -> t.Iterator[dict[str, int]]:
+    """``{"n": commits}`` of ``engine`` while the block runs."""
+    commits = {"n": 0}
+
+    def count(conn: sa.Connection) -> None:
+        commits["n"] += 1
+
+    sa.event.listen(engine, "commit", count)
+    try:
+        yield commits
+    finally:
+        sa.event.remove(engine, "commit", count)
 
 
 def _enter(user: str, audience: int = 1, **kwargs) -> dict:
@@ -365,16 +382,8 @@ def test_without_a_waiting_intake_a_round_is_one_transaction(deferred, auth_head
             membership(ACCOUNT, [profile(u, [(1, "VIPs", "add")]) for u in users], **SETTINGS),
             auth_headers,
         )
-    commits = {"n": 0}
-
-    @sa.event.listens_for(engine, "commit")
-    def count(conn):
-        commits["n"] += 1
-
-    try:
+    with _counting_commits(engine) as commits:
         assert apply_journal(engine, coalesce_s=0.0, max_profiles=500) == 2
-    finally:
-        sa.event.remove(engine, "commit", count)
     # With the journal in a file of its own, a second (tiny) one forgets the applied marks.
     assert commits["n"] == (2 if journal_file.is_separate(engine) else 1)
     assert len(_memberships(engine)) == 500
@@ -400,14 +409,8 @@ def test_on_sqlite_a_long_round_commits_per_slice_and_lets_other_writers_in(
         membership(ACCOUNT, [profile(u, [(1, "VIPs", "add")]) for u in users], **SETTINGS),
         auth_headers,
     )
-    commits = {"n": 0}
-
-    @sa.event.listens_for(engine, "commit")
-    def count(conn):
-        commits["n"] += 1
-
     round_ = threading.Thread(target=apply_journal, args=(engine,), kwargs={"coalesce_s": 0.0})
-    try:
+    with _counting_commits(engine) as commits:
         round_.start()
         deadline = time.monotonic() + 10
         while not _memberships(engine) and time.monotonic() < deadline:
@@ -416,8 +419,6 @@ def test_on_sqlite_a_long_round_commits_per_slice_and_lets_other_writers_in(
         in_transaction(engine, lambda conn: conn.exec_driver_sql("DELETE FROM counters WHERE 0"))
         applied_when_it_wrote = len(_memberships(engine))
         round_.join(10)
-    finally:
-        sa.event.remove(engine, "commit", count)
     assert 0 < applied_when_it_wrote < len(users)
     assert len(_memberships(engine)) == len(users) and _journal_size(engine) == 0
     # Ten parts, ten transactions, and the other writer's (plus forgetting the marks).
@@ -461,16 +462,8 @@ def test_an_accepted_message_writes_only_the_journal_file(deferred, auth_headers
     engine = runtime.engine
     _separate_only(engine)
     post(client, _enter("u1"), auth_headers)  # the first one stores the connection
-    commits = {"n": 0}
-
-    @sa.event.listens_for(engine, "commit")
-    def count(conn):
-        commits["n"] += 1
-
-    try:
+    with _counting_commits(engine) as commits:
         post(client, _enter("u2"), auth_headers)
-    finally:
-        sa.event.remove(engine, "commit", count)
     assert commits["n"] == 0
     assert _journal_size(engine) == 2
     assert journal_file.journal_path(engine) == engine.url.database + "-intake.db"
