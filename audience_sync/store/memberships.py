@@ -90,9 +90,13 @@ def apply_membership_plans(
         memo.update(dict.fromkeys(unknown, AudienceState.ACTIVE))
     removed = {a for a, s in states.items() if s == AudienceState.REMOVED}
 
+    # PostgreSQL: writers that may run at once (a request applying its own message) lock the
+    # rows in one order, so they cannot deadlock. SQLite has one writer: sorting was a tenth of
+    # its applier's instructions, for nothing.
+    in_order: t.Callable[[t.Any], t.Any] = sorted if conn.dialect.name == "postgresql" else list
     if merged is not None:
         changed_at = plans[0][0]
-        changes = sorted(merged.memberships.items())
+        changes = in_order(merged.memberships.items())
         membership_rows = [
             (account_id, external_id, audience_id, is_member, changed_at)
             for (external_id, audience_id), is_member in changes
@@ -104,7 +108,7 @@ def apply_membership_plans(
         assert folded is not None
         membership_rows = [
             (account_id, external_id, audience_id, is_member, changed_at)
-            for (external_id, audience_id), (is_member, changed_at) in sorted(
+            for (external_id, audience_id), (is_member, changed_at) in in_order(
                 folded.memberships.items()
             )
             if audience_id not in removed
