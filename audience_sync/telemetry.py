@@ -63,7 +63,6 @@ class Action(StrEnum):
     # Braze delivery
     BRAZE_BATCH_SENT = "braze_batch_sent"
     BRAZE_BUDGET_SHARED = "braze_budget_shared"
-    BRAZE_NO_ANSWER = "braze_no_answer"
     BRAZE_PROBE = "braze_probe"
     BRAZE_RATE_LIMITED = "braze_rate_limited"
     BRAZE_RATE_LIMIT_EXHAUSTED = "braze_rate_limit_exhausted"

@@ -5,18 +5,13 @@ is ``status=None`` with ``error`` saying which, never a ``requests.*`` exception
 not retry (urllib3 retries are off): the sender retries durably through the outbox, and an
 automatic resend of a request Braze may already have applied would break SPEC §5.4.
 
-The REST key only ever goes into the ``Authorization`` header; logs show its fingerprint.
-
-Per request, only what the call needs: the request for each (URL, key) is prepared once by
-``requests`` (URL parsing, header merging) and copied with the new body, then sent through the
-session's pooled adapter; JSON is parsed with orjson. At Braze's rates the client's CPU per
-request was as much as the engine's work for the 75 users in it.
+The REST key only ever goes into the ``Authorization`` header. The HTTP itself (pooling, the
+request prepared once per URL and key, no per-call work the call does not need) is the shared
+:class:`~audience_sync.transport.Transport`; answers are parsed with orjson.
 """
 
 from __future__ import annotations
 
-import logging
-import os
 import threading
 import time
 import typing as t
@@ -24,36 +19,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from urllib.request import getproxies
 
 import orjson
 import requests
-from requests.adapters import HTTPAdapter
 
-from audience_sync.braze.keys import fingerprint
-
-log = logging.getLogger(__name__)
+from audience_sync.transport import Transport
 
 TRACK_PATH = "/users/track"
 EXPORT_IDS_PATH = "/users/export/ids"
-USER_AGENT = "audience-sync/0.1"
 DRY_RUN_STATUS = 201
-
-
-def _read_environment_once(session: requests.Session) -> None:
-    """Take proxy and CA settings from the environment now rather than on every request.
-
-    With ``trust_env`` on, requests re-reads the whole environment per request (~0.3 ms, a third
-    of the client's cost at Braze's request rates) and may replace our ``Authorization`` header
-    with a ``~/.netrc`` entry. Without proxy variables there is nothing to re-read, so it goes
-    off; with them it stays on, since ``no_proxy`` is matched per URL.
-    """
-    if getproxies():
-        return
-    session.trust_env = False
-    bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
-    if bundle:
-        session.verify = bundle
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -105,21 +79,14 @@ class BrazeClient:
         self.dry_run = dry_run
         self.dry_run_path = Path(dry_run_path) if dry_run_path else None
         self._dry_run_lock = threading.Lock()
-        self._owns_session = session is None
-        if session is None:
-            session = requests.Session()
-            # max_retries=0: urllib3 must not resend a request Braze may have applied.
-            adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_maxsize, max_retries=0)
-            session.mount("https://", adapter)
-            session.mount("http://", adapter)
-            _read_environment_once(session)
-        self.session = session
-        self._prepared: dict[tuple[str, str], requests.PreparedRequest] = {}
+        self.transport = Transport(
+            name="braze", timeout_s=timeout_s, pool_maxsize=pool_maxsize, session=session
+        )
+        self.session: requests.Session = self.transport.session
 
     def close(self) -> None:
         """Close pooled connections (only of a session this client created)."""
-        if self._owns_session:
-            self.session.close()
+        self.transport.close()
 
     def __enter__(self) -> BrazeClient:
         return self
@@ -163,93 +130,17 @@ class BrazeClient:
         body = orjson.dumps(payload)
         return self._post(endpoint, EXPORT_IDS_PATH, api_key, body)
 
-    def _prepare(self, url: str, api_key: str) -> requests.PreparedRequest:
-        """The request to ``url`` with ``api_key``, prepared once (headers, parsed URL)."""
-        key = (url, api_key)
-        prepared = self._prepared.get(key)
-        if prepared is None:
-            headers = {
-                "Authorization": f"Bearer {api_key}",
-                "Content-Type": "application/json",
-                "Accept": "application/json",
-                "User-Agent": USER_AGENT,
-            }
-            request = requests.Request("POST", url, headers=headers, data=b"")
-            prepared = self.session.prepare_request(request)
-            if len(self._prepared) > 1024:  # keys come and go with connections: stay bounded
-                self._prepared.clear()
-            self._prepared[key] = prepared
-        return prepared
-
-    def _send(self, request: requests.PreparedRequest) -> requests.Response:
-        """Send through the session's adapter, skipping ``Session.send``'s per-request work
-        that a Braze call does not need (cookie jar, hooks, the redirect look-ahead), unless
-        proxies come from the environment: then the session matches ``no_proxy`` per URL."""
-        session = self.session
-        if session.trust_env:
-            return session.send(request, timeout=self.timeout_s, allow_redirects=False)
-        return session.get_adapter(request.url or "").send(
-            request,
-            stream=False,
-            timeout=self.timeout_s,
-            verify=session.verify,
-            cert=session.cert,
-            proxies=session.proxies,
-        )
-
     def _post(self, endpoint: str, path: str, api_key: str, body: bytes) -> TrackResponse:
-        url = endpoint.rstrip("/") + path
-        started = time.perf_counter()
-        try:
-            request = self._prepare(url, api_key).copy()
-            request.body = body
-            request.headers["Content-Length"] = str(len(body))
-            response = self._send(request)
-            content = response.content  # read fully here: a drop mid-body raises here too
-        except requests.Timeout:
-            return self._failed("timeout", url, api_key, started)
-        except (
-            requests.exceptions.InvalidURL,
-            requests.exceptions.MissingSchema,
-            requests.exceptions.InvalidSchema,
-        ) as exc:
-            return self._failed("invalid_url", url, api_key, started, exc)
-        except requests.RequestException as exc:
-            return self._failed("connection_error", url, api_key, started, exc)
-        elapsed = time.perf_counter() - started
-        parsed: t.Any = None
-        if content:
-            try:
-                parsed = orjson.loads(content)
-            except orjson.JSONDecodeError:
-                parsed = None
+        response = self.transport.post(
+            endpoint.rstrip("/") + path, body, headers={"Authorization": f"Bearer {api_key}"}
+        )
         return TrackResponse(
-            status=response.status_code,
-            headers=MappingProxyType({k.lower(): v for k, v in response.headers.items()}),
-            body=parsed,
-            elapsed_s=elapsed,
+            status=response.status,
+            headers=response.headers,
+            body=response.json(),
+            elapsed_s=response.elapsed_s,
+            error=response.error,
         )
-
-    def _failed(
-        self,
-        error: str,
-        url: str,
-        api_key: str,
-        started: float,
-        exc: BaseException | None = None,
-    ) -> TrackResponse:
-        elapsed = time.perf_counter() - started
-        log.debug(
-            "braze request got no answer",
-            extra={
-                "action": "braze_no_answer",
-                "reason": error,
-                "url": url,
-                "key": fingerprint(api_key),
-                "exc_type": type(exc).__name__ if exc else None,
-            },
-        )
-        return TrackResponse(status=None, elapsed_s=elapsed, error=error)
 
     def _record_dry_run(self, endpoint: str, body: bytes) -> TrackResponse:
         started = time.perf_counter()
