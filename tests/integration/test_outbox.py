@@ -137,3 +137,57 @@ def test_a_new_change_revives_a_dead_letter(engine):
         outbox.enqueue(conn, ws, ["u1"], now=100, delay_s=1)
         row = conn.execute(sa.select(outbox_table)).one()
     assert (row.state, row.attempts, row.due_at) == (OutboxState.PENDING, 0, 101)
+
+
+def test_one_enqueue_of_new_pending_and_dead_users_applies_each_rule(engine):
+    ws = _workspace(engine)
+    with engine.begin() as conn:
+        outbox.enqueue(conn, ws, ["pending", "backing-off", "dead"], now=0)
+    _claim(engine, "a", now=0)
+    with engine.begin() as conn:
+        outbox.record_failures(
+            conn,
+            worker_id="a",
+            workspace_id=ws,
+            failures=[
+                outbox.Failure(
+                    external_id="backing-off",
+                    attempts=2,
+                    first_failure_at=0,
+                    retry_at=50,
+                    reason="x",
+                ),
+                outbox.Failure(
+                    external_id="dead", attempts=12, first_failure_at=0, retry_at=None, reason="x"
+                ),
+            ],
+        )
+        outbox.release(conn, worker_id="a", workspace_id=ws, due_at={"pending": 30})
+        before = {r.external_id: r for r in conn.execute(sa.select(outbox_table))}
+        outbox.enqueue(conn, ws, ["new", "pending", "backing-off", "dead", "dead"], now=100)
+        after = {r.external_id: r for r in conn.execute(sa.select(outbox_table))}
+
+    def fields(row):
+        return (row.state, row.generation, row.due_at, row.attempts, row.first_failure_at)
+
+    assert fields(after["new"]) == (OutboxState.PENDING, 1, 100, 0, None)
+    # A pending row keeps its due time, attempts and first failure: only its generation moves.
+    for user in ("pending", "backing-off"):
+        row, was = after[user], before[user]
+        assert fields(row) == (
+            OutboxState.PENDING,
+            was.generation + 1,
+            was.due_at,
+            was.attempts,
+            was.first_failure_at,
+        )
+    assert before["backing-off"].due_at == 50 and before["backing-off"].attempts == 2
+    # A dead row is new work again.
+    assert before["dead"].state == OutboxState.DEAD
+    assert fields(after["dead"]) == (
+        OutboxState.PENDING,
+        before["dead"].generation + 1,
+        100,
+        0,
+        None,
+    )

@@ -105,9 +105,10 @@ def enqueue(
     due_at: float,
     now: float,
 ) -> None:
-    """See :func:`audience_sync.store.outbox.enqueue` and its rule for a row already there
-    (:func:`audience_sync.store.outbox.on_conflict_requeue`), as one statement: ``external_ids``
-    sorted and distinct. (In ``SET`` every ``o.`` column is the row's value before it.)"""
+    """:func:`audience_sync.store.outbox.enqueue` and its rule for a row already there, as one
+    statement (PostgreSQL, unlike SQLite, leaves an index alone when the values it holds are
+    unchanged): ``external_ids`` sorted and distinct. (In ``SET`` every ``o.`` column is the
+    row's value before it.)"""
     if not external_ids:
         return
     execute(

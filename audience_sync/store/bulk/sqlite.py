@@ -340,6 +340,11 @@ def add_datapoints(conn: sa.Connection, *, rows: Sequence[tuple[str, int, int, i
         )
 
 
+def any_in_state(conn: sa.Connection, state: str) -> bool:
+    """Whether any outbox row is in ``state`` (one step down its state index)."""
+    return bool(fetch_all(conn, "SELECT 1 FROM outbox WHERE state = ? LIMIT 1", (state,)))
+
+
 def candidates(
     conn: sa.Connection,
     *,
