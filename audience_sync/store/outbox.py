@@ -125,6 +125,29 @@ def claim(
     claimable again once it runs out. SQLite serialises writers (``BEGIN IMMEDIATE``), which
     gives the same exclusivity within its single sending process.
     """
+    if conn.dialect.name == "sqlite":
+        return [
+            Claim(
+                workspace_id=ws,
+                external_id=external_id,
+                generation=generation,
+                attempts=attempts,
+                first_failure_at=first_failure_at,
+                in_flight=in_flight,
+            )
+            for ws, external_id, generation, attempts, first_failure_at, in_flight in (
+                bulk.sqlite.claim(
+                    conn,
+                    worker_id=worker_id,
+                    now=now,
+                    until=now + lease_s,
+                    limit=limit,
+                    pending=OutboxState.PENDING.value,
+                    active=None if include_suspended else WorkspaceState.ACTIVE.value,
+                    workspace_id=workspace_id,
+                )
+            )
+        ]
     by_workspace: dict[int, list[str]] = {}
     for ws, external_id in bulk.of(conn).candidates(
         conn,

@@ -10,11 +10,11 @@ from audience_sync.store.schema import outbox as outbox_table
 from audience_sync.store.schema import workspaces
 
 
-def _workspace(engine, state=WorkspaceState.ACTIVE):
+def _workspace(engine, state=WorkspaceState.ACTIVE, endpoint="http://x"):
     with engine.begin() as conn:
         return conn.execute(
             workspaces.insert()
-            .values(endpoint="http://x", key_fingerprint="f", state=state, created_at=0)
+            .values(endpoint=endpoint, key_fingerprint="f", state=state, created_at=0)
             .returning(workspaces.c.id)
         ).scalar_one()
 
@@ -191,3 +191,39 @@ def test_one_enqueue_of_new_pending_and_dead_users_applies_each_rule(engine):
         0,
         None,
     )
+
+
+def test_a_claim_takes_the_oldest_due_users_of_active_workspaces(engine):
+    active, other, suspended = (
+        _workspace(engine, endpoint="http://a"),
+        _workspace(engine, endpoint="http://b"),
+        _workspace(engine, WorkspaceState.SUSPENDED, endpoint="http://c"),
+    )
+    with engine.begin() as conn:
+        # Enqueued out of due order, across workspaces: rowid order is not due order.
+        for ws, user, now in [
+            (active, "late", 30),
+            (other, "early", 10),
+            (suspended, "earliest", 0),
+            (active, "middle", 20),
+            (active, "not-due", 100),
+        ]:
+            outbox.enqueue(conn, ws, [user], now=now)
+    first = _claim(engine, "a", now=50, limit=2)
+    assert {(c.workspace_id, c.external_id) for c in first} == {
+        (other, "early"),
+        (active, "middle"),
+    }
+    assert all((c.generation, c.attempts, c.in_flight) == (1, 0, None) for c in first)
+    assert [c.external_id for c in _claim(engine, "b", now=50)] == ["late"]
+    with engine.begin() as conn:
+        probe = outbox.claim(
+            conn,
+            worker_id="p",
+            now=50,
+            lease_s=10,
+            limit=5,
+            workspace_id=suspended,
+            include_suspended=True,
+        )
+    assert [(c.workspace_id, c.external_id) for c in probe] == [(suspended, "earliest")]

@@ -340,6 +340,44 @@ def add_datapoints(conn: sa.Connection, *, rows: Sequence[tuple[str, int, int, i
         )
 
 
+def claim(
+    conn: sa.Connection,
+    *,
+    worker_id: str,
+    now: float,
+    until: float,
+    limit: int,
+    pending: str,
+    active: str | None,
+    workspace_id: int | None,
+) -> list[tuple[t.Any, ...]]:
+    """:func:`candidates` leased in the same statement: ``(workspace_id, external_id,
+    generation, attempts, first_failure_at, in_flight)`` of each (``in_flight`` decoded). The
+    candidates are chosen by ``rowid``, so the UPDATE finds each by its rowid (with the row value
+    ``(workspace_id, external_id) IN (subquery)`` SQLite walked the workspace's primary-key
+    index)."""
+    sql = (
+        "UPDATE outbox SET claimed_by = ?, claimed_until = ?, claimed_generation = generation "
+        "WHERE rowid IN (SELECT rowid FROM outbox WHERE state = ? AND due_at <= ? "
+        "AND (claimed_until IS NULL OR claimed_until < ?)"
+    )
+    params: list[t.Any] = [worker_id, until, pending, now, now]
+    if workspace_id is not None:
+        sql += " AND workspace_id = ?"
+        params.append(workspace_id)
+    if active is not None:
+        sql += " AND workspace_id IN (SELECT id FROM workspaces WHERE state = ?)"
+        params.append(active)
+    sql += (
+        " ORDER BY due_at LIMIT ?) "
+        "RETURNING workspace_id, external_id, generation, attempts, first_failure_at, in_flight"
+    )
+    return [
+        (ws, e, generation, attempts, first, _json(in_flight))
+        for ws, e, generation, attempts, first, in_flight in fetch_all(conn, sql, (*params, limit))
+    ]
+
+
 def any_in_state(conn: sa.Connection, state: str) -> bool:
     """Whether any outbox row is in ``state`` (one step down its state index)."""
     return bool(fetch_all(conn, "SELECT 1 FROM outbox WHERE state = ? LIMIT 1", (state,)))
