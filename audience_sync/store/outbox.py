@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from audience_sync.core.state import Claim, Failure
 from audience_sync.core.states import OutboxState, WorkspaceState
 from audience_sync.store import bulk
-from audience_sync.store.bulk import json_text, postgresql_intake
+from audience_sync.store.bulk import json_text, postgresql_delivery, postgresql_intake
 from audience_sync.store.schema import outbox
 from audience_sync.store.statements import chunks, executemany, insert
 
@@ -104,6 +104,30 @@ def claim(
     claimable again once it runs out. SQLite serialises writers (``BEGIN IMMEDIATE``), which
     gives the same exclusivity within its single sending process.
     """
+    if conn.dialect.name == "postgresql":
+        # One statement: the candidates locked and leased (postgresql_delivery.claim).
+        return [
+            Claim(
+                workspace_id=ws,
+                external_id=external_id,
+                generation=generation,
+                attempts=attempts,
+                first_failure_at=first_failure_at,
+                in_flight=in_flight,
+            )
+            for ws, external_id, generation, attempts, first_failure_at, in_flight in (
+                postgresql_delivery.claim(
+                    conn,
+                    worker_id=worker_id,
+                    now=now,
+                    until=now + lease_s,
+                    limit=limit,
+                    pending=OutboxState.PENDING.value,
+                    active=None if include_suspended else WorkspaceState.ACTIVE.value,
+                    workspace_id=workspace_id,
+                )
+            )
+        ]
     by_workspace: dict[int, list[str]] = {}
     for ws, external_id in bulk.of(conn).candidates(
         conn,
