@@ -140,7 +140,9 @@ def snapshot_all(
     accounts = "SELECT account_id FROM connections WHERE workspace_id = %(ws)s"
     if active is not None:
         accounts += " AND state = %(active)s"
-    where = f"m.account_id = ANY(ARRAY({accounts})) AND m.external_id = ANY(%(ids)s)"
+    # IN (subquery), not = ANY(ARRAY(subquery)): PostgreSQL plans the latter as a scan of the
+    # whole table (its InitPlan hides the accounts from the index scan's estimate).
+    where = f"m.account_id IN ({accounts}) AND m.external_id = ANY(%(ids)s)"
     params = {"ws": workspace_id, "ids": list(ids), "active": active}
     results = fetch_each(
         conn,
