@@ -708,3 +708,17 @@ def test_a_snapshot_read_in_one_round_trip_equals_the_one_read_step_by_step(engi
     assert every.acknowledged["u1"].last_write_at == 4.0
     assert [f.flag for f in every.field_flags["u0"]] == ["invalid_email"]
     assert len(every.connections) == 2
+
+
+def test_postgresql_text_array_literal_round_trips_any_external_id(engine):
+    """bulk.postgresql_delivery.text_array: the snapshot's ids, one literal for its reads."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("PostgreSQL's statement")
+    from audience_sync.store.bulk.driver import fetch_all
+    from audience_sync.store.bulk.postgresql_delivery import text_array
+
+    ids = ['a"b', "c\\d", "e,f", "{g}", " h ", "NULL", "é 🙂", "", "x'y"]
+    with engine.connect() as conn:
+        for values in (ids, [], ["one"]):
+            [(got,)] = fetch_all(conn, "SELECT %(a)s::text[]", {"a": text_array(values)})
+            assert got == values

@@ -25,6 +25,28 @@ def _records(names: Sequence[str], rows: Sequence[tuple[t.Any, ...]]) -> str:
     ).decode()
 
 
+def json_rows(rows: Sequence[tuple[t.Any, ...]], *, json_columns: tuple[int, ...]) -> str:
+    """``rows`` as one JSON array of arrays, for ``jsonb_array_elements`` (a row's values by
+    position: ``r ->> 0``...): cheaper to build than :func:`_records`' objects. The values of
+    ``json_columns`` are JSON text (or None), embedded as JSON; rows sharing one text (users
+    planned alike) share its fragment."""
+    fragments: dict[int, orjson.Fragment] = {}
+
+    def fragment(text: str | None) -> orjson.Fragment | None:
+        if text is None:
+            return None
+        found = fragments.get(id(text))
+        if found is None:
+            found = fragments[id(text)] = orjson.Fragment(text)
+        return found
+
+    if json_columns == (1,):  # (key, JSON): the write-ahead records
+        return orjson.dumps([(row[0], fragment(row[1])) for row in rows]).decode()
+    return orjson.dumps(
+        [[fragment(v) if i in json_columns else v for i, v in enumerate(row)] for row in rows]
+    ).decode()
+
+
 def renew(
     conn: sa.Connection,
     *,
@@ -38,13 +60,13 @@ def renew(
         return set()
     result = fetch_all(
         conn,
-        "UPDATE outbox AS o SET claimed_until = %(until)s, in_flight = v.in_flight "
-        "FROM jsonb_to_recordset(%(rows)s::jsonb) AS v(external_id text, in_flight jsonb) "
-        "WHERE o.workspace_id = %(ws)s AND o.external_id = v.external_id "
+        "UPDATE outbox AS o SET claimed_until = %(until)s, in_flight = v.r -> 1 "
+        "FROM jsonb_array_elements(%(rows)s::jsonb) AS v(r) "
+        "WHERE o.workspace_id = %(ws)s AND o.external_id = v.r ->> 0 "
         "AND o.claimed_by = %(worker)s RETURNING o.external_id",
         {
             "until": until,
-            "rows": _records(("external_id", "in_flight"), rows),
+            "rows": json_rows(rows, json_columns=(1,)),
             "ws": workspace_id,
             "worker": worker_id,
         },

@@ -10,10 +10,10 @@ from __future__ import annotations
 import typing as t
 from collections.abc import Sequence
 
-import orjson
 import sqlalchemy as sa
 
 from audience_sync.store.bulk.driver import fetch_all, fetch_each
+from audience_sync.store.bulk.postgresql import json_rows
 
 
 def claim(
@@ -85,26 +85,14 @@ def finish_acknowledged(
     """
     if not rows:
         return set()
-    records = orjson.dumps(
-        [
-            {
-                "ws": ws,
-                "external_id": external_id,
-                "due": due,
-                "attributes": orjson.Fragment(attributes),
-                "flags": orjson.Fragment(flags),
-                "last_write_at": last_write_at,
-                "outcome": outcome,
-            }
-            for ws, external_id, due, attributes, flags, last_write_at, outcome in rows
-        ]
-    ).decode()
+    records = json_rows(rows, json_columns=(3, 4))
     mine = "o.workspace_id = v.ws AND o.external_id = v.external_id AND o.claimed_by = %(worker)s"
     owned = fetch_all(
         conn,
-        "WITH v AS MATERIALIZED (SELECT * FROM jsonb_to_recordset(%(rows)s::jsonb) AS v(ws "
-        "integer, external_id text, due double precision, attributes jsonb, flags jsonb, "
-        "last_write_at double precision, outcome text)), "
+        "WITH v AS MATERIALIZED (SELECT (r ->> 0)::integer AS ws, r ->> 1 AS external_id, "
+        "(r ->> 2)::double precision AS due, r -> 3 AS attributes, r -> 4 AS flags, "
+        "(r ->> 5)::double precision AS last_write_at, r ->> 6 AS outcome "
+        "FROM jsonb_array_elements(%(rows)s::jsonb) AS r), "
         f"gone AS (DELETE FROM outbox AS o USING v WHERE {mine} "
         "AND o.generation = o.claimed_generation RETURNING o.workspace_id, o.external_id), "
         "kept AS (UPDATE outbox AS o SET claimed_by = NULL, claimed_until = NULL, "
@@ -128,6 +116,15 @@ def finish_acknowledged(
     return {(r[0], r[1]) for r in owned}
 
 
+def text_array(values: Sequence[str]) -> str:
+    """``values`` as a PostgreSQL array literal (``%(name)s::text[]``)."""
+    return (
+        '{"' + '","'.join(v.replace("\\", "\\\\").replace('"', '\\"') for v in values) + '"}'
+        if values
+        else "{}"
+    )
+
+
 def snapshot_all(
     conn: sa.Connection, *, workspace_id: int, ids: Sequence[str], active: str | None
 ) -> tuple[list[tuple[t.Any, ...]], ...]:
@@ -142,8 +139,10 @@ def snapshot_all(
         accounts += " AND state = %(active)s"
     # IN (subquery), not = ANY(ARRAY(subquery)): PostgreSQL plans the latter as a scan of the
     # whole table (its InitPlan hides the accounts from the index scan's estimate).
-    where = f"m.account_id IN ({accounts}) AND m.external_id = ANY(%(ids)s)"
-    params = {"ws": workspace_id, "ids": list(ids), "active": active}
+    where = f"m.account_id IN ({accounts}) AND m.external_id = ANY(%(ids)s::text[])"
+    # One array literal for the four statements: psycopg dumps a list element by element in
+    # Python, four times.
+    params = {"ws": workspace_id, "ids": text_array(ids), "active": active}
     results = fetch_each(
         conn,
         [
@@ -166,12 +165,12 @@ def snapshot_all(
             ),
             (
                 "SELECT external_id, attributes, flags, last_write_at FROM braze_users "
-                "WHERE workspace_id = %(ws)s AND external_id = ANY(%(ids)s)",
+                "WHERE workspace_id = %(ws)s AND external_id = ANY(%(ids)s::text[])",
                 params,
             ),
             (
                 "SELECT external_id, field, fingerprint, flag FROM field_flags "
-                "WHERE workspace_id = %(ws)s AND external_id = ANY(%(ids)s)",
+                "WHERE workspace_id = %(ws)s AND external_id = ANY(%(ids)s::text[])",
                 params,
             ),
         ],
