@@ -56,7 +56,7 @@ from audience_sync.delivery.loop import SenderLoop, retry_policy
 from audience_sync.delivery.tally import Tally
 from audience_sync.settings import Settings
 from audience_sync.store import connections, outbox
-from audience_sync.store.engine import read_only
+from audience_sync.store.engine import autocommit, is_postgresql, read_only
 from audience_sync.store.snapshot import load_snapshot
 
 logger = logging.getLogger(__name__)
@@ -107,6 +107,7 @@ class BrazeSender(SenderLoop[Claim]):
             settings.connection_overrides, tuple(settings.get("braze.allowed_custom_endpoints"))
         )
         self._next_probe_check = 0.0
+        self.postgresql = is_postgresql(engine)
 
     # -- claim ---------------------------------------------------------------------------------
 
@@ -166,7 +167,10 @@ class BrazeSender(SenderLoop[Claim]):
         workspace_id, claims = group, items
         now = self.clock()
         ids = [c.external_id for c in claims]
-        with read_only(self.engine) as conn:
+        # On PostgreSQL without a transaction: its reads are one pipeline, which then needs
+        # neither BEGIN nor the ROLLBACK that returns a connection to the pool (each statement
+        # reads its own snapshot under READ COMMITTED either way).
+        with (autocommit if self.postgresql else read_only)(self.engine) as conn:
             snapshot = load_snapshot(conn, workspace_id, ids, all_connections=True)
         active = self.active_connections.of(snapshot)
         if not active:

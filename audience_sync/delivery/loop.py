@@ -55,7 +55,7 @@ ANALYZE_INTERVAL_S = 300.0
 (a bulk load's rows are then planned for within minutes, whatever autovacuum does), and sooner
 for a table that changed by more rows than it holds: one sender of all processes does, when no
 one did (:func:`analyze`)."""
-ANALYZE_CHECK_S = 10.0
+ANALYZE_CHECK_S = 2.0
 """How often a sender that keeps finding work asks whether statistics need refreshing."""
 
 Item = t.TypeVar("Item")

@@ -11,7 +11,8 @@ transaction starts from a fresh tally.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Protocol
 
 import sqlalchemy as sa
 
@@ -21,6 +22,14 @@ from audience_sync.store.datapoints import (
     add_datapoints_and_counts,
     datapoint_rows,
 )
+
+
+class LastStep(Protocol):
+    """Store work gathered over a transaction's steps, run once at its end
+    (:meth:`Tally.last_step`)."""
+
+    def run(self, conn: sa.Connection, tally: Tally) -> None:
+        """Write what was gathered, in ``conn``'s transaction; add its counts to ``tally``."""
 
 
 class Tally:
@@ -35,6 +44,7 @@ class Tally:
         ] = {}
         self.spent = 0
         self.full = 0
+        self._last_steps: dict[str, LastStep] = {}
 
     def _day(
         self, now: float
@@ -62,9 +72,21 @@ class Tally:
         if charges:
             self._day(now)[2].setdefault(workspace_id, Counter()).update(charges)
 
+    def last_step(self, key: str, make: Callable[[], LastStep]) -> LastStep:
+        """The step of this transaction named ``key`` (made by ``make`` at first): it runs in
+        :meth:`write`, before the sums are written, and may add to them. The steps of many
+        records can so gather their rows into one statement."""
+        step = self._last_steps.get(key)
+        if step is None:
+            step = self._last_steps[key] = make()
+        return step
+
     def write(self, conn: sa.Connection, *, last: bool = False) -> None:
-        """Write the sums, in the caller's transaction (on PostgreSQL in one statement;
-        ``last``: the transaction's last statement, committed in the same round trip)."""
+        """Run the last steps, then write the sums, in the caller's transaction (on PostgreSQL
+        in one statement; ``last``: the transaction's last statement, committed in the same
+        round trip)."""
+        for step in self._last_steps.values():
+            step.run(conn, self)
         if conn.dialect.name == "postgresql":
             datapoints, counts = [], []
             for _day, (now, day_counts, charges) in sorted(self._days.items()):

@@ -24,10 +24,17 @@ def load_field_flags(
     """The refused field values of each of ``external_ids`` that has any."""
     if not external_ids:
         return {}
+    return field_flags_of(
+        bulk.of(conn).field_flag_rows(conn, workspace_id=workspace_id, ids=external_ids)
+    )
+
+
+def field_flags_of(
+    rows: Iterable[tuple[t.Any, ...]],
+) -> dict[str, tuple[FieldFlag, ...]]:
+    """:func:`load_field_flags` of rows ``(external_id, field, fingerprint, flag)`` read."""
     out: dict[str, list[FieldFlag]] = defaultdict(list)
-    for external_id, name, digest, flag in bulk.of(conn).field_flag_rows(
-        conn, workspace_id=workspace_id, ids=external_ids
-    ):
+    for external_id, name, digest, flag in rows:
         out[external_id].append(FieldFlag(field=name, fingerprint=digest, flag=flag))
     return {k: tuple(sorted(v, key=lambda f: f.field)) for k, v in out.items()}
 

@@ -10,6 +10,7 @@ import sqlalchemy as sa
 
 from audience_sync.core.state import AckRow
 from audience_sync.store import bulk
+from audience_sync.store.bulk import postgresql_delivery
 
 AcknowledgedValues = tuple[str, str, str, float | None, str]
 """``(external_id, attributes JSON, flags JSON, last_write_at, outcome)`` of one user."""
@@ -56,3 +57,19 @@ def save_encoded(
     """:func:`save_acknowledged` of values from :func:`encode_acknowledged`."""
     if values:
         bulk.of(conn).save_acknowledged(conn, workspace_id=workspace_id, now=now, rows=values)
+
+
+def finish_acknowledged(
+    conn: sa.Connection,
+    *,
+    worker_id: str,
+    rows: Sequence[tuple[int, str, float, str, str, float | None, str]],
+    now: float,
+) -> set[tuple[int, str]]:
+    """PostgreSQL: finish the users Braze accepted (:func:`audience_sync.store.outbox.finish`)
+    and save what it acknowledged for those this sender held, for many requests in one
+    statement; ``rows`` are :data:`AcknowledgedValues` with the workspace first and the next
+    due time second. Returns the ``(workspace_id, external_id)`` finished; a user left out is
+    either leased by another sender or still leased by this one after a concurrent change
+    (finish it with :func:`~audience_sync.store.outbox.finish`)."""
+    return postgresql_delivery.finish_acknowledged(conn, worker_id=worker_id, now=now, rows=rows)

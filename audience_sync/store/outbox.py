@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from audience_sync.core.state import Claim, Failure
 from audience_sync.core.states import OutboxState, WorkspaceState
 from audience_sync.store import bulk
-from audience_sync.store.bulk import json_text, postgresql_intake
+from audience_sync.store.bulk import json_text, postgresql_delivery, postgresql_intake
 from audience_sync.store.schema import outbox
 from audience_sync.store.statements import chunks, executemany, insert
 
@@ -118,70 +118,35 @@ def claim(
     workspace_id: int | None = None,
     include_suspended: bool = False,
 ) -> list[Claim]:
-    """Lease up to ``limit`` due users, oldest due first.
+    """Lease up to ``limit`` due users, oldest due first, in one statement.
 
     On PostgreSQL the candidate rows are locked ``FOR UPDATE SKIP LOCKED`` so concurrent senders
-    never pick the same user; the lease (``claimed_until``) makes a crashed sender's users
-    claimable again once it runs out. SQLite serialises writers (``BEGIN IMMEDIATE``), which
-    gives the same exclusivity within its single sending process.
+    never pick the same user (:func:`~audience_sync.store.bulk.postgresql_delivery.claim`); the
+    lease (``claimed_until``) makes a crashed sender's users claimable again once it runs out.
+    SQLite serialises writers (``BEGIN IMMEDIATE``), which gives the same exclusivity within its
+    single sending process (:func:`~audience_sync.store.bulk.sqlite.claim`).
     """
-    if conn.dialect.name == "sqlite":
-        return [
-            Claim(
-                workspace_id=ws,
-                external_id=external_id,
-                generation=generation,
-                attempts=attempts,
-                first_failure_at=first_failure_at,
-                in_flight=in_flight,
-            )
-            for ws, external_id, generation, attempts, first_failure_at, in_flight in (
-                bulk.sqlite.claim(
-                    conn,
-                    worker_id=worker_id,
-                    now=now,
-                    until=now + lease_s,
-                    limit=limit,
-                    pending=OutboxState.PENDING.value,
-                    active=None if include_suspended else WorkspaceState.ACTIVE.value,
-                    workspace_id=workspace_id,
-                )
-            )
-        ]
-    by_workspace: dict[int, list[str]] = {}
-    for ws, external_id in bulk.of(conn).candidates(
-        conn,
-        now=now,
-        limit=limit,
-        pending=OutboxState.PENDING.value,
-        active=None if include_suspended else WorkspaceState.ACTIVE.value,
-        workspace_id=workspace_id,
-    ):
-        by_workspace.setdefault(ws, []).append(external_id)
-    # Then lease them by primary key, in the same transaction (the candidates are locked on
-    # PostgreSQL). One UPDATE with a row-value IN (subquery) made SQLite walk the whole
-    # workspace's primary-key index: with a million dirty users, most of a sender's time.
-    claims: list[Claim] = []
-    for ws, external_ids in by_workspace.items():
-        leased = bulk.of(conn).lease(
-            conn,
+    leased = postgresql_delivery.claim if conn.dialect.name == "postgresql" else bulk.sqlite.claim
+    return [
+        Claim(
             workspace_id=ws,
+            external_id=external_id,
+            generation=generation,
+            attempts=attempts,
+            first_failure_at=first_failure_at,
+            in_flight=in_flight,
+        )
+        for ws, external_id, generation, attempts, first_failure_at, in_flight in leased(
+            conn,
             worker_id=worker_id,
+            now=now,
             until=now + lease_s,
-            external_ids=external_ids,
+            limit=limit,
+            pending=OutboxState.PENDING.value,
+            active=None if include_suspended else WorkspaceState.ACTIVE.value,
+            workspace_id=workspace_id,
         )
-        claims.extend(
-            Claim(
-                workspace_id=ws,
-                external_id=external_id,
-                generation=generation,
-                attempts=attempts,
-                first_failure_at=first_failure_at,
-                in_flight=in_flight,
-            )
-            for external_id, generation, attempts, first_failure_at, in_flight in leased
-        )
-    return claims
+    ]
 
 
 def finish(

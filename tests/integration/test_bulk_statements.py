@@ -276,23 +276,6 @@ def test_snapshot_rows_read_desired_and_acknowledged_rows_with_json_decoded(engi
     assert acked == [("u1", {"k": [1]}, ["f"], None)]
 
 
-def test_lease_takes_the_rows_and_returns_their_state(engine, claimed):
-    with engine.begin() as conn:
-        bulk.of(conn).renew(
-            conn,
-            workspace_id=claimed,
-            worker_id="a",
-            until=5.0,
-            rows=[("u0", bulk.json_text({"keys": ["k"]}))],
-        )
-        leased = bulk.of(conn).lease(
-            conn, workspace_id=claimed, worker_id="z", until=77.0, external_ids=["u0", "u6", "none"]
-        )
-    assert sorted(leased) == [("u0", 1, 0, None, {"keys": ["k"]}), ("u6", 1, 0, None, None)]
-    rows = _rows(engine)
-    assert (rows["u6"].claimed_by, rows["u6"].claimed_until) == ("z", 77.0)
-
-
 def test_analyze_runs_on_postgresql_only(engine):
     from audience_sync.store.statistics import analyze
 
@@ -465,43 +448,6 @@ def test_a_tally_adds_its_data_points_and_counts_as_the_two_statements_would(eng
     assert points == {("2024-10-04", 1, 10, 7): 6, ("2024-10-05", 2, 11, 7): 3}
 
 
-def test_candidates_are_due_unleased_pending_rows_of_active_workspaces_oldest_first(engine):
-    with engine.begin() as conn:
-        active, suspended = (
-            conn.execute(
-                workspaces.insert()
-                .values(endpoint=f"http://{state}", key_fingerprint="f", state=state, created_at=0)
-                .returning(workspaces.c.id)
-            ).scalar_one()
-            for state in (WorkspaceState.ACTIVE, WorkspaceState.SUSPENDED)
-        )
-        for ws, external_id, due_at in (
-            (active, "late", 3.0),
-            (active, "early", 1.0),
-            (active, "future", 50.0),
-            (active, "leased", 1.0),
-            (suspended, "paused", 0.5),
-        ):
-            outbox.enqueue(conn, ws, [external_id], now=due_at)
-        conn.execute(
-            outbox_table.update()
-            .where(outbox_table.c.external_id == "leased")
-            .values(claimed_by="x", claimed_until=20.0)
-        )
-        statements = bulk.of(conn)
-
-        def pick(**options):
-            defaults = {"now": 10.0, "limit": 10, "pending": "pending", "workspace_id": None}
-            return statements.candidates(conn, **(defaults | options))
-
-        assert pick(active="active") == [(active, "early"), (active, "late")]
-        assert pick(active="active", limit=1) == [(active, "early")]
-        assert pick(active=None) == [(suspended, "paused"), (active, "early"), (active, "late")]
-        assert pick(active=None, workspace_id=suspended) == [(suspended, "paused")]
-        # The lease ran out: claimable again.
-        assert {e for _, e in pick(active="active", now=30.0)} == {"early", "leased", "late"}
-
-
 def test_an_idle_postgresql_connection_the_server_closed_is_replaced_at_checkout(
     engine, monkeypatch
 ):
@@ -520,3 +466,211 @@ def test_an_idle_postgresql_connection_the_server_closed_is_replaced_at_checkout
     time.sleep(0.05)
     with engine.connect() as conn:
         assert conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one() != pid
+
+
+def test_a_claim_leases_due_unleased_rows_oldest_first_in_one_statement(engine):
+    """bulk.postgresql_delivery.claim and bulk.sqlite.claim: the candidates and the lease as
+    one statement."""
+    from audience_sync.store.bulk import postgresql_delivery
+
+    statement = (
+        postgresql_delivery.claim if engine.dialect.name == "postgresql" else bulk.sqlite.claim
+    )
+
+    with engine.begin() as conn:
+        ws = conn.execute(
+            workspaces.insert()
+            .values(endpoint="http://x", key_fingerprint="f", state="active", created_at=0)
+            .returning(workspaces.c.id)
+        ).scalar_one()
+        outbox.enqueue(conn, ws, ["late"], now=5)
+        outbox.enqueue(conn, ws, ["early", "leased", "later"], now=1)
+        outbox.enqueue(conn, ws, ["future"], now=100)
+        conn.execute(
+            outbox_table.update()
+            .where(outbox_table.c.external_id == "leased")
+            .values(claimed_by="b", claimed_until=50.0)
+        )
+        conn.execute(
+            outbox_table.update().where(outbox_table.c.external_id == "later").values(due_at=3)
+        )
+
+    def claim(**options):
+        with engine.begin() as conn:
+            return statement(
+                conn,
+                **(
+                    {
+                        "worker_id": "a",
+                        "now": 10.0,
+                        "until": 20.0,
+                        "limit": 10,
+                        "pending": "pending",
+                        "active": "active",
+                        "workspace_id": None,
+                    }
+                    | options
+                ),
+            )
+
+    assert sorted(claim(limit=2)) == [
+        (ws, "early", 1, 0, None, None),
+        (ws, "later", 1, 0, None, None),
+    ]
+    assert [e for _, e, *_ in claim()] == ["late"]  # the others are leased until 20
+    rows = _rows(engine)
+    assert (rows["late"].claimed_by, rows["late"].claimed_until) == ("a", 20.0)
+    assert rows["late"].claimed_generation == rows["late"].generation
+    assert (rows["leased"].claimed_by, rows["future"].claimed_by) == ("b", None)
+    assert claim(worker_id="c", now=25.0, workspace_id=ws + 1) == []
+    assert {e for _, e, *_ in claim(worker_id="c", now=25.0)} == {"early", "later", "late"}
+
+
+def test_postgresql_finish_acknowledged_finishes_and_acknowledges_only_the_held(engine, claimed):
+    """bulk.postgresql_delivery.finish_acknowledged: outbox DELETE, release and acknowledged
+    upsert in one statement."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("PostgreSQL's statement")
+    from audience_sync.store.bulk import postgresql_delivery
+    from audience_sync.store.schema import braze_users
+
+    def row(external_id, attributes):
+        return (claimed, external_id, 42.0, bulk.json_text(attributes), '["f"]', 7.0, "accepted")
+
+    with engine.begin() as conn:
+        outbox.enqueue(conn, claimed, ["u1"], now=3)  # changed while in flight
+        owned = postgresql_delivery.finish_acknowledged(
+            conn,
+            worker_id="a",
+            now=9.0,
+            rows=[row("u0", {"k": 0}), row("u1", {"k": 1}), row("u5", {"k": 5})],
+        )
+    assert owned == {(claimed, "u0"), (claimed, "u1")}
+    rows = _rows(engine)
+    assert "u0" not in rows
+    assert (rows["u1"].claimed_by, rows["u1"].due_at, rows["u1"].in_flight) == (None, 42.0, None)
+    assert rows["u5"].claimed_by == "b"
+    with engine.connect() as conn:
+        acked = {
+            r.external_id: (r.attributes, r.flags, r.last_write_at, r.last_outcome_at)
+            for r in conn.execute(sa.select(braze_users))
+        }
+    assert acked == {"u0": ({"k": 0}, ["f"], 7.0, 9.0), "u1": ({"k": 1}, ["f"], 7.0, 9.0)}
+
+
+def test_a_snapshot_read_in_one_round_trip_equals_the_one_read_step_by_step(engine, claimed):
+    """On PostgreSQL load_snapshot reads with bulk.postgresql_delivery.snapshot_all unless the
+    accounts are given; both read the same snapshot (on SQLite, the same code)."""
+    from audience_sync.store.schema import (
+        audiences,
+        braze_users,
+        connections,
+        field_flags,
+        memberships,
+        users,
+    )
+    from audience_sync.store.snapshot import load_snapshot
+
+    with engine.begin() as conn:
+        for account, state in ((1, "active"), (2, "paused")):
+            conn.execute(
+                connections.insert().values(
+                    account_id=account,
+                    account_settings={"k": str(account)},
+                    settings_fingerprint=f"fp{account}",
+                    state=state,
+                    settings_errors=[],
+                    workspace_id=claimed,
+                    created_at=0,
+                    updated_at=0,
+                )
+            )
+        for account, audience, name, state, cleanup in (
+            (1, 7, "Seven", "active", False),
+            (1, 8, "Gone", "removed", True),
+            (2, 9, "Nine", "active", False),
+        ):
+            conn.execute(
+                audiences.insert().values(
+                    account_id=account,
+                    audience_id=audience,
+                    name=name,
+                    state=state,
+                    cleanup=cleanup,
+                    created_at=0,
+                    updated_at=0,
+                )
+            )
+        for account, external_id, email in ((1, "u0", "a@x"), (2, "u0", None), (1, "u2", None)):
+            conn.execute(
+                users.insert().values(
+                    account_id=account,
+                    external_id=external_id,
+                    email=email,
+                    push_tokens=["t"] if email else None,
+                    updated_at=2.0,
+                )
+            )
+        for account, external_id, audience, member in (
+            (1, "u0", 7, True),
+            (1, "u0", 8, True),
+            (2, "u0", 9, False),
+            (1, "u1", 7, True),
+            (1, "u1", 77, True),  # an audience without its row
+        ):
+            conn.execute(
+                memberships.insert().values(
+                    account_id=account,
+                    external_id=external_id,
+                    audience_id=audience,
+                    is_member=member,
+                    changed_at=1.0,
+                )
+            )
+        conn.execute(
+            braze_users.insert().values(
+                workspace_id=claimed,
+                external_id="u1",
+                attributes={"k": [1]},
+                flags=["f"],
+                last_write_at=4.0,
+                updated_at=1.0,
+            )
+        )
+        conn.execute(
+            field_flags.insert().values(
+                workspace_id=claimed,
+                external_id="u0",
+                field="email",
+                fingerprint="d",
+                flag="invalid_email",
+                flagged_at=1.0,
+            )
+        )
+
+    ids = ["u0", "u1", "u2", "none"]
+    with engine.connect() as conn:
+        every = load_snapshot(conn, claimed, ids, all_connections=True)
+        assert every == load_snapshot(conn, claimed, ids, account_ids=[1, 2])
+        active = load_snapshot(conn, claimed, ids)
+        assert active == load_snapshot(conn, claimed, ids, account_ids=[1])
+    assert {d.account_id for d in every.desired["u0"]} == {1, 2}
+    assert {d.account_id for d in active.desired["u0"]} == {1}
+    assert [m for d in active.desired["u0"] for m in d.memberships] == [(7, "Seven", True)]
+    assert every.acknowledged["u1"].last_write_at == 4.0
+    assert [f.flag for f in every.field_flags["u0"]] == ["invalid_email"]
+    assert len(every.connections) == 2
+
+
+def test_postgresql_text_array_literal_round_trips_any_external_id(engine):
+    """bulk.postgresql_delivery.text_array: the snapshot's ids, one literal for its reads."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("PostgreSQL's statement")
+    from audience_sync.store.bulk.driver import fetch_all
+    from audience_sync.store.bulk.postgresql_delivery import text_array
+
+    ids = ['a"b', "c\\d", "e,f", "{g}", " h ", "NULL", "é 🙂", "", "x'y"]
+    with engine.connect() as conn:
+        for values in (ids, [], ["one"]):
+            [(got,)] = fetch_all(conn, "SELECT %(a)s::text[]", {"a": text_array(values)})
+            assert got == values

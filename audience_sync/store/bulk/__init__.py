@@ -12,7 +12,9 @@ both databases (``tests/integration/test_bulk_statements.py``).
 PostgreSQL's statements of the Firehose intake and the journal applier (one statement per
 table for a round of entries, where SQLite keeps ``executemany``) are in
 :mod:`audience_sync.store.bulk.postgresql_intake`; they are tested through the journal's tests,
-which expect the same state on both databases.
+which expect the same state on both databases. The sender's statements that do on PostgreSQL
+in one round trip what SQLite does in several (the claim, the snapshot, the record of accepted
+users) are in :mod:`audience_sync.store.bulk.postgresql_delivery`.
 """
 
 from __future__ import annotations

@@ -13,16 +13,45 @@ import typing as t
 
 import sqlalchemy as sa
 
+_IDLE = 0
+"""psycopg's ``pq.TransactionStatus.IDLE``: connected, outside a transaction (psycopg is
+imported only where PostgreSQL is used)."""
+
 
 def _run(conn: sa.Connection, sql: str, params: t.Any, *, rows: bool) -> list[tuple[t.Any, ...]]:
     if not conn.in_transaction():
         # Begun as SQLAlchemy would (on SQLite the engine's BEGIN, so reads see one snapshot).
         conn.begin()
+    if conn.dialect.name == "postgresql" and _starts_transaction(conn):
+        # psycopg sends the BEGIN of a transaction's first statement as a round trip of its
+        # own, except in pipeline mode: there both go in one.
+        return fetch_each(conn, [(sql, params)])[0] if rows else _execute_first(conn, sql, params)
     dbapi_error = conn.dialect.loaded_dbapi.Error
     cursor = conn.connection.cursor()
     try:
         cursor.execute(sql, params)
         return cursor.fetchall() if rows else []
+    except dbapi_error as exc:
+        raise sa.exc.DBAPIError.instance(sql, params, exc, dbapi_error) from exc
+    finally:
+        cursor.close()
+
+
+def _starts_transaction(conn: sa.Connection) -> bool:
+    """PostgreSQL: whether the next statement on ``conn`` begins the database transaction."""
+    raw = conn.connection.dbapi_connection
+    return raw is not None and raw.info.transaction_status == _IDLE
+
+
+def _execute_first(conn: sa.Connection, sql: str, params: t.Any) -> list[tuple[t.Any, ...]]:
+    dbapi_error = conn.dialect.loaded_dbapi.Error
+    raw = conn.connection.dbapi_connection
+    assert raw is not None
+    cursor = raw.cursor()
+    try:
+        with raw.pipeline():
+            cursor.execute(sql, params)
+        return []
     except dbapi_error as exc:
         raise sa.exc.DBAPIError.instance(sql, params, exc, dbapi_error) from exc
     finally:

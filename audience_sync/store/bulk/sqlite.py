@@ -228,30 +228,6 @@ def snapshot_rows(
     return users, members, acknowledged
 
 
-def lease(
-    conn: sa.Connection,
-    *,
-    workspace_id: int,
-    worker_id: str,
-    until: float,
-    external_ids: Sequence[str],
-) -> list[tuple[t.Any, ...]]:
-    """Lease claimed candidates by primary key: ``(external_id, generation, attempts,
-    first_failure_at, in_flight)`` of each (``in_flight`` decoded)."""
-    leased: list[tuple[t.Any, ...]] = []
-    for start in range(0, len(external_ids), ROWS_PER_STATEMENT):
-        chunk = tuple(external_ids[start : start + ROWS_PER_STATEMENT])
-        for e, generation, attempts, first, in_flight in fetch_all(
-            conn,
-            "UPDATE outbox SET claimed_by = ?, claimed_until = ?, claimed_generation = generation "
-            f"WHERE workspace_id = ? AND external_id IN ({', '.join('?' * len(chunk))}) "
-            "RETURNING external_id, generation, attempts, first_failure_at, in_flight",
-            (worker_id, until, workspace_id, *chunk),
-        ):
-            leased.append((e, generation, attempts, first, _json(in_flight)))
-    return leased
-
-
 def connection_rows(conn: sa.Connection, *, workspace_id: int) -> list[tuple[t.Any, ...]]:
     """``(account_id, account_settings, settings_fingerprint, state)`` of the connections
     writing to one workspace (settings decoded)."""
@@ -351,11 +327,12 @@ def claim(
     active: str | None,
     workspace_id: int | None,
 ) -> list[tuple[t.Any, ...]]:
-    """:func:`candidates` leased in the same statement: ``(workspace_id, external_id,
-    generation, attempts, first_failure_at, in_flight)`` of each (``in_flight`` decoded). The
-    candidates are chosen by ``rowid``, so the UPDATE finds each by its rowid (with the row value
-    ``(workspace_id, external_id) IN (subquery)`` SQLite walked the workspace's primary-key
-    index)."""
+    """Up to ``limit`` due, unleased ``pending`` rows, oldest due first, of workspaces in state
+    ``active`` unless None, of one workspace if given, leased in the same statement:
+    ``(workspace_id, external_id, generation, attempts, first_failure_at, in_flight)`` of each
+    (``in_flight`` decoded). The rows are chosen by ``rowid``, so the UPDATE finds each by it
+    (with the row value ``(workspace_id, external_id) IN (subquery)`` SQLite walked the
+    workspace's primary-key index; with the keys as a list, 300 index seeks)."""
     sql = (
         "UPDATE outbox SET claimed_by = ?, claimed_until = ?, claimed_generation = generation "
         "WHERE rowid IN (SELECT rowid FROM outbox WHERE state = ? AND due_at <= ? "
@@ -381,28 +358,3 @@ def claim(
 def any_in_state(conn: sa.Connection, state: str) -> bool:
     """Whether any outbox row is in ``state`` (one step down its state index)."""
     return bool(fetch_all(conn, "SELECT 1 FROM outbox WHERE state = ? LIMIT 1", (state,)))
-
-
-def candidates(
-    conn: sa.Connection,
-    *,
-    now: float,
-    limit: int,
-    pending: str,
-    active: str | None,
-    workspace_id: int | None,
-) -> list[tuple[t.Any, ...]]:
-    """``(workspace_id, external_id)`` of up to ``limit`` due, unleased ``pending`` rows, oldest
-    due first; of workspaces in state ``active`` unless None, of one workspace if given."""
-    sql = (
-        "SELECT workspace_id, external_id FROM outbox WHERE state = ? AND due_at <= ? "
-        "AND (claimed_until IS NULL OR claimed_until < ?)"
-    )
-    params: list[t.Any] = [pending, now, now]
-    if workspace_id is not None:
-        sql += " AND workspace_id = ?"
-        params.append(workspace_id)
-    if active is not None:
-        sql += " AND workspace_id IN (SELECT id FROM workspaces WHERE state = ?)"
-        params.append(active)
-    return fetch_all(conn, sql + " ORDER BY due_at LIMIT ?", (*params, limit))
