@@ -17,7 +17,11 @@ import sqlalchemy as sa
 
 from audience_sync.core.currents.batching import OPEN_BATCH_MAX_BYTES, OpenBatch, PlannedBatch
 from audience_sync.store.currents.base import BatchState, chunks
-from audience_sync.store.schema import currents_batches, currents_events
+from audience_sync.store.schema import (
+    currents_batch_bodies,
+    currents_batches,
+    currents_events,
+)
 from audience_sync.store.statements import executemany
 
 _PLACEHOLDER = {"qmark": "?", "format": "%s", "pyformat": "%s"}
@@ -82,9 +86,10 @@ def open_batches(
     lock = " FOR UPDATE" if postgresql else ""
     for chunk in chunks(ids):
         rows = conn.exec_driver_sql(
-            "SELECT id, external_user_id, first_seq, event_ids, received_at, body "
-            f"FROM {table} WHERE id IN ({', '.join([mark] * len(chunk))}) AND leases = 0 "
-            f"AND length(body) < {mark}{lock}",
+            "SELECT b.id, b.external_user_id, b.first_seq, b.event_ids, b.received_at, d.body "
+            f"FROM {table} b JOIN {currents_batch_bodies.name} d ON d.first_seq = b.first_seq "
+            f"WHERE b.id IN ({', '.join([mark] * len(chunk))}) AND b.leases = 0 "
+            f"AND length(d.body) < {mark}{lock}",
             (*chunk, OPEN_BATCH_MAX_BYTES),
         ).all()
         for batch_id, user, first_seq, event_ids, received_at, body in rows:
@@ -107,7 +112,6 @@ BATCH_COLUMNS = (
     "first_seq",
     "events",
     "event_ids",
-    "body",
     "state",
     "attempts",
     "leases",
@@ -131,7 +135,7 @@ def store_batches(
 ) -> None:
     """Insert planned batches, pending from ``due_at``; those of ``leased`` leased to ``claim``
     (worker id, lease end). A batch that ``extends`` an open one replaces it (same row, new id
-    and content, its due time kept).
+    and content, its due time kept). Bodies go to their own table, keyed by ``first_seq``.
 
     Raises:
         PlanConflictError: an extended batch was leased meanwhile.
@@ -152,7 +156,6 @@ def store_batches(
                 b.first_seq,
                 len(b.event_ids),
                 orjson.dumps(b.event_ids).decode("utf-8"),
-                b.body,
                 pending,
                 0,
                 1 if b.batch_id in leased else 0,
@@ -166,11 +169,18 @@ def store_batches(
             for b in fresh
         ],
     )
+    executemany(
+        conn,
+        "currents_batch_bodies_insert",
+        lambda: sa.insert(currents_batch_bodies),
+        ("first_seq", "body"),
+        [(b.first_seq, b.body) for b in fresh],
+    )
     extended = [b for b in batches if b.extends is not None]
     if extended:
         mark = _PLACEHOLDER[conn.dialect.paramstyle]
         sql = (
-            f"UPDATE {currents_batches.name} SET id = {mark}, body = {mark}, events = {mark}, "
+            f"UPDATE {currents_batches.name} SET id = {mark}, events = {mark}, "
             f"event_ids = {mark} WHERE id = {mark} AND state = {mark} AND leases = 0"
         )
         changed = 0
@@ -179,7 +189,6 @@ def store_batches(
                 sql,
                 (
                     b.batch_id,
-                    b.body,
                     len(b.event_ids),
                     orjson.dumps(b.event_ids).decode("utf-8"),
                     b.extends,
@@ -188,3 +197,8 @@ def store_batches(
             ).rowcount
         if changed != len(extended):
             raise PlanConflictError(f"{len(extended) - changed} open batch(es) leased meanwhile")
+        # An extension keeps its batch's first_seq, so its body row stays the same row.
+        conn.exec_driver_sql(
+            f"UPDATE {currents_batch_bodies.name} SET body = {mark} WHERE first_seq = {mark}",
+            [(b.body, b.first_seq) for b in extended],
+        )
