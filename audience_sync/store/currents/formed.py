@@ -183,18 +183,21 @@ def store_batches(
             f"UPDATE {currents_batches.name} SET id = {mark}, events = {mark}, "
             f"event_ids = {mark} WHERE id = {mark} AND state = {mark} AND leases = 0"
         )
-        changed = 0
-        for b in extended:
-            changed += conn.exec_driver_sql(
-                sql,
+        # One executemany (both drivers sum its rowcount): one statement per extended batch
+        # cost ~30 us each through SQLAlchemy, and about one imported event in ten extends.
+        changed = conn.exec_driver_sql(
+            sql,
+            [
                 (
                     b.batch_id,
                     len(b.event_ids),
                     orjson.dumps(b.event_ids).decode("utf-8"),
                     b.extends,
                     pending,
-                ),
-            ).rowcount
+                )
+                for b in extended
+            ],
+        ).rowcount
         if changed != len(extended):
             raise PlanConflictError(f"{len(extended) - changed} open batch(es) leased meanwhile")
         # An extension keeps its batch's first_seq, so its body row stays the same row.
