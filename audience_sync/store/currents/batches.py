@@ -21,9 +21,10 @@ from audience_sync.store.schema import (
 )
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class ClaimedBatch:
-    """A batch a sender holds a lease on."""
+    """A batch a sender holds a lease on. Not frozen: a claim builds up to 1,000 of them, a
+    frozen dataclass's ``__init__`` cost ~1 us more each, and nothing changes one once built."""
 
     id: str
     feed: str
