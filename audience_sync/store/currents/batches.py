@@ -14,6 +14,7 @@ from audience_sync.store.currents.base import (
     chunks,
     count,
 )
+from audience_sync.store.currents.formed import read_bodies
 from audience_sync.store.schema import (
     currents_batch_bodies,
     currents_batches,
@@ -38,8 +39,7 @@ class ClaimedBatch:
 
 _PLACEHOLDER = {"qmark": "?", "format": "%s", "pyformat": "%s"}
 _CLAIM_COLUMNS = (
-    "b.id, b.feed, b.external_user_id, b.first_seq, b.events, d.body, b.attempts, "
-    "b.first_failure_at"
+    "b.id, b.feed, b.external_user_id, b.first_seq, b.events, b.attempts, b.first_failure_at"
 )
 
 
@@ -60,12 +60,12 @@ def _claim(
     table = currents_batches.name
     lock = " FOR UPDATE OF b SKIP LOCKED" if conn.dialect.name == "postgresql" else ""
     rows = conn.exec_driver_sql(
-        f"SELECT {_CLAIM_COLUMNS} FROM {table} b "
-        f"JOIN {currents_batch_bodies.name} d ON d.first_seq = b.first_seq "
-        f"WHERE {where.format(m=m)} "
+        f"SELECT {_CLAIM_COLUMNS} FROM {table} b WHERE {where.format(m=m)} "
         f"ORDER BY b.first_seq LIMIT {int(limit)}{lock}",
         params,
     ).all()
+    # The bodies once the rows are locked (see read_bodies: not joined in the statement above).
+    bodies = read_bodies(conn, [r[3] for r in rows])
     for chunk in chunks([r[0] for r in rows]):
         conn.exec_driver_sql(
             f"UPDATE {table} SET claimed_by = {m}, claimed_until = {m}, leases = leases + 1 "
@@ -79,11 +79,11 @@ def _claim(
             external_user_id=user,
             first_seq=first_seq,
             events=events,
-            body=bytes(body),
+            body=bodies[first_seq],
             attempts=attempts,
             first_failure_at=first_failure_at,
         )
-        for batch_id, feed, user, first_seq, events, body, attempts, first_failure_at in rows
+        for batch_id, feed, user, first_seq, events, attempts, first_failure_at in rows
     ]
 
 

@@ -86,13 +86,15 @@ def open_batches(
     lock = " FOR UPDATE" if postgresql else ""
     for chunk in chunks(ids):
         rows = conn.exec_driver_sql(
-            "SELECT b.id, b.external_user_id, b.first_seq, b.event_ids, b.received_at, d.body "
-            f"FROM {table} b JOIN {currents_batch_bodies.name} d ON d.first_seq = b.first_seq "
-            f"WHERE b.id IN ({', '.join([mark] * len(chunk))}) AND b.leases = 0 "
-            f"AND length(d.body) < {mark}{lock}",
-            (*chunk, OPEN_BATCH_MAX_BYTES),
+            "SELECT id, external_user_id, first_seq, event_ids, received_at "
+            f"FROM {table} WHERE id IN ({', '.join([mark] * len(chunk))}) AND leases = 0{lock}",
+            tuple(chunk),
         ).all()
-        for batch_id, user, first_seq, event_ids, received_at, body in rows:
+        bodies = read_bodies(conn, [row[2] for row in rows])
+        for batch_id, user, first_seq, event_ids, received_at in rows:
+            body = bodies.get(first_seq)
+            if body is None or len(body) >= OPEN_BATCH_MAX_BYTES:
+                continue
             found[(feed, user)] = OpenBatch(
                 batch_id=batch_id,
                 feed=feed,
@@ -100,8 +102,31 @@ def open_batches(
                 first_seq=first_seq,
                 event_ids=tuple(orjson.loads(event_ids)),
                 received_at=received_at,
-                body=bytes(body),
+                body=body,
             )
+    return found
+
+
+def read_bodies(conn: sa.Connection, first_seqs: Sequence[int]) -> dict[int, bytes]:
+    """The bodies of batches (by ``first_seq``) whose rows the caller has just read and locked.
+
+    A statement of its own, after the one that locks the rows: on PostgreSQL a join inside the
+    locking statement could pair a batch row that an intake changed meanwhile (its latest
+    version, once the lock is granted) with that batch's body as it was before, and the events
+    that intake added would be sent by no one. Every change of a body locks its batch row first
+    (:func:`open_batches`), so once the row is locked here the body read next is its own.
+    """
+    mark = _PLACEHOLDER[conn.dialect.paramstyle]
+    found: dict[int, bytes] = {}
+    for chunk in chunks(list(first_seqs)):
+        found.update(
+            (seq, bytes(body))
+            for seq, body in conn.exec_driver_sql(
+                f"SELECT first_seq, body FROM {currents_batch_bodies.name} "
+                f"WHERE first_seq IN ({', '.join([mark] * len(chunk))})",
+                tuple(chunk),
+            )
+        )
     return found
 
 
