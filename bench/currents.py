@@ -280,6 +280,7 @@ def main(argv: Sequence[str]) -> int:
             capacity = server_capacity(url) if not args.faults else None
             initial = state(url)
             before = initial["events"]
+            server_cpu_before = _running_cpu_s(server.pid)
             database_url = args.database_url or f"sqlite:///{folder}/bench.db"
             engine = create_engine(database_url)
             upgrade(engine)
@@ -311,6 +312,7 @@ def main(argv: Sequence[str]) -> int:
                 _cpu_of(importer)
                 import_s = time.monotonic() - started
             final = state(url)
+            server_cpu_s = _running_cpu_s(server.pid) - server_cpu_before
             worker.send_signal(signal.SIGTERM)
             import_cpu_s = _cpu_of(importer)
             cpu_s = import_cpu_s + _cpu_of(worker) - worker_cpu_before
@@ -330,6 +332,8 @@ def main(argv: Sequence[str]) -> int:
         "import_events_per_s": round(args.events / import_s),
         "engine_cpu_us_per_event": round(1e6 * cpu_s / args.events, 1),
         "import_cpu_us_per_event": round(1e6 * import_cpu_s / args.events, 1),
+        # The local mParticle server's CPU in the same run (it shares the machine's cores).
+        "server_cpu_us_per_event": round(1e6 * server_cpu_s / args.events, 1),
         "batches": final["batches"] - initial["batches"],
         "events_per_batch": round(delivered / max(1, final["batches"] - initial["batches"]), 2),
         "requests": final["requests"] - initial["requests"],

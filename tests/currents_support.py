@@ -12,7 +12,7 @@ from pathlib import Path
 import fastavro
 import sqlalchemy as sa
 
-from audience_sync.store.schema import currents_batches, currents_events
+from audience_sync.store.schema import currents_batch_bodies, currents_batches, currents_events
 from tests.conftest import FIXTURES
 
 SAMPLES = FIXTURES / "braze-currents" / "sample-data"
@@ -154,8 +154,11 @@ def waiting_events(engine: t.Any) -> list[Waiting]:
     found: list[tuple[int, int, Waiting]] = []
     with engine.connect() as conn:
         b = currents_batches.c
+        d = currents_batch_bodies.c
         for row in conn.execute(
-            sa.select(b.first_seq, b.feed, b.external_user_id, b.body).where(b.state == "pending")
+            sa.select(b.first_seq, b.feed, b.external_user_id, d.body)
+            .join_from(currents_batches, currents_batch_bodies, d.first_seq == b.first_seq)
+            .where(b.state == "pending")
         ):
             body = json.loads(bytes(row.body))
             for n, event in enumerate(body["events"]):

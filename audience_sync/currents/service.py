@@ -102,6 +102,7 @@ def prepare(
     ready: list[queue.NewEvent] = []
     table, identity_key, route = config.table, config.identity_key, config.route
     dumps = orjson.dumps
+    feeds: dict[tuple[str | None, str | None], str | None] = {}  # routed once per pair
     for event in events:
         mapped = map_event(event, table, identity_key=identity_key)
         if isinstance(mapped, Skip):
@@ -110,10 +111,12 @@ def prepare(
         if not _is_valid(mapped, identity_key):
             skipped[Skip.INVALID_EVENT] += 1
             continue
+        where = (mapped.app_id, mapped.platform)
+        feed = feeds[where] if where in feeds else feeds.setdefault(where, route(*where))
         ready.append(
             queue.NewEvent(
                 event_id=mapped.event_id,
-                feed=route(mapped.app_id, mapped.platform),
+                feed=feed,
                 external_user_id=mapped.external_user_id,
                 app_id=mapped.app_id,
                 platform=mapped.platform,

@@ -333,7 +333,7 @@ currents_batches = sa.Table(
     sa.Column("events", sa.Integer, nullable=False),
     # JSON array of the Currents ids it carries (dead-letter reports, replay).
     sa.Column("event_ids", sa.Text, nullable=False),
-    sa.Column("body", sa.LargeBinary, nullable=False),
+    # The body (the batch's JSON) is a row of currents_batch_bodies, keyed by first_seq.
     sa.Column("state", sa.String(16), nullable=False),
     sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
     # Times leased to a sender; 0: never in a request, so later events may still join it.
@@ -349,6 +349,18 @@ currents_batches = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Index("ix_currents_batches_state_feed_seq", "state", "feed", "first_seq"),
     sa.Index("ix_currents_batches_user", "feed", "external_user_id", "first_seq"),
+)
+
+# A batch's body (the mParticle batch JSON, ~2 KB for one Braze event), apart from its row and
+# keyed by the batch's first_seq (unique: a queue position is the first event of one batch
+# only): written once at formation (again when later events join a batch never leased) and
+# deleted with its batch, so that a lease, which rewrites the batch row, rewrites ~150 bytes
+# instead of the body as well.
+currents_batch_bodies = sa.Table(
+    "currents_batch_bodies",
+    metadata,
+    sa.Column("first_seq", SeqType, primary_key=True, autoincrement=False),
+    sa.Column("body", sa.LargeBinary, nullable=False),
 )
 
 # Feed state (SPEC §6.5): active | paused (credentials refused), probed while paused.

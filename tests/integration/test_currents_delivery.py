@@ -19,7 +19,7 @@ from audience_sync.mparticle.client import MParticleClient
 from audience_sync.mparticle.ratelimit import BatchBudget
 from audience_sync.store import currents as queue
 from audience_sync.store.counters import totals
-from audience_sync.store.schema import currents_batches, currents_dedup
+from audience_sync.store.schema import currents_batch_bodies, currents_batches, currents_dedup
 from audience_sync.transport import Transport
 from tests.currents_support import (
     FEED_SECRETS,
@@ -130,6 +130,8 @@ def test_every_sample_arrives_in_its_feed_with_the_sdk_accepting_every_batch(
     assert counts(runtime.engine)["forwarded"] == expected
     with runtime.engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(currents_batches)).scalar() == 0
+        bodies = sa.select(sa.func.count()).select_from(currents_batch_bodies)
+        assert conn.execute(bodies).scalar() == 0  # deleted with their batches
 
 
 def test_many_events_of_one_user_share_batches_and_keep_their_order(make_client, mp):
@@ -473,6 +475,16 @@ def test_a_leased_batch_is_never_joined_even_after_a_crash_released_it(make_clie
     with runtime.engine.connect() as conn:
         events = sa.select(currents_batches.c.events).order_by(currents_batches.c.first_seq)
         assert conn.execute(events).scalars().all() == [1, 2]
+        # The joined batch's body row is rewritten in place (same first_seq), with both events.
+        b, d = currents_batches.c, currents_batch_bodies.c
+        bodies = conn.execute(
+            sa.select(b.first_seq, d.body)
+            .join_from(currents_batches, currents_batch_bodies, d.first_seq == b.first_seq)
+            .order_by(b.first_seq)
+        ).all()
+    assert len(bodies) == 2
+    assert first["id"].encode() in bodies[0].body
+    assert second["id"].encode() in bodies[1].body and third["id"].encode() in bodies[1].body
     drain(sender, runtime.engine)
     assert mp.order_by_user()["u"] == [first["id"], second["id"], third["id"]]
     assert mp.delivered_twice() == [] and mp.rejected == []

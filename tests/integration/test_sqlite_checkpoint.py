@@ -48,3 +48,14 @@ def test_the_thread_keeps_the_wal_small_so_commits_never_checkpoint(tmp_path):
     # Without the thread every commit appends to the WAL (below the safety limit nothing
     # checkpoints it); with it, the WAL is backfilled between bursts and rewound.
     assert sizes[True] * 3 < sizes[False], sizes
+
+
+def test_sqlite_connections_zero_deleted_rows_without_extra_writes(sqlite_url: str) -> None:
+    """secure_delete=FAST (2): whatever the SQLite build's default, deleted content is zeroed
+    in the pages a delete writes, and freed pages are not written again to zero them."""
+    engine = create_engine(sqlite_url)
+    try:
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA secure_delete").scalar() == 2
+    finally:
+        engine.dispose()

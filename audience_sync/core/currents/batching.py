@@ -153,8 +153,11 @@ def plan_batches(
         seed = opened.get((feed, user))
         seed_events: bytes | None = None
         for event in queued:
-            size = _utf8_len(event.event_json) + 1
-            base = _utf8_len(event.envelope_json) + FRAME_ALLOWANCE
+            # _utf8_len, inlined (this runs for every event planned).
+            text = event.event_json
+            size = (len(text) if text.isascii() else len(text.encode("utf-8"))) + 1
+            text = event.envelope_json
+            base = (len(text) if text.isascii() else len(text.encode("utf-8"))) + FRAME_ALLOWANCE
             if base + size > max_batch_bytes:
                 if run:
                     plan.close(feed, user, run, seed, seed_events)
@@ -194,6 +197,7 @@ class _Plan:
 
     def __init__(self, environment: str) -> None:
         self.environment = environment
+        self.environment_ok = not batch_problems(environment=environment, events=1, size=0)
         self.batches: list[PlannedBatch] = []
         self.rejected: list[tuple[int, str]] = []
 
@@ -217,15 +221,20 @@ class _Plan:
             ids, first_seq, received_at = new_ids, run[0].seq, run[0].received_at
             extends, head = None, b""
         batch_id = source_request_id(feed, first_seq, ids)
-        events_json = run[0].event_json if len(run) == 1 else ",".join(e.event_json for e in run)
-        body = (
-            _frame(environment, batch_id, run[0].envelope_json).encode("utf-8")
-            + head
-            + events_json.encode("utf-8")
-            + b"]}"
-        )
-        problems = batch_problems(environment=environment, events=len(ids), size=len(body))
-        if problems:
+        frame = _frame(environment, batch_id, run[0].envelope_json)
+        if len(run) == 1:  # the usual case: one text, encoded once
+            events_json = run[0].event_json
+            seqs: tuple[int, ...] = (run[0].seq,)
+        else:
+            events_json = ",".join([e.event_json for e in run])
+            seqs = tuple([e.seq for e in run])
+        if head:
+            body = frame.encode("utf-8") + head + (events_json + "]}").encode("utf-8")
+        else:
+            body = (frame + events_json + "]}").encode("utf-8")
+        if not self.environment_ok or len(body) > MAX_BATCH_BYTES or not ids:
+            # What mParticle would refuse (ids is never empty here).
+            problems = batch_problems(environment=environment, events=len(ids), size=len(body))
             reason = "invalid_batch: " + "; ".join(problems)
             self.rejected.extend((e.seq, reason) for e in run)
             return
@@ -235,7 +244,7 @@ class _Plan:
                 feed=feed,
                 external_user_id=user,
                 first_seq=first_seq,
-                seqs=tuple(e.seq for e in run),
+                seqs=seqs,
                 event_ids=tuple(ids),
                 received_at=received_at,
                 body=body,
