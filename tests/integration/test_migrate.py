@@ -74,7 +74,7 @@ def fresh_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         admin.dispose()
 
 
-def test_0010_moves_batch_bodies_to_their_table_and_back(fresh_url: str) -> None:
+def test_0011_moves_batch_bodies_to_their_table_and_back(fresh_url: str) -> None:
     engine = create_engine(fresh_url)
     row = {
         "id": "b-1",
@@ -98,14 +98,14 @@ def test_0010_moves_batch_bodies_to_their_table_and_back(fresh_url: str) -> None
         upgrade(engine, "0009")
         with engine.begin() as conn:
             conn.execute(sa.text(f"INSERT INTO currents_batches ({columns}) VALUES ({marks})"), row)
-        upgrade(engine, "0010")
+        upgrade(engine, "0011")
         with engine.connect() as conn:
             assert conn.execute(
                 sa.text("SELECT first_seq, body FROM currents_batch_bodies")
             ).all() == [(7, b'{"events":[]}')]
             names = {c["name"] for c in sa.inspect(conn).get_columns("currents_batches")}
             assert "body" not in names
-        downgrade(engine, "0009")
+        downgrade(engine, "0010")
         with engine.connect() as conn:
             assert conn.execute(sa.text("SELECT id, body FROM currents_batches")).all() == [
                 ("b-1", b'{"events":[]}')
