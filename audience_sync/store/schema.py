@@ -7,6 +7,9 @@ Vocabulary:
 - a *Braze user* is ``(workspace_id, external_id)``: the unit of the outbox and of the
   acknowledged state, so that a user is never in flight twice even when connections share a
   workspace (SPEC §4.6, §5.4).
+
+Why one module past ~400 lines: it is one concept, the schema, kept whole so that a reader sees
+every table, key and index of the one ``MetaData`` together.
 """
 
 from __future__ import annotations
