@@ -25,7 +25,10 @@ def _run(conn: sa.Connection, sql: str, params: t.Any, *, rows: bool) -> list[tu
     if conn.dialect.name == "postgresql" and _starts_transaction(conn):
         # psycopg sends the BEGIN of a transaction's first statement as a round trip of its
         # own, except in pipeline mode: there both go in one.
-        return fetch_each(conn, [(sql, params)])[0] if rows else _execute_first(conn, sql, params)
+        if rows:
+            return fetch_each(conn, [(sql, params)])[0]
+        _pipelined(conn, sql, params, commit=False)
+        return []
     dbapi_error = conn.dialect.loaded_dbapi.Error
     cursor = conn.connection.cursor()
     try:
@@ -43,7 +46,9 @@ def _starts_transaction(conn: sa.Connection) -> bool:
     return raw is not None and raw.info.transaction_status == _IDLE
 
 
-def _execute_first(conn: sa.Connection, sql: str, params: t.Any) -> list[tuple[t.Any, ...]]:
+def _pipelined(conn: sa.Connection, sql: str, params: t.Any, *, commit: bool) -> None:
+    """PostgreSQL: ``sql`` in pipeline mode, with the COMMIT when ``commit``: what psycopg has
+    queued before it (a BEGIN) goes in the same round trip."""
     dbapi_error = conn.dialect.loaded_dbapi.Error
     raw = conn.connection.dbapi_connection
     assert raw is not None
@@ -51,7 +56,8 @@ def _execute_first(conn: sa.Connection, sql: str, params: t.Any) -> list[tuple[t
     try:
         with raw.pipeline():
             cursor.execute(sql, params)
-        return []
+            if commit:
+                raw.commit()
     except dbapi_error as exc:
         raise sa.exc.DBAPIError.instance(sql, params, exc, dbapi_error) from exc
     finally:
@@ -101,15 +107,4 @@ def execute_and_commit(conn: sa.Connection, sql: str, params: t.Any) -> None:
     statement after this one."""
     if not conn.in_transaction():
         conn.begin()
-    dbapi_error = conn.dialect.loaded_dbapi.Error
-    raw = conn.connection.dbapi_connection
-    assert raw is not None
-    cursor = raw.cursor()
-    try:
-        with raw.pipeline():
-            cursor.execute(sql, params)
-            raw.commit()
-    except dbapi_error as exc:
-        raise sa.exc.DBAPIError.instance(sql, params, exc, dbapi_error) from exc
-    finally:
-        cursor.close()
+    _pipelined(conn, sql, params, commit=True)
