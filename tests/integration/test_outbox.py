@@ -24,6 +24,22 @@ def _claim(engine, worker, now, limit=10, lease_s=10):
         return outbox.claim(conn, worker_id=worker, now=now, lease_s=lease_s, limit=limit)
 
 
+def _fail(conn, ws, *failures):
+    """``record_failures`` by sender "a" of ``(external_id, attempts, retry_at, reason)`` each,
+    first failed at 0."""
+    outbox.record_failures(
+        conn,
+        worker_id="a",
+        workspace_id=ws,
+        failures=[
+            outbox.Failure(
+                external_id=e, attempts=n, first_failure_at=0, retry_at=retry_at, reason=reason
+            )
+            for e, n, retry_at, reason in failures
+        ],
+    )
+
+
 def test_claims_are_exclusive_until_the_lease_runs_out(engine):
     ws = _workspace(engine)
     with engine.begin() as conn:
@@ -87,23 +103,7 @@ def test_failures_back_off_then_dead_letter_and_replay(engine):
         outbox.enqueue(conn, ws, ["u1", "u2"], now=0)
     _claim(engine, "a", now=0)
     with engine.begin() as conn:
-        outbox.record_failures(
-            conn,
-            worker_id="a",
-            workspace_id=ws,
-            failures=[
-                outbox.Failure(
-                    external_id="u1", attempts=1, first_failure_at=0, retry_at=30, reason="http_503"
-                ),
-                outbox.Failure(
-                    external_id="u2",
-                    attempts=3,
-                    first_failure_at=0,
-                    retry_at=None,
-                    reason="blacklisted",
-                ),
-            ],
-        )
+        _fail(conn, ws, ("u1", 1, 30, "http_503"), ("u2", 3, None, "blacklisted"))
     with engine.connect() as conn:
         rows = dict((r.external_id, r) for r in conn.execute(sa.select(outbox_table)))
     assert (rows["u1"].state, rows["u1"].due_at, rows["u1"].attempts) == (
@@ -124,16 +124,7 @@ def test_a_new_change_revives_a_dead_letter(engine):
         outbox.enqueue(conn, ws, ["u1"], now=0)
     _claim(engine, "a", now=0)
     with engine.begin() as conn:
-        outbox.record_failures(
-            conn,
-            worker_id="a",
-            workspace_id=ws,
-            failures=[
-                outbox.Failure(
-                    external_id="u1", attempts=12, first_failure_at=0, retry_at=None, reason="x"
-                )
-            ],
-        )
+        _fail(conn, ws, ("u1", 12, None, "x"))
         outbox.enqueue(conn, ws, ["u1"], now=100, delay_s=1)
         row = conn.execute(sa.select(outbox_table)).one()
     assert (row.state, row.attempts, row.due_at) == (OutboxState.PENDING, 0, 101)
@@ -145,23 +136,7 @@ def test_one_enqueue_of_new_pending_and_dead_users_applies_each_rule(engine):
         outbox.enqueue(conn, ws, ["pending", "backing-off", "dead"], now=0)
     _claim(engine, "a", now=0)
     with engine.begin() as conn:
-        outbox.record_failures(
-            conn,
-            worker_id="a",
-            workspace_id=ws,
-            failures=[
-                outbox.Failure(
-                    external_id="backing-off",
-                    attempts=2,
-                    first_failure_at=0,
-                    retry_at=50,
-                    reason="x",
-                ),
-                outbox.Failure(
-                    external_id="dead", attempts=12, first_failure_at=0, retry_at=None, reason="x"
-                ),
-            ],
-        )
+        _fail(conn, ws, ("backing-off", 2, 50, "x"), ("dead", 12, None, "x"))
         outbox.release(conn, worker_id="a", workspace_id=ws, due_at={"pending": 30})
         before = {r.external_id: r for r in conn.execute(sa.select(outbox_table))}
         outbox.enqueue(conn, ws, ["new", "pending", "backing-off", "dead", "dead"], now=100)
